@@ -1,0 +1,154 @@
+"""One chat session in Chainlit: its history, its turns, stop and disconnect handling.
+
+Messages sent while a reply is still streaming are queued: each waits for the previous turn to
+finish, so one chat never has two runs interleaving and the history stays in order. Stop cancels
+the running turn and everything queued behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import unicodedata
+from dataclasses import dataclass, field
+
+import chainlit as cl
+
+from .config import Settings
+from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
+from .history import History
+from .llm import Backend
+from .streaming import ReplyStream
+
+logger = logging.getLogger("gemini_chat")
+
+SESSION_KEY = "conversation"
+INCOMPLETE_MARK = "\n\n*— incomplete reply*"
+STOPPED_MARK = "\n\n*— stopped*"
+
+
+def check_input(text: str, settings: Settings) -> None:
+    """Raise InputError for a message that must not go upstream. The text itself is never
+    altered: emoji, right-to-left text, combining marks and control characters go as typed."""
+    if not text or all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):
+        raise EmptyMessage()
+    if len(text) > settings.max_message_chars:
+        raise MessageTooLong(len(text), settings.max_message_chars)
+
+
+@dataclass
+class Conversation:
+    """Per-chat state kept in ``cl.user_session``."""
+
+    history: History
+    turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    disconnect_watch: asyncio.Task | None = None
+
+    def cancel_turns(self) -> int:
+        """Cancel the running turn and all queued ones; return how many were cancelled."""
+        current = asyncio.current_task()
+        targets = [t for t in self.tasks if t is not current and not t.done()]
+        for task in targets:
+            task.cancel()
+        return len(targets)
+
+
+class ChatController:
+    """The handlers' logic; ``backend`` is None when no API key is configured."""
+
+    def __init__(self, settings: Settings, backend: Backend | None) -> None:
+        self.settings = settings
+        self.backend = backend
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        cl.user_session.set(SESSION_KEY, Conversation(History(self.settings.history_token_budget)))
+        if self.backend is None:
+            await self._notice(str(MissingApiKey()))
+            return
+        await cl.Message(content=self.settings.welcome, author=self.settings.assistant_name).send()
+
+    def conversation(self) -> Conversation:
+        conversation = cl.user_session.get(SESSION_KEY)
+        if conversation is None:  # e.g. a message arriving on a session restored after a restart
+            conversation = Conversation(History(self.settings.history_token_budget))
+            cl.user_session.set(SESSION_KEY, conversation)
+        return conversation
+
+    async def stop(self) -> None:
+        cancelled = self.conversation().cancel_turns()
+        logger.info("Stop requested: cancelled %d turn(s)", cancelled)
+
+    async def end(self) -> None:
+        """The browser went away. Give it a grace period to come back before stopping the
+        reply: a network blip that reconnects must not lose the answer."""
+        conversation = self.conversation()
+        if not conversation.tasks:
+            return
+        session = cl.context.session
+        socket_id = getattr(session, "socket_id", None)
+
+        async def stop_if_gone() -> None:
+            await asyncio.sleep(self.settings.disconnect_grace)
+            if getattr(session, "socket_id", None) == socket_id:
+                cancelled = conversation.cancel_turns()
+                logger.info("Client gone for %.0fs: cancelled %d turn(s)",
+                            self.settings.disconnect_grace, cancelled)
+
+        if conversation.disconnect_watch is not None:
+            conversation.disconnect_watch.cancel()
+        conversation.disconnect_watch = asyncio.create_task(stop_if_gone())
+
+    # -- a message
+
+    async def handle(self, message: cl.Message) -> None:
+        text = message.content or ""
+        try:
+            check_input(text, self.settings)
+            if self.backend is None:
+                raise MissingApiKey()
+        except (InputError, MissingApiKey) as refusal:
+            logger.info("Refused a message without calling Gemini: %s", log_detail(refusal))
+            await self._notice(str(refusal))
+            return
+        conversation = self.conversation()
+        task = asyncio.current_task()
+        conversation.tasks.add(task)
+        try:
+            async with conversation.turn_lock:
+                await self._turn(conversation, text)
+        finally:
+            conversation.tasks.discard(task)
+
+    async def _turn(self, conversation: Conversation, text: str) -> None:
+        backend = self.backend
+        assert backend is not None
+        reply = cl.Message(content="", author=self.settings.assistant_name)
+        stream = ReplyStream(backend, reply.stream_token)
+        items = conversation.history.request_items(text, self.settings.instructions)
+        try:
+            answer = await stream.run(items)
+        except asyncio.CancelledError:
+            await self._finish_partial(reply, stream.text, STOPPED_MARK)
+            conversation.history.record(text, stream.text)
+            raise
+        except ChatError as failure:
+            await self._finish_partial(reply, stream.text, INCOMPLETE_MARK)
+            conversation.history.record(text, stream.text)
+            await self._notice(str(failure))
+            return
+        reply.content = answer
+        await reply.send()
+        conversation.history.record(text, answer)
+
+    async def _finish_partial(self, reply: cl.Message, text: str, mark: str) -> None:
+        """Keep what streamed on screen, visibly marked; the history gets the text alone."""
+        if not text:
+            return
+        reply.content = text + mark
+        await reply.send()
+
+    async def _notice(self, text: str) -> None:
+        await cl.ErrorMessage(content=text, author=self.settings.assistant_name).send()

@@ -1,0 +1,148 @@
+"""Settings: the one place that reads the environment (and `.env`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+GOOGLE_OPENAI_ENDPOINT = "https://generativelanguage.googleapis.com/v1beta/openai/"
+DEFAULT_MODEL = "gemini-3.8-flash"
+DEFAULT_INSTRUCTIONS = (
+    "You are a helpful, precise assistant. Answer in the language the user writes in. "
+    "Use Markdown when it helps: lists, tables, fenced code blocks with a language."
+)
+
+
+class ConfigError(Exception):
+    """A setting has a value the app cannot use; the message names the variable."""
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as " + GOOGLE_OPENAI_ENDPOINT)
+    return value if value.endswith("/") else value + "/"
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds greater than 0")
+    return number
+
+
+def _non_negative_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the app. Field metadata names the environment variable behind it."""
+
+    api_key: str | None = None
+    model: str = DEFAULT_MODEL
+    base_url: str = GOOGLE_OPENAI_ENDPOINT
+    assistant_name: str = "Gemini"
+    welcome: str = "Hello! I'm Gemini. Ask me anything."
+    instructions: str = DEFAULT_INSTRUCTIONS
+    history_token_budget: int = 32_000
+    max_message_chars: int = 100_000
+    connect_timeout: float = 10.0
+    stall_timeout: float = 30.0
+    max_retries: int = 2
+    max_retry_wait: float = 20.0
+    disconnect_grace: float = 15.0
+    flush_interval: float = 0.04
+
+    def __repr__(self) -> str:
+        # The key must never reach a log line, even through a repr.
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
+        key = "set" if self.api_key else "missing"
+        return f"Settings(api_key=<{key}>, " + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+# Environment variable, parser, field: read in this order, documented in .env.example and README.
+ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
+    ("GEMINI_API_KEY", _text, "api_key"),
+    ("GEMINI_MODEL", _text, "model"),
+    ("GEMINI_BASE_URL", _url, "base_url"),
+    ("ASSISTANT_NAME", _text, "assistant_name"),
+    ("ASSISTANT_WELCOME", _text, "welcome"),
+    ("ASSISTANT_INSTRUCTIONS", _text, "instructions"),
+    ("HISTORY_TOKEN_BUDGET", _positive_int, "history_token_budget"),
+    ("MAX_MESSAGE_CHARS", _positive_int, "max_message_chars"),
+    ("GEMINI_CONNECT_TIMEOUT", _seconds, "connect_timeout"),
+    ("GEMINI_STALL_TIMEOUT", _seconds, "stall_timeout"),
+    ("GEMINI_MAX_RETRIES", _non_negative_int, "max_retries"),
+    ("GEMINI_MAX_RETRY_WAIT", _non_negative_seconds, "max_retry_wait"),
+    ("DISCONNECT_GRACE_SECONDS", _non_negative_seconds, "disconnect_grace"),
+    ("STREAM_FLUSH_INTERVAL", _non_negative_seconds, "flush_interval"),
+)
+
+
+def env_file_path() -> str:
+    """The `.env` the app reads: the same file Chainlit loads (CHAINLIT_ENV_FILE, default .env)."""
+    return os.path.join(os.getcwd(), os.environ.get("CHAINLIT_ENV_FILE", ".env"))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``environ`` (default: the process environment over `.env`).
+
+    Raises ConfigError naming the first variable whose value is unusable. ``OPENAI_API_KEY`` is
+    deliberately never read: a key for OpenAI must not be sent to Google.
+    """
+    if environ is None:
+        file_values = {k: v for k, v in dotenv_values(env_file_path()).items() if v is not None}
+        environ = {**file_values, **os.environ}
+    values: dict[str, Any] = {}
+    for variable, parse, name in ENVIRONMENT:
+        raw = environ.get(variable)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[name] = parse(raw.strip() if parse is not _text else raw)
+        except ValueError as error:
+            raise ConfigError(f"{variable}={raw!r} is not valid: {error}.") from None
+    if "api_key" in values:
+        values["api_key"] = values["api_key"].strip()
+    if "welcome" not in values and "assistant_name" in values:
+        values["welcome"] = f"Hello! I'm {values['assistant_name']}. Ask me anything."
+    return Settings(**values)

@@ -1,0 +1,166 @@
+"""Model wiring: one Gemini client, model, agent and run config, built once per process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from agents import (
+    Agent,
+    ModelRetrySettings,
+    ModelSettings,
+    OpenAIChatCompletionsModel,
+    RetryDecision,
+    RetryPolicyContext,
+    RunConfig,
+    set_tracing_disabled,
+)
+from openai import AsyncOpenAI, Timeout
+
+from .config import Settings
+from .errors import classify, log_detail
+
+logger = logging.getLogger("gemini_chat")
+
+# Backoff for retryable failures that carry no retryDelay (500, 503, refused connections).
+FIRST_BACKOFF_SECONDS = 0.5
+
+
+@dataclass
+class StreamReport:
+    """What the raw stream said that the Agents SDK does not pass on."""
+
+    finish_reason: str | None = None
+    chunks: int = 0
+
+
+# Set around one run; the SDK copies the context into the run's task, so the model sees it.
+current_report: ContextVar[StreamReport | None] = ContextVar("gemini_stream_report", default=None)
+
+
+class _ObservedStream:
+    """Wraps openai's AsyncStream to note the finish reason, which the SDK hides when some text
+    came first (a ``content_filter`` after text would otherwise look like a normal answer)."""
+
+    def __init__(self, stream: Any, report: StreamReport) -> None:
+        self._stream = stream
+        self._report = report
+        self.response = getattr(stream, "response", None)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        report = self._report
+        async for chunk in self._stream:
+            report.chunks += 1
+            for choice in chunk.choices or ():
+                if choice.finish_reason is not None:
+                    report.finish_reason = choice.finish_reason
+            yield chunk
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+
+class GeminiChatModel(OpenAIChatCompletionsModel):
+    """Chat Completions against Gemini, reporting each stream's finish reason to the caller."""
+
+    async def _fetch_response(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super()._fetch_response(*args, **kwargs)
+        report = current_report.get()
+        if isinstance(result, tuple) and report is not None:
+            response, stream = result
+            return response, _ObservedStream(stream, report)
+        return result
+
+
+def build_client(settings: Settings) -> AsyncOpenAI:
+    """The AsyncOpenAI client for Gemini: explicit key, no hidden retries, a stall timeout."""
+    return AsyncOpenAI(
+        # Always explicit: without it openai would fall back to OPENAI_API_KEY and send it to
+        # Google. build_client is only called once a Gemini key is configured.
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        # The Agents SDK retry layer (build_run_config) is the only one.
+        max_retries=0,
+        # read= is the longest silence tolerated between two chunks of a stream.
+        timeout=Timeout(
+            connect=settings.connect_timeout,
+            read=settings.stall_timeout,
+            write=settings.connect_timeout,
+            pool=settings.connect_timeout,
+        ),
+    )
+
+
+def build_model(settings: Settings, client: AsyncOpenAI | None = None) -> GeminiChatModel:
+    return GeminiChatModel(model=settings.model, openai_client=client or build_client(settings))
+
+
+def build_agent(settings: Settings, model: Any) -> Agent:
+    return Agent(name=settings.assistant_name, instructions=settings.instructions, model=model)
+
+
+def build_retry_policy(settings: Settings):
+    """Retry only what can succeed: honour Gemini's retryDelay up to the cap; never a daily
+    quota, a bad key or an unknown model. The SDK itself refuses once text has streamed."""
+
+    def policy(context: RetryPolicyContext) -> RetryDecision:
+        error = classify(context.error, model=settings.model)
+        if not error.retryable:
+            return RetryDecision(retry=False, reason=type(error).__name__)
+        delay = error.retry_after
+        if delay is None:
+            delay = FIRST_BACKOFF_SECONDS * 2 ** (context.attempt - 1)
+        if delay > settings.max_retry_wait:
+            logger.info(
+                "Not retrying %s: Gemini asks for %.1fs, over the %.1fs cap",
+                log_detail(error),
+                delay,
+                settings.max_retry_wait,
+            )
+            return RetryDecision(retry=False, reason="retry delay over cap")
+        logger.warning(
+            "Retrying in %.1fs (attempt %d of %d) after %s",
+            delay,
+            context.attempt,
+            context.max_retries,
+            log_detail(error),
+        )
+        return RetryDecision(retry=True, delay=delay, reason=type(error).__name__)
+
+    return policy
+
+
+def build_run_config(settings: Settings, model: Any) -> RunConfig:
+    # Tracing would export to OpenAI's servers (needing an OpenAI account); keep it off globally
+    # so nothing ever tries, and so the Gemini key is never handed to an exporter.
+    set_tracing_disabled(True)
+    return RunConfig(
+        model=model,
+        tracing_disabled=True,
+        model_settings=ModelSettings(
+            retry=ModelRetrySettings(
+                max_retries=settings.max_retries, policy=build_retry_policy(settings)
+            )
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Everything a turn needs from the model side, built once."""
+
+    settings: Settings
+    agent: Agent
+    run_config: RunConfig
+
+
+def build_backend(settings: Settings, model: Any | None = None) -> Backend | None:
+    """The model side for ``settings``; None when no key is configured (nothing may go out)."""
+    if model is None:
+        if not settings.api_key:
+            return None
+        model = build_model(settings)
+    return Backend(settings, build_agent(settings, model), build_run_config(settings, model))

@@ -1,0 +1,39 @@
+"""Logging that can never print the API key."""
+
+from __future__ import annotations
+
+import logging
+
+REDACTED = "[redacted]"
+
+
+class SecretFilter(logging.Filter):
+    """Replaces every occurrence of the given secrets in a record's final text."""
+
+    def __init__(self, *secrets: str) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        text = record.getMessage()
+        if any(secret in text for secret in self.secrets):
+            for secret in self.secrets:
+                text = text.replace(secret, REDACTED)
+            record.msg, record.args = text, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and any(secret in record.exc_text for secret in self.secrets):
+            for secret in self.secrets:
+                record.exc_text = record.exc_text.replace(secret, REDACTED)
+        return True
+
+
+def install_secret_filter(*secrets: str) -> None:
+    """Attach the filter to every handler of the root logger (and future ones via the root)."""
+    secret_filter = SecretFilter(*secrets)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, SecretFilter) for f in handler.filters):
+            handler.addFilter(secret_filter)

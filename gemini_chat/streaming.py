@@ -1,0 +1,153 @@
+"""Streaming one reply: run the agent, coalesce its text deltas, surface failures as ChatError."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agents import Runner
+
+from .errors import AnswerTruncated, ChatError, ContentBlocked, EmptyAnswer, classify, log_detail
+from .llm import Backend, StreamReport, current_report
+
+logger = logging.getLogger("gemini_chat")
+
+TextSink = Callable[[str], Awaitable[Any]]
+
+
+class Coalescer:
+    """Batches text deltas into at most one write per ``interval`` seconds.
+
+    The first delta is written at once (no added first-token latency); later ones are joined and
+    written when the interval since the last write has passed, by a timer if no delta arrives to
+    trigger it. Writes happen in order, one at a time, so the text arrives exactly.
+    """
+
+    def __init__(self, write: TextSink, interval: float) -> None:
+        self._write = write
+        self._interval = interval
+        self._pending: list[str] = []
+        self._last_write = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.writes = 0
+
+    async def add(self, delta: str) -> None:
+        self._pending.append(delta)
+        if self._timer is not None or self._timer_task is not None:
+            return  # a write is already on its way and will take this delta too
+        loop = asyncio.get_running_loop()
+        wait = self._last_write + self._interval - loop.time()
+        if wait <= 0:
+            await self.flush()
+        else:
+            self._timer = loop.call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_task = asyncio.ensure_future(self._timed_flush())
+
+    async def _timed_flush(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            self._timer_task = None
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._pending:
+                return
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._last_write = asyncio.get_running_loop().time()
+            self.writes += 1
+            await self._write(text)
+
+    async def close(self) -> None:
+        """Write whatever is pending, now. Safe to call more than once, and after cancellation."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = self._timer_task
+        if task is not None and task is not asyncio.current_task():
+            # Shielded so that a second cancellation of our caller doesn't leave it half-done.
+            await asyncio.shield(task)
+        await self.flush()
+
+
+class ReplyStream:
+    """One streamed reply. ``text`` always holds exactly the model text received so far."""
+
+    def __init__(self, backend: Backend, sink: TextSink) -> None:
+        self.backend = backend
+        self.parts: list[str] = []
+        self.coalescer = Coalescer(sink, backend.settings.flush_interval)
+        self.report = StreamReport()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    async def run(self, items: list[dict[str, Any]]) -> str:
+        """Stream the answer to ``items``; return its text.
+
+        Raises ChatError when the answer failed or is unusable (``self.text`` keeps what came),
+        and CancelledError when stopped, after cancelling the upstream request.
+        """
+        token = current_report.set(self.report)
+        try:
+            result = Runner.run_streamed(
+                self.backend.agent, items, run_config=self.backend.run_config
+            )
+        finally:
+            current_report.reset(token)
+        try:
+            async for event in result.stream_events():
+                if event.type == "raw_response_event" and event.data.type == "response.output_text.delta":
+                    delta = event.data.delta
+                    if delta:
+                        self.parts.append(delta)
+                        await self.coalescer.add(delta)
+        except asyncio.CancelledError:
+            # Cancelled in our own loop body (e.g. while writing to the socket) the SDK would
+            # keep generating in the background: cancel it explicitly so the upstream closes.
+            result.cancel()
+            raise
+        except Exception as error:
+            result.cancel()
+            failure = classify(
+                error,
+                model=self.backend.settings.model,
+                text_so_far=self.text,
+                stall_seconds=self.backend.settings.stall_timeout,
+            )
+            self._log(failure, error)
+            raise failure from error
+        finally:
+            await self.coalescer.close()
+        self._check_finish()
+        return self.text
+
+    def _check_finish(self) -> None:
+        reason = self.report.finish_reason
+        failure: ChatError | None = None
+        if reason == "content_filter":
+            failure = ContentBlocked(finish_reason=reason)
+        elif reason == "length":
+            failure = AnswerTruncated(finish_reason=reason)
+        elif not self.parts:
+            failure = EmptyAnswer(finish_reason=reason)
+        if failure is not None:
+            self._log(failure, None)
+            raise failure
+
+    def _log(self, failure: ChatError, error: BaseException | None) -> None:
+        logger.warning(
+            "Reply failed after %d characters: %s%s",
+            len(self.text),
+            log_detail(failure),
+            f" ({type(error).__name__})" if error is not None else "",
+        )

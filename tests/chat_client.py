@@ -1,0 +1,197 @@
+"""A socket.io client that talks to the real Chainlit server the way the browser does.
+
+It keeps the messages on screen as the React client does (new_message, stream_start,
+stream_token, update_message, delete_message, by id), so tests assert on what a user sees.
+Every wait is on an event, with a timeout that fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import socketio
+
+SHOWN_TYPES = ("assistant_message", "user_message")
+
+@dataclass
+class ShownMessage:
+    id: str
+    author: str
+    type: str
+    content: str
+    is_error: bool = False
+    streaming: bool = False
+    tokens: int = 0  # stream_token events received for this message
+
+    @property
+    def from_user(self) -> bool:
+        return self.type == "user_message"
+
+
+@dataclass
+class ChatClient:
+    """One browser tab."""
+
+    url: str
+    session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    headers: dict[str, str] = field(default_factory=dict)
+    messages: dict[str, ShownMessage] = field(default_factory=dict)
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    running: bool = False
+
+    def __post_init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self._changed = asyncio.Condition()
+        for name in (
+            "new_message",
+            "update_message",
+            "delete_message",
+            "stream_start",
+            "stream_token",
+            "task_start",
+            "task_end",
+            "first_interaction",
+        ):
+            self.sio.on(name, self._handler(name))
+
+    def _handler(self, name: str):
+        async def handle(data: Any = None) -> None:
+            self.events.append((name, data))
+            self._apply(name, data)
+            async with self._changed:
+                self._changed.notify_all()
+
+        return handle
+
+    def _apply(self, name: str, data: Any) -> None:
+        if name in ("new_message", "update_message", "stream_start"):
+            if data.get("type") not in SHOWN_TYPES:
+                return  # run steps of the hooks: hidden in the browser (cot = "hidden")
+            message = self.messages.get(data["id"])
+            tokens = message.tokens if message else 0
+            self.messages[data["id"]] = ShownMessage(
+                id=data["id"],
+                author=data.get("name", ""),
+                type=data.get("type", ""),
+                content=data.get("output", ""),
+                is_error=bool(data.get("isError")),
+                streaming=name == "stream_start",
+                tokens=tokens,
+            )
+        elif name == "stream_token":
+            message = self.messages.get(data["id"])
+            if message is None:
+                return
+            message.tokens += 1
+            if data.get("isSequence"):
+                message.content = data["token"]
+            else:
+                message.content += data["token"]
+        elif name == "delete_message":
+            self.messages.pop(data["id"], None)
+        elif name == "task_start":
+            self.running = True
+        elif name == "task_end":
+            self.running = False
+
+    # -- connection
+
+    async def connect(self, thread_id: str = "", origin: str | None = None) -> ChatClient:
+        headers = dict(self.headers)
+        if origin is not None:
+            headers["Origin"] = origin
+        await self.sio.connect(
+            self.url,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            headers=headers,
+            auth={
+                "clientType": "webapp",
+                "sessionId": self.session_id,
+                "threadId": thread_id,
+                "userEnv": "{}",
+                "chatProfile": "",
+            },
+            wait_timeout=10,
+        )
+        await self.sio.emit("connection_successful")
+        return self
+
+    async def disconnect(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+    # -- actions
+
+    async def send(self, text: str) -> str:
+        message_id = str(uuid.uuid4())
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        step = {
+            "id": message_id,
+            "threadId": "",
+            "name": "User",
+            "type": "user_message",
+            "output": text,
+            "createdAt": now,
+        }
+        self.messages[message_id] = ShownMessage(message_id, "User", "user_message", text)
+        await self.sio.emit("client_message", {"message": step, "fileReferences": None})
+        return message_id
+
+    async def stop(self) -> None:
+        await self.sio.emit("stop")
+
+    # -- waiting
+
+    async def wait_for(self, predicate, timeout: float = 15.0, what: str = "condition") -> Any:
+        async def check():
+            async with self._changed:
+                while not (result := predicate()):
+                    await self._changed.wait()
+                return result
+
+        try:
+            return await asyncio.wait_for(check(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"timed out waiting for {what}; on screen: {self.transcript()}"
+            ) from None
+
+    async def wait_idle(self, timeout: float = 15.0) -> None:
+        """Wait until the server signals the current task has ended."""
+        def ended() -> bool:
+            names = [n for n, _ in self.events[self._mark :]]
+            return "task_start" in names and "task_end" in names[names.index("task_start") :]
+
+        await self.wait_for(ended, timeout, "the end of the task")
+
+    def mark(self) -> None:
+        """Start a new window for wait_idle / new_replies."""
+        self._mark = len(self.events)
+
+    _mark: int = 0
+
+    async def ask(self, text: str, timeout: float = 15.0) -> list[ShownMessage]:
+        """Send ``text``, wait for the turn to end; return the assistant messages it produced."""
+        before = set(self.messages)
+        self.mark()
+        await self.send(text)
+        await self.wait_idle(timeout)
+        return [
+            m for mid, m in self.messages.items() if mid not in before and not m.from_user
+        ]
+
+    # -- what is on screen
+
+    def assistant_messages(self) -> list[ShownMessage]:
+        return [m for m in self.messages.values() if not m.from_user]
+
+    def errors(self) -> list[str]:
+        return [m.content for m in self.messages.values() if m.is_error]
+
+    def transcript(self) -> list[tuple[str, str]]:
+        return [(m.author, m.content[:200]) for m in self.messages.values()]

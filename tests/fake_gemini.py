@@ -1,0 +1,493 @@
+"""A fake Gemini server: Chat Completions with SSE in Gemini's dialect, on a real local port.
+
+It speaks what ../shared/gemini-openai-compat.md describes: error bodies shaped as a JSON *list*,
+RetryInfo and QuotaFailure details on 429, API_KEY_INVALID as a 400, 404 for unknown models,
+cumulative usage on every chunk, errors inside an open stream, ``finish_reason: content_filter``,
+and 400 "Unknown name" for request fields Gemini does not know.
+
+Each request takes the next scripted behaviour (``server.script(...)``) or, when none is queued,
+echoes the last user message. Every request is recorded so tests assert on exactly what the app
+sent. The server runs its own event loop in a thread, so tests on any loop (or none) can use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_KEY = "test-gemini-key"
+KNOWN_MODELS = frozenset(
+    {
+        "gemini-3.8-flash",
+        "gemini-3.7-flash",
+        "gemini-3.6-flash",
+        "gemini-3.5-flash",
+        "gemini-3.5-flash-lite",
+        "gemini-3.1-flash-lite",
+    }
+)
+# Fields Gemini's endpoint accepts; anything else is refused the way Gemini refuses it.
+ACCEPTED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "max_tokens",
+        "max_completion_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        "extra_body",
+        "logprobs",
+        "top_logprobs",
+    }
+)
+
+
+class ClientGone(Exception):
+    """The app closed the connection while the fake was still answering."""
+
+
+@dataclass
+class RecordedRequest:
+    body: dict[str, Any]
+    headers: dict[str, str]
+    path: str
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body.get("messages", [])
+
+    @property
+    def conversation(self) -> list[tuple[str, str]]:
+        """(role, text) pairs of the request, system message included."""
+        return [(m["role"], _text_of(m.get("content"))) for m in self.messages]
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def error_body(code: int, status: str, message: str, details: Iterable[dict] = ()) -> list[dict]:
+    """Gemini wraps its error object in a list."""
+    return [{"error": {"code": code, "message": message, "status": status, "details": list(details)}}]
+
+
+def split_tokens(text: str, size: int = 1) -> list[str]:
+    """Cut text into word-like pieces (a word with its leading space), ``size`` words a piece."""
+    pieces: list[str] = []
+    current = ""
+    for index, char in enumerate(text):
+        if char == " " and current.strip() and index:
+            pieces.append(current)
+            current = ""
+        current += char
+    if current:
+        pieces.append(current)
+    return ["".join(pieces[i : i + size]) for i in range(0, len(pieces), size)] or [""]
+
+
+# --- behaviours -------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """Stream ``text`` (or an echo of the last user message) chunk by chunk."""
+
+    text: str | None = None
+    chunks: list[str] | None = None
+    delay: float = 0.0
+    first_delay: float = 0.0
+    finish_reason: str = "stop"
+    # What happens after ``chunks`` were sent: "finish", "drop", "stall", "malformed", "error".
+    ending: str = "finish"
+
+    def pieces(self, request: RecordedRequest) -> list[str]:
+        if self.chunks is not None:
+            return self.chunks
+        if self.text is not None:
+            return split_tokens(self.text)
+        last_user = next(
+            (text for role, text in reversed(request.conversation) if role == "user"), ""
+        )
+        return split_tokens(f"Echo: {last_user}")
+
+
+@dataclass
+class Fail:
+    """Answer with an HTTP error in Gemini's list-shaped body."""
+
+    status: int
+    body: Any
+
+
+@dataclass
+class Reset:
+    """Close the connection with a TCP reset before any response."""
+
+
+def rate_limit_per_minute(retry_delay: str = "17s") -> Fail:
+    return Fail(
+        429,
+        error_body(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota, please check your plan and billing details.",
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                            "quotaDimensions": {"location": "global", "model": "gemini-3.8-flash"},
+                            "quotaValue": "10",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+            ],
+        ),
+    )
+
+
+def rate_limit_per_day() -> Fail:
+    return Fail(
+        429,
+        error_body(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota, please check your plan and billing details.",
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                            "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                            "quotaValue": "250",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43s"},
+            ],
+        ),
+    )
+
+
+def invalid_key() -> Fail:
+    return Fail(
+        400,
+        error_body(
+            400,
+            "INVALID_ARGUMENT",
+            "API key not valid. Please pass a valid API key.",
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                }
+            ],
+        ),
+    )
+
+
+def unknown_model(model: str) -> Fail:
+    return Fail(
+        404,
+        error_body(
+            404,
+            "NOT_FOUND",
+            f"models/{model} is not found for API version v1main, or is not supported for "
+            "generateContent. Call ListModels to see the list of available models and their "
+            "supported methods.",
+        ),
+    )
+
+
+def internal_error() -> Fail:
+    return Fail(
+        500,
+        error_body(500, "INTERNAL", "An internal error has occurred. Please retry or report."),
+    )
+
+
+def overloaded() -> Fail:
+    return Fail(503, error_body(503, "UNAVAILABLE", "The model is overloaded. Please try again later."))
+
+
+def unknown_field(name: str) -> Fail:
+    return Fail(
+        400,
+        error_body(
+            400,
+            "INVALID_ARGUMENT",
+            f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.',
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [
+                        {"description": f'Invalid JSON payload received. Unknown name "{name}"'}
+                    ],
+                }
+            ],
+        ),
+    )
+
+
+Behaviour = Reply | Fail | Reset
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+class FakeGemini:
+    """Gemini's OpenAI-compatible endpoint, faked on 127.0.0.1 with scripted behaviours."""
+
+    def __init__(self, api_key: str = DEFAULT_KEY, models: Iterable[str] = KNOWN_MODELS) -> None:
+        self.api_key = api_key
+        self.models = frozenset(models)
+        self.requests: list[RecordedRequest] = []
+        self._script: deque[Behaviour] = deque()
+        self._changed = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- lifecycle
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1beta/openai/"
+
+    def start(self) -> FakeGemini:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake Gemini server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        future.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop = None
+
+    def __enter__(self) -> FakeGemini:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/{prefix:.*}chat/completions", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        ready.set()
+        self._loop.run_forever()
+
+    # -- scripting and inspection (thread-safe)
+
+    def script(self, *behaviours: Behaviour) -> None:
+        with self._changed:
+            self._script.extend(behaviours)
+
+    def reset(self) -> None:
+        with self._changed:
+            self._script.clear()
+            self.requests.clear()
+
+    @property
+    def pending(self) -> int:
+        with self._changed:
+            return len(self._script)
+
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[RecordedRequest]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.requests) >= count, timeout):
+                raise AssertionError(
+                    f"expected {count} request(s) to the fake Gemini, got {len(self.requests)}"
+                )
+            return list(self.requests)
+
+    @property
+    def last(self) -> RecordedRequest:
+        return self.requests[-1]
+
+    # -- the endpoint
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {"_unparsable": raw.decode("utf-8", "replace")}
+        recorded = RecordedRequest(body=body, headers=dict(request.headers), path=request.path)
+        with self._changed:
+            self.requests.append(recorded)
+            behaviour = self._script.popleft() if self._script else None
+            self._changed.notify_all()
+        try:
+            return await self._respond(request, recorded, behaviour)
+        except ClientGone:
+            recorded.disconnected.set()
+            return web.Response(status=499)
+        finally:
+            recorded.finished.set()
+
+    async def _respond(
+        self, request: web.Request, recorded: RecordedRequest, behaviour: Behaviour | None
+    ) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        if auth != f"Bearer {self.api_key}":
+            behaviour = invalid_key()
+        elif unknown := sorted(set(recorded.body) - ACCEPTED_FIELDS):
+            behaviour = unknown_field(unknown[0])
+        elif recorded.body.get("model") not in self.models:
+            behaviour = unknown_model(str(recorded.body.get("model")))
+        behaviour = behaviour or Reply()
+
+        if isinstance(behaviour, Reset):
+            _reset(request)
+            raise ClientGone
+        if isinstance(behaviour, Fail):
+            return web.json_response(
+                behaviour.body, status=behaviour.status, headers=_request_id_header()
+            )
+        return await self._stream(request, recorded, behaviour)
+
+    async def _stream(
+        self, request: web.Request, recorded: RecordedRequest, reply: Reply
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", **_request_id_header()}
+        )
+        await response.prepare(request)
+        model = recorded.body.get("model", "")
+        prompt_tokens = sum(len(text.split()) for _, text in recorded.conversation)
+        pieces = reply.pieces(recorded)
+        await self._pause(request, reply.first_delay)
+        chunk_id = f"gemini-{uuid.uuid4().hex[:12]}"
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            finish = reply.finish_reason if last and reply.ending == "finish" else None
+            chunk = _chunk(chunk_id, model, piece, finish, prompt_tokens, index + 1)
+            await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
+            if not last:
+                await self._pause(request, reply.delay)
+
+        if reply.ending == "drop":
+            _reset(request)
+            raise ClientGone
+        if reply.ending == "stall":
+            await self._pause(request, 3600)
+        if reply.ending == "malformed":
+            await self._write(request, response, 'data: {"choices": [{"delta": {"content": "x"\n\n')
+        if reply.ending == "error":
+            error = error_body(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+            await self._write(request, response, f"data: {json.dumps(error[0])}\n\n")
+        if reply.ending == "finish" and not pieces:
+            chunk = _chunk(chunk_id, model, "", reply.finish_reason, prompt_tokens, 0)
+            await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
+        await self._write(request, response, "data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _write(self, request: web.Request, response: web.StreamResponse, data: str) -> None:
+        if request.transport is None or request.transport.is_closing():
+            raise ClientGone
+        try:
+            await response.write(data.encode())
+        except (ConnectionResetError, ConnectionError) as error:
+            raise ClientGone from error
+
+    async def _pause(self, request: web.Request, seconds: float) -> None:
+        """Sleep, noticing promptly when the app hangs up."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if request.transport is None or request.transport.is_closing():
+                raise ClientGone
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, 0.02))
+
+
+def _chunk(
+    chunk_id: str, model: str, text: str, finish: str | None, prompt_tokens: int, sent: int
+) -> dict[str, Any]:
+    return {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }
+        ],
+        # Gemini reports cumulative usage on every chunk, asked or not.
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": sent,
+            "total_tokens": prompt_tokens + sent,
+        },
+    }
+
+
+def _request_id_header() -> dict[str, str]:
+    return {"x-request-id": f"req-{uuid.uuid4().hex[:16]}"}
+
+
+def _reset(request: web.Request) -> None:
+    """Abort with RST (SO_LINGER 0) so the client sees a reset, not a clean close."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
