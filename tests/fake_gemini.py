@@ -74,6 +74,7 @@ class RecordedRequest:
     body: dict[str, Any]
     headers: dict[str, str]
     path: str
+    peer: tuple | None = None  # the app's (host, port): one per TCP connection
     disconnected: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -351,6 +352,10 @@ class FakeGemini:
                 )
             return list(self.requests)
 
+    async def arrived(self, count: int, timeout: float = 10.0) -> list[RecordedRequest]:
+        """``wait_for_requests`` for async tests: waits without blocking their event loop."""
+        return await asyncio.to_thread(self.wait_for_requests, count, timeout)
+
     @property
     def last(self) -> RecordedRequest:
         return self.requests[-1]
@@ -363,7 +368,12 @@ class FakeGemini:
             body = json.loads(raw)
         except ValueError:
             body = {"_unparsable": raw.decode("utf-8", "replace")}
-        recorded = RecordedRequest(body=body, headers=dict(request.headers), path=request.path)
+        recorded = RecordedRequest(
+            body=body,
+            headers=dict(request.headers),
+            path=request.path,
+            peer=request.transport.get_extra_info("peername") if request.transport else None,
+        )
         with self._changed:
             self.requests.append(recorded)
             behaviour = self._script.popleft() if self._script else None

@@ -1,0 +1,212 @@
+"""Shared fixtures: isolation from the developer's environment, the network guard, the fake
+Gemini server and the real `chainlit run` process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Before anything imports chainlit: it loads ./.env on import, and a developer's own key or
+# settings must not leak into the tests. The live smoke test keeps the key aside.
+LIVE_GEMINI_KEY = os.environ.pop("GEMINI_API_KEY", None)
+for _name in list(os.environ):
+    if _name.startswith(("GEMINI_", "ASSISTANT_", "OPENAI_")) or _name in (
+        "HISTORY_TOKEN_BUDGET",
+        "MAX_MESSAGE_CHARS",
+        "DISCONNECT_GRACE_SECONDS",
+        "STREAM_FLUSH_INTERVAL",
+    ):
+        del os.environ[_name]
+os.environ["CHAINLIT_ENV_FILE"] = "/nonexistent/.env"
+
+from tests.fake_gemini import DEFAULT_KEY, FakeGemini  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+GEMINI_HOST = "generativelanguage.googleapis.com"
+APP_FILES = ("chatbot.py", "gemini_chat", ".chainlit", "public", "chainlit.md")
+
+
+# --- the guard: nothing in a test run may reach the real Gemini host ---------------------------
+
+
+class RealGeminiBlocked(ConnectionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def block_real_gemini(request, monkeypatch):
+    """Any lookup of Google's API host in this process fails the test loudly."""
+    if request.node.get_closest_marker("live"):
+        return
+    real_getaddrinfo = socket.getaddrinfo
+
+    def guarded(host, *args, **kwargs):
+        if isinstance(host, bytes):
+            host = host.decode()
+        if host and str(host).rstrip(".").endswith("googleapis.com"):
+            raise RealGeminiBlocked(f"test tried to reach {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+
+
+def guarded_env(**overrides: str) -> dict[str, str]:
+    """Environment for a child process: no proxy-free way out except loopback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY",)}
+    # Any request not to loopback goes to a closed local port and fails at once.
+    env.update(
+        HTTP_PROXY="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        ALL_PROXY="http://127.0.0.1:9",
+        NO_PROXY="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+        CHAINLIT_ENV_FILE="/nonexistent/.env",
+    )
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+# --- the fake Gemini server --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_gemini_server() -> Iterator[FakeGemini]:
+    with FakeGemini() as server:
+        yield server
+
+
+@pytest.fixture
+def gemini(fake_gemini_server: FakeGemini) -> Iterator[FakeGemini]:
+    """The fake Gemini, with an empty script and request log for this test."""
+    fake_gemini_server.reset()
+    yield fake_gemini_server
+    fake_gemini_server.reset()
+
+
+# --- the real app ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    directory: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def app_directory() -> Path:
+    """A directory holding the app (by symlink) and nothing else: no developer .env."""
+    directory = Path(tempfile.mkdtemp(prefix="gemini-chat-app-"))
+    for name in APP_FILES:
+        (directory / name).symlink_to(ROOT / name)
+    return directory
+
+
+def start_app(env: dict[str, str], wait: bool = True) -> AppServer:
+    directory = app_directory()
+    port = free_port()
+    log_path = directory / "server.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chainlit", "run", "chatbot.py", "--headless", "--port", str(port)],
+        cwd=directory,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    server = AppServer(f"http://127.0.0.1:{port}", process, log_path, directory)
+    if wait:
+        wait_until_serving(server)
+    return server
+
+
+def wait_until_serving(server: AppServer, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"app exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(server.url + "/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        # The child process offers no event to wait on; poll its health endpoint.
+        time.sleep(0.1)
+    server.stop()
+    raise AssertionError(f"app did not start within {timeout}s:\n{server.log()}")
+
+
+def app_env(gemini: FakeGemini, **overrides: str) -> dict[str, str]:
+    """Settings of the shared test app: fast stall detection, short retry cap and grace."""
+    base = {
+        "GEMINI_API_KEY": DEFAULT_KEY,
+        "GEMINI_BASE_URL": gemini.base_url,
+        "GEMINI_STALL_TIMEOUT": "1.5",
+        "GEMINI_MAX_RETRY_WAIT": "2",
+        "DISCONNECT_GRACE_SECONDS": "1.5",
+    }
+    base.update(overrides)
+    return guarded_env(**base)
+
+
+@pytest.fixture(scope="session")
+def app(fake_gemini_server: FakeGemini) -> Iterator[AppServer]:
+    """The real `chainlit run chatbot.py`, shared by the tests that need no special settings."""
+    server = start_app(app_env(fake_gemini_server))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_app_with(fake_gemini_server: FakeGemini):
+    """Start a dedicated app with extra settings; stopped at the end of the test."""
+    servers: list[AppServer] = []
+
+    def start(wait: bool = True, **overrides: str) -> AppServer:
+        server = start_app(app_env(fake_gemini_server, **overrides), wait=wait)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+async def chat(app: AppServer, gemini: FakeGemini):
+    """A connected browser-like client of the shared app, with the welcome on screen."""
+    from tests.chat_client import ChatClient
+
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    yield client
+    await client.disconnect()
