@@ -210,3 +210,36 @@ async def chat(app: AppServer, gemini: FakeGemini):
     await client.wait_for(client.assistant_messages, what="the welcome message")
     yield client
     await client.disconnect()
+
+
+# --- handlers without a server ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def chainlit_context():
+    """A Chainlit context with a mock session and an AsyncMock emitter: what the handlers
+    sent to the browser is in ``context.emitter``'s calls."""
+    from unittest.mock import AsyncMock, Mock
+
+    from chainlit.context import ChainlitContext, context_var
+    from chainlit.emitter import BaseChainlitEmitter
+    from chainlit.session import WebsocketSession
+
+    session = Mock(spec=WebsocketSession)
+    session.id = "unit-session"
+    session.thread_id = "unit-thread"
+    session.socket_id = "unit-socket"
+    session.user = None
+    session.user_env = {}
+    session.chat_settings = {}
+    session.chat_profile = None
+    session.client_type = "webapp"
+    session.languages = ["en"]
+    session.has_first_interaction = True
+    context = ChainlitContext(session, AsyncMock(spec=BaseChainlitEmitter))
+    token = context_var.set(context)
+    yield context
+    context_var.reset(token)
+    from chainlit.user_session import user_sessions
+
+    user_sessions.pop(session.id, None)

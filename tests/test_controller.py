@@ -1,0 +1,65 @@
+"""The handlers' logic with ScriptedModel and a fake Chainlit context: what the browser is sent
+and what the model receives."""
+
+from __future__ import annotations
+
+import chainlit as cl
+import httpx2
+import openai
+from agents.testing import ModelStep, ScriptedModel
+
+from gemini_chat.chat import ChatController
+from gemini_chat.config import load_settings
+from gemini_chat.llm import build_backend
+from tests.fake_models import streamed_reply
+
+
+def controller_for(model: ScriptedModel | None, **env: str) -> ChatController:
+    settings = load_settings({"GEMINI_API_KEY": "k" if model else "", "GEMINI_MAX_RETRIES": "0", **env})
+    return ChatController(settings, build_backend(settings, model) if model else None)
+
+
+def sent_steps(context) -> list[dict]:
+    return [call.args[0] for call in context.emitter.send_step.await_args_list]
+
+
+async def test_a_failed_turn_is_left_out_of_the_next_request(chainlit_context):
+    request = httpx2.Request("POST", "http://fake/")
+    model = ScriptedModel([
+        ModelStep.raise_error(openai.APIConnectionError(request=request)),
+        streamed_reply("Back", " again"),
+    ])
+    controller = controller_for(model)
+    await controller.start()
+    await controller.handle(cl.Message(content="first"))
+    await controller.handle(cl.Message(content="second"))
+
+    steps = sent_steps(chainlit_context)
+    assert steps[0]["output"] == controller.settings.welcome
+    assert steps[1]["isError"] and "couldn't reach Gemini" in steps[1]["output"]
+    assert steps[2]["output"] == "Back again" and not steps[2]["isError"]
+    assert model.last_call.input == [{"role": "user", "content": "second"}]
+    assert model.last_call.system_instructions == controller.settings.instructions
+
+
+async def test_turns_accumulate_in_the_session_history(chainlit_context):
+    model = ScriptedModel([streamed_reply("A1"), streamed_reply("A2")])
+    controller = controller_for(model)
+    await controller.start()
+    await controller.handle(cl.Message(content="Q1"))
+    await controller.handle(cl.Message(content="Q2"))
+    assert model.last_call.input == [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+    model.assert_complete()
+
+
+async def test_without_a_backend_every_message_explains_the_missing_key(chainlit_context):
+    controller = controller_for(None)
+    await controller.start()
+    await controller.handle(cl.Message(content="hello"))
+    steps = sent_steps(chainlit_context)
+    assert len(steps) == 2
+    assert all(s["isError"] and "GEMINI_API_KEY" in s["output"] for s in steps)

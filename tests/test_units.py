@@ -1,0 +1,206 @@
+"""Unit tests of the package's logic, with ScriptedModel instead of a network."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+from agents.testing import ModelStep, ScriptedModel
+
+from gemini_chat.config import DEFAULT_MODEL, GOOGLE_OPENAI_ENDPOINT, ConfigError, load_settings
+from gemini_chat.errors import (
+    ConnectionFailed,
+    DailyQuotaExhausted,
+    InvalidApiKey,
+    RateLimited,
+    classify,
+)
+from gemini_chat.history import History, estimate_tokens
+from gemini_chat.llm import build_backend, build_client
+from gemini_chat.streaming import Coalescer, ReplyStream
+from tests.fake_gemini import rate_limit_per_day, rate_limit_per_minute
+from tests.fake_models import HangingReply, streamed_reply
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_defaults_use_a_current_gemini_flash_model_on_googles_endpoint():
+    settings = load_settings({"GEMINI_API_KEY": "k"})
+    assert settings.model == DEFAULT_MODEL == "gemini-3.8-flash"
+    assert settings.base_url == GOOGLE_OPENAI_ENDPOINT
+    assert settings.max_message_chars == 100_000
+    assert 0 < settings.stall_timeout <= 60
+
+
+def test_openai_api_key_is_never_taken_for_the_gemini_key():
+    settings = load_settings({"OPENAI_API_KEY": "sk-openai"})
+    assert settings.api_key is None
+    assert build_backend(settings) is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("GEMINI_BASE_URL", "ftp://x"), ("GEMINI_BASE_URL", "localhost:11434"),
+     ("HISTORY_TOKEN_BUDGET", "1e9x"), ("MAX_MESSAGE_CHARS", "0"),
+     ("GEMINI_MAX_RETRIES", "-1"), ("GEMINI_STALL_TIMEOUT", "inf")],
+)
+def test_bad_values_raise_an_error_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({variable: value})
+
+
+def test_dotenv_file_is_read_and_the_environment_wins(tmp_path: Path, monkeypatch):
+    (tmp_path / "app.env").write_text("GEMINI_MODEL=gemini-3.5-flash\nMAX_MESSAGE_CHARS=500\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHAINLIT_ENV_FILE", "app.env")
+    monkeypatch.setenv("MAX_MESSAGE_CHARS", "700")
+    settings = load_settings()
+    assert settings.model == "gemini-3.5-flash"
+    assert settings.max_message_chars == 700
+
+
+def test_the_key_never_shows_in_a_repr():
+    settings = load_settings({"GEMINI_API_KEY": "AIzaSecretValue123"})
+    assert "AIzaSecretValue123" not in repr(settings)
+
+
+def test_the_client_has_no_retries_of_its_own_and_a_stall_timeout():
+    client = build_client(load_settings({"GEMINI_API_KEY": "k", "GEMINI_STALL_TIMEOUT": "7"}))
+    assert client.max_retries == 0
+    assert client.timeout.read == 7
+
+
+# --- history ------------------------------------------------------------------------------------
+
+
+def test_history_alternates_and_keeps_the_newest_message_over_budget():
+    history = History(token_budget=60)
+    history.record("q1", "a1")
+    history.record("q2", "")  # a failed turn with no text is not kept
+    history.record("q3", "a3")
+    assert history.request_items("q4") == [
+        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"},
+        {"role": "user", "content": "q4"},
+    ]
+    huge = "x" * 10_000
+    assert history.request_items(huge) == [{"role": "user", "content": huge}]
+
+
+def test_token_estimate_counts_bytes_so_cjk_is_not_underestimated():
+    assert estimate_tokens("a" * 400) < estimate_tokens("字" * 200)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def _status_error(fail) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://fake/chat/completions")
+    response = httpx2.Response(fail.status, request=request, json=fail.body,
+                               headers={"x-request-id": "req-1"})
+    return openai.RateLimitError("Error code: 429", response=response, body=fail.body)
+
+
+def test_gemini_list_shaped_429_bodies_are_read():
+    minute = classify(_status_error(rate_limit_per_minute("17s")))
+    assert isinstance(minute, RateLimited) and minute.retry_after == 17.0
+    assert minute.detail["request_id"] == "req-1"
+    assert isinstance(classify(_status_error(rate_limit_per_day())), DailyQuotaExhausted)
+
+
+def test_connection_errors_and_bad_keys_are_mapped():
+    request = httpx2.Request("POST", "http://fake/")
+    assert isinstance(classify(openai.APIConnectionError(request=request)), ConnectionFailed)
+    body = [{"error": {"code": 400, "status": "INVALID_ARGUMENT", "details": [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]}}]
+    response = httpx2.Response(400, request=request, json=body)
+    error = openai.BadRequestError("Error code: 400", response=response, body=body)
+    assert isinstance(classify(error), InvalidApiKey)
+
+
+# --- coalescing ---------------------------------------------------------------------------------
+
+
+async def test_coalescer_writes_the_first_delta_at_once_and_batches_the_rest():
+    writes: list[str] = []
+
+    async def write(text: str) -> None:
+        writes.append(text)
+
+    coalescer = Coalescer(write, interval=10.0)
+    await coalescer.add("Hel")
+    assert writes == ["Hel"]  # not held back
+    for piece in ["lo", ",", " wor", "ld"]:
+        await coalescer.add(piece)
+    assert writes == ["Hel"]  # batched while the interval runs
+    await coalescer.close()
+    assert writes == ["Hel", "lo, world"]
+    assert "".join(writes) == "Hello, world"
+
+
+async def test_coalescer_flushes_by_timer_when_the_stream_pauses():
+    written = asyncio.Queue()
+
+    async def write(text: str) -> None:
+        await written.put(text)
+
+    coalescer = Coalescer(write, interval=0.02)
+    await coalescer.add("a")
+    await coalescer.add("b")  # no later delta comes to carry it out
+    assert await asyncio.wait_for(written.get(), 1) == "a"
+    assert await asyncio.wait_for(written.get(), 1) == "b"
+    await coalescer.close()
+    assert written.empty()
+
+
+# --- one reply, with ScriptedModel --------------------------------------------------------------
+
+
+def backend_for(model: ScriptedModel, **env: str):
+    settings = load_settings({"GEMINI_API_KEY": "k", "GEMINI_MAX_RETRIES": "0", **env})
+    return build_backend(settings, model)
+
+
+async def test_reply_stream_returns_exactly_the_streamed_text():
+    model = ScriptedModel([streamed_reply("Hello", ", ", "wörld", " 👋")])
+    seen: list[str] = []
+
+    async def sink(text: str) -> None:
+        seen.append(text)
+
+    stream = ReplyStream(backend_for(model), sink)
+    assert await stream.run([{"role": "user", "content": "hi"}]) == "Hello, wörld 👋"
+    assert "".join(seen) == "Hello, wörld 👋"
+    assert model.last_call.input == [{"role": "user", "content": "hi"}]
+
+
+async def test_reply_stream_maps_failures_to_chat_errors():
+    request = httpx2.Request("POST", "http://fake/")
+    model = ScriptedModel([ModelStep.raise_error(openai.APIConnectionError(request=request))])
+
+    async def sink(text: str) -> None:
+        pass
+
+    stream = ReplyStream(backend_for(model), sink)
+    with pytest.raises(ConnectionFailed):
+        await stream.run([{"role": "user", "content": "hi"}])
+
+
+async def test_cancelling_a_reply_closes_the_model_stream_and_keeps_the_text():
+    hanging = HangingReply("Partial")
+    shown = asyncio.Event()
+
+    async def sink(text: str) -> None:
+        shown.set()
+
+    stream = ReplyStream(backend_for(ScriptedModel([hanging.step()])), sink)
+    task = asyncio.create_task(stream.run([{"role": "user", "content": "hi"}]))
+    await asyncio.wait_for(shown.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(hanging.closed.wait(), 5)
+    assert stream.text == "Partial"
