@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from urllib.parse import urlsplit
 
 from chainlit.config import config as chainlit_config
 
@@ -21,13 +22,33 @@ SECURITY_HEADERS = (
 )
 
 
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """Same-origin requests and the configured origins may open the chat socket.
+
+    Chainlit turns socket.io's own origin check off, so without this any web page the user
+    visits could open a socket to a local chat and spend its Gemini quota."""
+    if origin is None or "*" in allowed:
+        return True  # not a browser (browsers always send Origin on these requests)
+    if origin.rstrip("/") in (o.rstrip("/") for o in allowed):
+        return True
+    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
 class SecurityHeaders:
-    """ASGI middleware adding SECURITY_HEADERS to every HTTP response."""
+    """ASGI middleware: SECURITY_HEADERS on every HTTP response, and cross-site socket
+    connections refused."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket") and "/ws/socket.io" in scope.get("path", ""):
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            allowed = list(chainlit_config.project.allow_origins or [])
+            if not origin_allowed(headers.get("origin"), headers.get("host"), allowed):
+                logger.warning("Refused a chat connection from origin %r", headers.get("origin"))
+                await _refuse(scope, receive, send)
+                return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -40,6 +61,15 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def _refuse(scope, receive, send) -> None:
+    if scope["type"] == "websocket":
+        await receive()  # the websocket.connect event
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send({"type": "http.response.start", "status": 403, "headers": []})
+    await send({"type": "http.response.body", "body": b"cross-origin connection refused"})
 
 
 def load_settings_or_exit() -> Settings:
@@ -75,5 +105,7 @@ def prepare_server() -> Settings:
             logger.debug("Server already started; security headers were added at first start")
     if not settings.api_key:
         logger.warning("GEMINI_API_KEY is not set: the chat will explain how to set it")
-    logger.info("Serving %s with model %s at %s", settings.assistant_name, settings.model, settings.base_url)
+    logger.info(
+        "Serving %s with model %s at %s", settings.assistant_name, settings.model, settings.base_url
+    )
     return settings

@@ -94,8 +94,11 @@ class ChatController:
             await asyncio.sleep(self.settings.disconnect_grace)
             if getattr(session, "socket_id", None) == socket_id:
                 cancelled = conversation.cancel_turns()
-                logger.info("Client gone for %.0fs: cancelled %d turn(s)",
-                            self.settings.disconnect_grace, cancelled)
+                logger.info(
+                    "Client gone for %.0fs: cancelled %d turn(s)",
+                    self.settings.disconnect_grace,
+                    cancelled,
+                )
 
         if conversation.disconnect_watch is not None:
             conversation.disconnect_watch.cancel()

@@ -96,7 +96,9 @@ class Settings:
         # The key must never reach a log line, even through a repr.
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
         key = "set" if self.api_key else "missing"
-        return f"Settings(api_key=<{key}>, " + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+        return (
+            f"Settings(api_key=<{key}>, " + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+        )
 
 
 # Environment variable, parser, field: read in this order, documented in .env.example and README.

@@ -36,7 +36,10 @@ from typing import Any
 import openai
 from agents.exceptions import ModelBehaviorError, ModelRefusalError
 
-KEY_HELP = "Create a key at https://aistudio.google.com/apikey and put it in the .env file as GEMINI_API_KEY=..., then restart the app."
+KEY_HELP = (
+    "Create a key at https://aistudio.google.com/apikey, put it in the .env file as "
+    "GEMINI_API_KEY=..., then restart the app."
+)
 
 
 class ChatError(Exception):
@@ -175,8 +178,7 @@ class StreamStalled(UpstreamError):
     def __init__(self, seconds: float | None = None, **detail: Any) -> None:
         waited = f"for {seconds:g} seconds " if seconds else ""
         super().__init__(
-            f"Gemini stopped sending {waited}so I gave up on this answer. "
-            "Send your message again.",
+            f"Gemini stopped sending {waited}so I gave up on this answer. Send your message again.",
             **detail,
         )
 

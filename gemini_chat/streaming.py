@@ -106,7 +106,10 @@ class ReplyStream:
             current_report.reset(token)
         try:
             async for event in result.stream_events():
-                if event.type == "raw_response_event" and event.data.type == "response.output_text.delta":
+                if (
+                    event.type == "raw_response_event"
+                    and event.data.type == "response.output_text.delta"
+                ):
                     delta = event.data.delta
                     if delta:
                         self.parts.append(delta)

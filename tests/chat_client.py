@@ -17,6 +17,7 @@ import socketio
 
 SHOWN_TYPES = ("assistant_message", "user_message")
 
+
 @dataclass
 class ShownMessage:
     id: str
@@ -163,6 +164,7 @@ class ChatClient:
 
     async def wait_idle(self, timeout: float = 15.0) -> None:
         """Wait until the server signals the current task has ended."""
+
         def ended() -> bool:
             names = [n for n, _ in self.events[self._mark :]]
             return "task_start" in names and "task_end" in names[names.index("task_start") :]
@@ -181,9 +183,7 @@ class ChatClient:
         self.mark()
         await self.send(text)
         await self.wait_idle(timeout)
-        return [
-            m for mid, m in self.messages.items() if mid not in before and not m.from_user
-        ]
+        return [m for mid, m in self.messages.items() if mid not in before and not m.from_user]
 
     # -- what is on screen
 

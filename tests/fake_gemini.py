@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 DEFAULT_KEY = "test-gemini-key"
+FREE_TIER_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
 KNOWN_MODELS = frozenset(
     {
         "gemini-3.8-flash",
@@ -98,7 +99,9 @@ def _text_of(content: Any) -> str:
 
 def error_body(code: int, status: str, message: str, details: Iterable[dict] = ()) -> list[dict]:
     """Gemini wraps its error object in a list."""
-    return [{"error": {"code": code, "message": message, "status": status, "details": list(details)}}]
+    return [
+        {"error": {"code": code, "message": message, "status": status, "details": list(details)}}
+    ]
 
 
 def split_tokens(text: str, size: int = 1) -> list[str]:
@@ -166,7 +169,7 @@ def rate_limit_per_minute(retry_delay: str = "17s") -> Fail:
                     "@type": "type.googleapis.com/google.rpc.QuotaFailure",
                     "violations": [
                         {
-                            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                            "quotaMetric": FREE_TIER_METRIC,
                             "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
                             "quotaDimensions": {"location": "global", "model": "gemini-3.8-flash"},
                             "quotaValue": "10",
@@ -192,7 +195,7 @@ def rate_limit_per_day() -> Fail:
                     "@type": "type.googleapis.com/google.rpc.QuotaFailure",
                     "violations": [
                         {
-                            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                            "quotaMetric": FREE_TIER_METRIC,
                             "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
                             "quotaValue": "250",
                         }
@@ -244,7 +247,9 @@ def internal_error() -> Fail:
 
 
 def overloaded() -> Fail:
-    return Fail(503, error_body(503, "UNAVAILABLE", "The model is overloaded. Please try again later."))
+    return Fail(
+        503, error_body(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+    )
 
 
 def unknown_field(name: str) -> Fail:
@@ -435,7 +440,9 @@ class FakeGemini:
         if reply.ending == "malformed":
             await self._write(request, response, 'data: {"choices": [{"delta": {"content": "x"\n\n')
         if reply.ending == "error":
-            error = error_body(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+            error = error_body(
+                503, "UNAVAILABLE", "The model is overloaded. Please try again later."
+            )
             await self._write(request, response, f"data: {json.dumps(error[0])}\n\n")
         if reply.ending == "finish" and not pieces:
             chunk = _chunk(chunk_id, model, "", reply.finish_reason, prompt_tokens, 0)

@@ -25,7 +25,9 @@ def _events_with_deltas(pieces: list[str]) -> list:
 
 def streamed_reply(*pieces: str) -> ModelStep:
     """An answer streamed as one delta per piece."""
-    return ModelStep.stream(_events_with_deltas(list(pieces)), output=[assistant_message("".join(pieces))])
+    return ModelStep.stream(
+        _events_with_deltas(list(pieces)), output=[assistant_message("".join(pieces))]
+    )
 
 
 class HangingReply:

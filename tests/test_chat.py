@@ -18,7 +18,11 @@ async def test_reply_streams_into_one_message_that_ends_with_the_model_text(chat
     assert [m.content for m in replies] == [text]
     reply = replies[0]
     assert not reply.is_error
-    events = [(name, data) for name, data in chat.events if isinstance(data, dict) and data.get("id") == reply.id]
+    events = [
+        (name, data)
+        for name, data in chat.events
+        if isinstance(data, dict) and data.get("id") == reply.id
+    ]
     # It opens with the first token itself: no placeholder text, no empty message sent first.
     assert events[0][0] == "stream_start"
     assert events[0][1]["output"] == "Streaming"
@@ -48,7 +52,10 @@ async def test_history_sent_on_turn_n_is_exactly_the_earlier_turns(chat, gemini)
 
 
 async def test_unusual_text_reaches_the_model_exactly_as_typed(chat, gemini):
-    typed = "Zoë 👩‍👩‍👧‍👦 שלום עולם مرحبا e\u0301\u0323 \u202eevil\u202c tab\there\x07bell\x1b[0m\r\nend"
+    typed = (
+        "Zoë 👩‍👩‍👧‍👦 שלום עולם مرحبا e\u0301\u0323 "
+        "\u202eevil\u202c tab\there\x07bell\x1b[0m\r\nend"
+    )
     replies = await chat.ask(typed)
 
     assert (await gemini.arrived(1))[0].conversation[-1] == ("user", typed)

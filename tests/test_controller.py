@@ -15,7 +15,9 @@ from tests.fake_models import streamed_reply
 
 
 def controller_for(model: ScriptedModel | None, **env: str) -> ChatController:
-    settings = load_settings({"GEMINI_API_KEY": "k" if model else "", "GEMINI_MAX_RETRIES": "0", **env})
+    settings = load_settings(
+        {"GEMINI_API_KEY": "k" if model else "", "GEMINI_MAX_RETRIES": "0", **env}
+    )
     return ChatController(settings, build_backend(settings, model) if model else None)
 
 
@@ -25,10 +27,12 @@ def sent_steps(context) -> list[dict]:
 
 async def test_a_failed_turn_is_left_out_of_the_next_request(chainlit_context):
     request = httpx2.Request("POST", "http://fake/")
-    model = ScriptedModel([
-        ModelStep.raise_error(openai.APIConnectionError(request=request)),
-        streamed_reply("Back", " again"),
-    ])
+    model = ScriptedModel(
+        [
+            ModelStep.raise_error(openai.APIConnectionError(request=request)),
+            streamed_reply("Back", " again"),
+        ]
+    )
     controller = controller_for(model)
     await controller.start()
     await controller.handle(cl.Message(content="first"))

@@ -3,6 +3,7 @@ history budget, the network guard. Each test starts its own `chainlit run`."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import urllib.request
@@ -12,6 +13,11 @@ import pytest
 from tests.chat_client import ChatClient
 from tests.conftest import app_directory, free_port, guarded_env
 from tests.fake_gemini import Reply
+
+
+def http_get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
 
 
 async def welcome_of(client: ChatClient) -> str:
@@ -47,16 +53,19 @@ async def test_the_gemini_key_is_sent_never_the_openai_key(start_app_with, gemin
 
 
 async def test_settings_name_the_assistant_and_welcome(start_app_with, gemini):
-    server = start_app_with(ASSISTANT_NAME="Aria", ASSISTANT_WELCOME="Salut ! Je suis Aria.",
-                            ASSISTANT_INSTRUCTIONS="Answer in French.")
+    server = start_app_with(
+        ASSISTANT_NAME="Aria",
+        ASSISTANT_WELCOME="Salut ! Je suis Aria.",
+        ASSISTANT_INSTRUCTIONS="Answer in French.",
+    )
     client = await ChatClient(server.url).connect()
     assert await welcome_of(client) == "Salut ! Je suis Aria."
     replies = await client.ask("Bonjour")
     assert replies[0].author == "Aria"
     await client.disconnect()
     assert (await gemini.arrived(1))[0].conversation[0] == ("system", "Answer in French.")
-    with urllib.request.urlopen(server.url + "/project/settings?language=en-US") as response:
-        assert b'"name":"Aria"' in response.read().replace(b" ", b"")
+    settings = await asyncio.to_thread(http_get, server.url + "/project/settings?language=en-US")
+    assert b'"name":"Aria"' in settings.replace(b" ", b"")
 
 
 async def test_the_tutorials_retired_model_gets_a_clear_message(start_app_with, gemini):
@@ -88,7 +97,9 @@ async def test_history_budget_drops_oldest_turns_but_never_the_newest(start_app_
     assert sizes == [2, 4, 6, 6, 6, 6, 2]
     sixth = requests[5].conversation
     assert sixth[-1][1].startswith("Question 5")
-    assert [role for role, _ in sixth[1:]] == ["user", "assistant"] * ((len(sixth) - 2) // 2) + ["user"]
+    assert [role for role, _ in sixth[1:]] == ["user", "assistant"] * ((len(sixth) - 2) // 2) + [
+        "user"
+    ]
     # The kept turns are the most recent ones, in order.
     assert sixth[-3][1].startswith("Question 4") and sixth[-2][1].startswith("Answer 4")
     assert requests[6].conversation == [("system", "Be brief."), ("user", huge)]
@@ -105,7 +116,16 @@ async def test_history_budget_drops_oldest_turns_but_never_the_newest(start_app_
 )
 def test_a_bad_setting_stops_the_start_with_one_line_naming_it(variable, value):
     result = subprocess.run(
-        [sys.executable, "-m", "chainlit", "run", "chatbot.py", "--headless", "--port", str(free_port())],
+        [
+            sys.executable,
+            "-m",
+            "chainlit",
+            "run",
+            "chatbot.py",
+            "--headless",
+            "--port",
+            str(free_port()),
+        ],
         cwd=app_directory(),
         env=guarded_env(GEMINI_API_KEY="k", **{variable: value}),
         capture_output=True,
@@ -122,8 +142,10 @@ def test_a_bad_setting_stops_the_start_with_one_line_naming_it(variable, value):
 async def test_the_guard_stops_any_request_to_the_real_gemini_host(start_app_with, gemini):
     """With the real endpoint configured, nothing leaves the machine: the chat reports a
     connection failure and the fake sees nothing."""
-    server = start_app_with(GEMINI_BASE_URL="https://generativelanguage.googleapis.com/v1beta/openai/",
-                            GEMINI_MAX_RETRIES="0")
+    server = start_app_with(
+        GEMINI_BASE_URL="https://generativelanguage.googleapis.com/v1beta/openai/",
+        GEMINI_MAX_RETRIES="0",
+    )
     client = await ChatClient(server.url).connect()
     await welcome_of(client)
     replies = await client.ask("Hello")
@@ -135,5 +157,5 @@ async def test_the_guard_stops_any_request_to_the_real_gemini_host(start_app_wit
 def test_the_in_process_guard_refuses_the_gemini_host():
     import socket
 
-    with pytest.raises(ConnectionError, match="googleapis.com"):
+    with pytest.raises(ConnectionError, match=r"googleapis\.com"):
         socket.getaddrinfo("generativelanguage.googleapis.com", 443)

@@ -43,9 +43,14 @@ def test_openai_api_key_is_never_taken_for_the_gemini_key():
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("GEMINI_BASE_URL", "ftp://x"), ("GEMINI_BASE_URL", "localhost:11434"),
-     ("HISTORY_TOKEN_BUDGET", "1e9x"), ("MAX_MESSAGE_CHARS", "0"),
-     ("GEMINI_MAX_RETRIES", "-1"), ("GEMINI_STALL_TIMEOUT", "inf")],
+    [
+        ("GEMINI_BASE_URL", "ftp://x"),
+        ("GEMINI_BASE_URL", "localhost:11434"),
+        ("HISTORY_TOKEN_BUDGET", "1e9x"),
+        ("MAX_MESSAGE_CHARS", "0"),
+        ("GEMINI_MAX_RETRIES", "-1"),
+        ("GEMINI_STALL_TIMEOUT", "inf"),
+    ],
 )
 def test_bad_values_raise_an_error_naming_the_variable(variable, value):
     with pytest.raises(ConfigError, match=variable):
@@ -82,8 +87,10 @@ def test_history_alternates_and_keeps_the_newest_message_over_budget():
     history.record("q2", "")  # a failed turn with no text is not kept
     history.record("q3", "a3")
     assert history.request_items("q4") == [
-        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-        {"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q3"},
+        {"role": "assistant", "content": "a3"},
         {"role": "user", "content": "q4"},
     ]
     huge = "x" * 10_000
@@ -99,8 +106,9 @@ def test_token_estimate_counts_bytes_so_cjk_is_not_underestimated():
 
 def _status_error(fail) -> openai.APIStatusError:
     request = httpx2.Request("POST", "http://fake/chat/completions")
-    response = httpx2.Response(fail.status, request=request, json=fail.body,
-                               headers={"x-request-id": "req-1"})
+    response = httpx2.Response(
+        fail.status, request=request, json=fail.body, headers={"x-request-id": "req-1"}
+    )
     return openai.RateLimitError("Error code: 429", response=response, body=fail.body)
 
 
@@ -114,8 +122,20 @@ def test_gemini_list_shaped_429_bodies_are_read():
 def test_connection_errors_and_bad_keys_are_mapped():
     request = httpx2.Request("POST", "http://fake/")
     assert isinstance(classify(openai.APIConnectionError(request=request)), ConnectionFailed)
-    body = [{"error": {"code": 400, "status": "INVALID_ARGUMENT", "details": [
-        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]}}]
+    body = [
+        {
+            "error": {
+                "code": 400,
+                "status": "INVALID_ARGUMENT",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                    }
+                ],
+            }
+        }
+    ]
     response = httpx2.Response(400, request=request, json=body)
     error = openai.BadRequestError("Error code: 400", response=response, body=body)
     assert isinstance(classify(error), InvalidApiKey)

@@ -37,15 +37,18 @@ FAULTS = {
         logged=("RateLimited", "status=429", "RESOURCE_EXHAUSTED", "PerMinute", "request_id='req-"),
     ),
     "429 per day": Fault(
-        [rate_limit_per_day()], ["daily Gemini quota", "midnight Pacific"],
+        [rate_limit_per_day()],
+        ["daily Gemini quota", "midnight Pacific"],
         logged=("DailyQuotaExhausted", "PerDay"),
     ),
     "400 API_KEY_INVALID": Fault(
-        [invalid_key()], ["rejected the API key", "GEMINI_API_KEY"],
+        [invalid_key()],
+        ["rejected the API key", "GEMINI_API_KEY"],
         logged=("InvalidApiKey", "status=400", "API_KEY_INVALID"),
     ),
     "404 unknown model": Fault(
-        [unknown_model("gemini-3.8-flash")], ['model "gemini-3.8-flash"', "GEMINI_MODEL"],
+        [unknown_model("gemini-3.8-flash")],
+        ['model "gemini-3.8-flash"', "GEMINI_MODEL"],
         logged=("ModelNotFound", "status=404"),
     ),
     "500 on every try": Fault(
@@ -88,7 +91,8 @@ FAULTS = {
         logged=("ContentBlocked", "content_filter"),
     ),
     "content_filter with no text": Fault(
-        [Reply(chunks=[], finish_reason="content_filter")], ["safety filter"],
+        [Reply(chunks=[], finish_reason="content_filter")],
+        ["safety filter"],
         logged=("ContentBlocked",),
     ),
     "empty answer": Fault([Reply(chunks=[])], ["empty answer"], logged=("EmptyAnswer",)),
@@ -126,7 +130,9 @@ async def test_upstream_fault_is_explained_and_the_chat_carries_on(chat, gemini,
     replies = await chat.ask("Next question")
     assert [m.content for m in replies] == ["Recovered."]
     next_request = (await gemini.arrived(fault.requests + 1))[-1]
-    expected = [("user", "What is the answer?"), ("assistant", fault.partial)] if fault.partial else []
+    expected = (
+        [("user", "What is the answer?"), ("assistant", fault.partial)] if fault.partial else []
+    )
     assert next_request.conversation[1:] == [*expected, ("user", "Next question")]
 
     log = app.log()
@@ -151,7 +157,8 @@ async def test_overloaded_once_is_retried_transparently(chat, gemini):
 
 
 @pytest.mark.parametrize(
-    "failure", [rate_limit_per_day(), invalid_key(), unknown_model("gemini-3.8-flash")],
+    "failure",
+    [rate_limit_per_day(), invalid_key(), unknown_model("gemini-3.8-flash")],
     ids=["daily quota", "bad key", "unknown model"],
 )
 async def test_failures_that_cannot_clear_are_never_retried(chat, gemini, failure):
