@@ -33,44 +33,32 @@ def _url(value: str) -> str:
     return value if value.endswith("/") else value + "/"
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value.replace("_", ""))
-    except ValueError:
-        raise ValueError("must be a whole number") from None
-    if number <= 0:
-        raise ValueError("must be greater than 0")
-    return number
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value.replace("_", ""))
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if number < minimum:
+            raise ValueError(f"must be {minimum} or more")
+        return number
+
+    return parse
 
 
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value.replace("_", ""))
-    except ValueError:
-        raise ValueError("must be a whole number") from None
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
+def _seconds(allow_zero: bool) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+        if not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
+            raise ValueError(
+                "must be a number of seconds" + (", 0 or more" if allow_zero else " above 0")
+            )
+        return number
 
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError("must be a number of seconds") from None
-    if not number > 0 or number == float("inf"):
-        raise ValueError("must be a number of seconds greater than 0")
-    return number
-
-
-def _non_negative_seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError("must be a number of seconds") from None
-    if not number >= 0 or number == float("inf"):
-        raise ValueError("must be a number of seconds, 0 or more")
-    return number
+    return parse
 
 
 @dataclass(frozen=True)
@@ -109,14 +97,14 @@ ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("ASSISTANT_NAME", _text, "assistant_name"),
     ("ASSISTANT_WELCOME", _text, "welcome"),
     ("ASSISTANT_INSTRUCTIONS", _text, "instructions"),
-    ("HISTORY_TOKEN_BUDGET", _positive_int, "history_token_budget"),
-    ("MAX_MESSAGE_CHARS", _positive_int, "max_message_chars"),
-    ("GEMINI_CONNECT_TIMEOUT", _seconds, "connect_timeout"),
-    ("GEMINI_STALL_TIMEOUT", _seconds, "stall_timeout"),
-    ("GEMINI_MAX_RETRIES", _non_negative_int, "max_retries"),
-    ("GEMINI_MAX_RETRY_WAIT", _non_negative_seconds, "max_retry_wait"),
-    ("DISCONNECT_GRACE_SECONDS", _non_negative_seconds, "disconnect_grace"),
-    ("STREAM_FLUSH_INTERVAL", _non_negative_seconds, "flush_interval"),
+    ("HISTORY_TOKEN_BUDGET", _whole_number(1), "history_token_budget"),
+    ("MAX_MESSAGE_CHARS", _whole_number(1), "max_message_chars"),
+    ("GEMINI_CONNECT_TIMEOUT", _seconds(allow_zero=False), "connect_timeout"),
+    ("GEMINI_STALL_TIMEOUT", _seconds(allow_zero=False), "stall_timeout"),
+    ("GEMINI_MAX_RETRIES", _whole_number(0), "max_retries"),
+    ("GEMINI_MAX_RETRY_WAIT", _seconds(allow_zero=True), "max_retry_wait"),
+    ("DISCONNECT_GRACE_SECONDS", _seconds(allow_zero=True), "disconnect_grace"),
+    ("STREAM_FLUSH_INTERVAL", _seconds(allow_zero=True), "flush_interval"),
 )
 
 
