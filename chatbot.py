@@ -4,14 +4,18 @@ Start it with `uv run chainlit run chatbot.py -w`. The wiring is here; the logic
 `gemini_chat` package beside this file.
 """
 
+from typing import Any
+
 import chainlit as cl
 
 from gemini_chat.app import prepare_server
 from gemini_chat.chat import ChatController
 from gemini_chat.llm import build_backend, build_model
 
-# Settings come from the environment and .env; a bad value stops here with one line.
-settings = prepare_server()
+# Settings from the environment and .env, the chat database (created or upgraded) and the login
+# mode. A bad value stops here with one line saying what to change.
+server = prepare_server()
+settings = server.settings
 
 # An AsyncOpenAI client on Gemini's OpenAI-compatible endpoint, wrapped in an
 # OpenAIChatCompletionsModel, an Agent and a RunConfig (tracing off, one retry layer).
@@ -20,9 +24,32 @@ backend = build_backend(settings, build_model(settings)) if settings.api_key els
 controller = ChatController(settings, backend)
 
 
+@cl.data_layer
+def data_layer() -> Any:
+    return server.data_layer
+
+
+if server.access.local:
+
+    @cl.header_auth_callback
+    async def header_auth_callback(headers: Any) -> cl.User | None:
+        return await server.access.local_user()
+
+else:
+
+    @cl.password_auth_callback
+    async def password_auth_callback(username: str, password: str) -> cl.User | None:
+        return await server.access.check_password(username, password)
+
+
 @cl.on_chat_start
 async def on_chat_start() -> None:
     await controller.start()
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread: Any) -> None:
+    await controller.resume(thread)
 
 
 @cl.on_message

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from urllib.parse import urlsplit
 
-from chainlit.config import config as chainlit_config
+from dataclasses import dataclass
 
+from chainlit.config import config as chainlit_config
+from sqlalchemy.engine import make_url
+
+from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
 from .config import ConfigError, Settings, load_settings
 from .logs import install_secret_filter
+from .storage import ChatDataLayer, StorageError, describe_url, prepare_database
 
 logger = logging.getLogger("gemini_chat")
 
@@ -34,20 +40,41 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
     return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
 
 
+@dataclass
+class Server:
+    """What the handlers need, prepared once at start-up."""
+
+    settings: Settings
+    data_layer: ChatDataLayer
+    access: Access
+
+
+# The server being prepared; the middleware reads the login mode from it on every request.
+current: Server | None = None
+
+
 class SecurityHeaders:
-    """ASGI middleware: SECURITY_HEADERS on every HTTP response, and cross-site socket
-    connections refused."""
+    """ASGI middleware: SECURITY_HEADERS on every HTTP response, cross-site socket connections
+    refused, and in local mode every client that is not on this computer refused."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] in ("http", "websocket") and "/ws/socket.io" in scope.get("path", ""):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or (None,))[0]
+        if current is not None and current.access.local and not is_loopback(client):
+            logger.warning("Refused %s: local mode serves loopback clients only", client)
+            await _refuse(scope, receive, send, LOCAL_ONLY_MESSAGE)
+            return
+        if "/ws/socket.io" in scope.get("path", ""):
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             allowed = list(chainlit_config.project.allow_origins or [])
             if not origin_allowed(headers.get("origin"), headers.get("host"), allowed):
                 logger.warning("Refused a chat connection from origin %r", headers.get("origin"))
-                await _refuse(scope, receive, send)
+                await _refuse(scope, receive, send, "Cross-origin connection refused.")
                 return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -63,30 +90,31 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _refuse(scope, receive, send) -> None:
+async def _refuse(scope, receive, send, message: str) -> None:
     if scope["type"] == "websocket":
         await receive()  # the websocket.connect event
-        await send({"type": "websocket.close", "code": 1008})
+        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
         return
-    await send({"type": "http.response.start", "status": 403, "headers": []})
-    await send({"type": "http.response.body", "body": b"cross-origin connection refused"})
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "http.response.start", "status": 403, "headers": headers})
+    await send({"type": "http.response.body", "body": message.encode()})
 
 
-def load_settings_or_exit() -> Settings:
+def _exit(message: str) -> None:
+    # One line saying what to change, not a traceback.
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def prepare_server() -> Server:
+    """Read the settings, prepare the database and the login mode, and set up the Chainlit
+    server for them; safe to call on every reload."""
+    global current
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as error:
-        # One line naming the variable, not a traceback.
-        print(f"Configuration error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def prepare_server() -> Settings:
-    """Read the settings and set up the Chainlit server for them; safe to call on every reload."""
-    settings = load_settings_or_exit()
+        _exit(f"Configuration error: {error}")
     logging.getLogger("gemini_chat").setLevel(logging.INFO)
-    if settings.api_key:
-        install_secret_filter(settings.api_key)
     chainlit_config.ui.name = settings.assistant_name
 
     from chainlit.server import app, sio
@@ -105,7 +133,30 @@ def prepare_server() -> Settings:
             logger.debug("Server already started; security headers were added at first start")
     if not settings.api_key:
         logger.warning("GEMINI_API_KEY is not set: the chat will explain how to set it")
+    try:
+        prepare_database(settings.database_url)
+        access = prepare_access(settings.database_url)
+    except StorageError as error:
+        _exit(f"Database error: {error}")
+    except AccessError as error:
+        _exit(f"Login error: {error}")
     logger.info(
-        "Serving %s with model %s at %s", settings.assistant_name, settings.model, settings.base_url
+        "Serving %s with model %s at %s; chats stored in %s",
+        settings.assistant_name,
+        settings.model,
+        settings.base_url,
+        describe_url(settings.database_url),
     )
-    return settings
+    install_secret_filter(
+        *(
+            secret
+            for secret in (
+                settings.api_key,
+                os.environ.get("CHAINLIT_AUTH_SECRET"),
+                make_url(settings.database_url).password,
+            )
+            if secret
+        )
+    )
+    current = Server(settings, ChatDataLayer(settings.database_url), access)
+    return current

@@ -13,18 +13,17 @@ import unicodedata
 from dataclasses import dataclass, field
 
 import chainlit as cl
+from chainlit.utils import utc_now
 
 from .config import Settings
 from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
-from .history import History
+from .history import REPLY_MARKS, History, history_from_steps
 from .llm import Backend
 from .streaming import ReplyStream
 
 logger = logging.getLogger("gemini_chat")
 
 SESSION_KEY = "conversation"
-INCOMPLETE_MARK = "\n\n*— incomplete reply*"
-STOPPED_MARK = "\n\n*— stopped*"
 
 
 def check_input(text: str, settings: Settings) -> None:
@@ -68,7 +67,18 @@ class ChatController:
         if self.backend is None:
             await self._notice(str(MissingApiKey()))
             return
-        await cl.Message(content=self.settings.welcome, author=self.settings.assistant_name).send()
+        await cl.Message(
+            content=self.settings.welcome,
+            author=self.settings.assistant_name,
+            metadata={"kind": "welcome"},
+        ).send()
+
+    async def resume(self, thread: dict) -> None:
+        """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
+        copy of the old session is not trusted for that)."""
+        history = history_from_steps(thread.get("steps") or [], self.settings.history_token_budget)
+        cl.user_session.set(SESSION_KEY, Conversation(history))
+        logger.info("Resumed a chat with %d earlier turn(s)", len(history.turns))
 
     def conversation(self) -> Conversation:
         conversation = cl.user_session.get(SESSION_KEY)
@@ -106,7 +116,9 @@ class ChatController:
 
     # -- a message
 
-    async def handle(self, message: cl.Message) -> None:
+    async def handle(self, message: cl.Message | None) -> None:
+        if message is None:  # an edit of a message Chainlit no longer knows
+            return
         text = message.content or ""
         try:
             check_input(text, self.settings)
@@ -121,37 +133,49 @@ class ChatController:
         conversation.tasks.add(task)
         try:
             async with conversation.turn_lock:
-                await self._turn(conversation, text)
+                if conversation.history.rewind(message.id):
+                    logger.info("An edited message: the history was rewound to it")
+                await self._turn(conversation, text, message.id)
         finally:
             conversation.tasks.discard(task)
 
-    async def _turn(self, conversation: Conversation, text: str) -> None:
+    async def _turn(self, conversation: Conversation, text: str, message_id: str) -> None:
         backend = self.backend
         assert backend is not None
-        reply = cl.Message(content="", author=self.settings.assistant_name)
+        reply = cl.Message(
+            content="",
+            author=self.settings.assistant_name,
+            # Which message this answers, so a stored chat can be rebuilt exactly.
+            metadata={"kind": "reply", "for": message_id, "status": "complete"},
+            # Stamped now, not when the stream ends, so a message queued meanwhile sorts after.
+            created_at=utc_now(),
+        )
         stream = ReplyStream(backend, reply.stream_token)
         items = conversation.history.request_items(text, self.settings.instructions)
         try:
             answer = await stream.run(items)
         except asyncio.CancelledError:
-            await self._finish_partial(reply, stream.text, STOPPED_MARK)
-            conversation.history.record(text, stream.text)
+            await self._finish_partial(reply, stream.text, "stopped")
+            conversation.history.record(text, stream.text, message_id)
             raise
         except ChatError as failure:
-            await self._finish_partial(reply, stream.text, INCOMPLETE_MARK)
-            conversation.history.record(text, stream.text)
+            await self._finish_partial(reply, stream.text, "incomplete")
+            conversation.history.record(text, stream.text, message_id)
             await self._notice(str(failure))
             return
         reply.content = answer
         await reply.send()
-        conversation.history.record(text, answer)
+        conversation.history.record(text, answer, message_id)
 
-    async def _finish_partial(self, reply: cl.Message, text: str, mark: str) -> None:
+    async def _finish_partial(self, reply: cl.Message, text: str, status: str) -> None:
         """Keep what streamed on screen, visibly marked; the history gets the text alone."""
         if not text:
             return
-        reply.content = text + mark
+        reply.content = text + REPLY_MARKS[status]
+        reply.metadata = {**(reply.metadata or {}), "status": status}
         await reply.send()
 
     async def _notice(self, text: str) -> None:
-        await cl.ErrorMessage(content=text, author=self.settings.assistant_name).send()
+        notice = cl.ErrorMessage(content=text, author=self.settings.assistant_name)
+        notice.metadata = {"kind": "notice"}
+        await notice.send()

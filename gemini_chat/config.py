@@ -12,6 +12,7 @@ from dotenv import dotenv_values
 
 GOOGLE_OPENAI_ENDPOINT = "https://generativelanguage.googleapis.com/v1beta/openai/"
 DEFAULT_MODEL = "gemini-3.8-flash"
+DEFAULT_DATABASE = "sqlite+aiosqlite:///.chainlit/chats.db"
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, precise assistant. Answer in the language the user writes in. "
     "Use Markdown when it helps: lists, tables, fenced code blocks with a language."
@@ -31,6 +32,27 @@ def _url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL such as " + GOOGLE_OPENAI_ENDPOINT)
     return value if value.endswith("/") else value + "/"
+
+
+def _database_url(value: str) -> str:
+    """Accept the usual spellings and pin the async drivers the app ships with."""
+    for plain, driver in (
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+    ):
+        if value.startswith(plain):
+            value = driver + value[len(plain) :]
+    if not value.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+        raise ValueError(
+            "must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASS@HOST/DB"
+        )
+    if value.startswith("sqlite+aiosqlite:///"):
+        path = value[len("sqlite+aiosqlite:///") :]
+        if path and path != ":memory:" and not os.path.isabs(path):
+            # Relative to the app's directory (where `chainlit run` starts), not to a later cwd.
+            value = "sqlite+aiosqlite:///" + os.path.abspath(path)
+    return value
 
 
 def _whole_number(minimum: int) -> Callable[[str], int]:
@@ -79,10 +101,17 @@ class Settings:
     max_retry_wait: float = 20.0
     disconnect_grace: float = 15.0
     flush_interval: float = 0.04
+    database_url: str = ""
+    auth_secret: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", _database_url(DEFAULT_DATABASE))
 
     def __repr__(self) -> str:
         # The key must never reach a log line, even through a repr.
-        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
+        hidden = ("api_key", "auth_secret", "database_url")
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         key = "set" if self.api_key else "missing"
         return (
             f"Settings(api_key=<{key}>, " + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
@@ -105,6 +134,8 @@ ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("GEMINI_MAX_RETRY_WAIT", _seconds(allow_zero=True), "max_retry_wait"),
     ("DISCONNECT_GRACE_SECONDS", _seconds(allow_zero=True), "disconnect_grace"),
     ("STREAM_FLUSH_INTERVAL", _seconds(allow_zero=True), "flush_interval"),
+    ("DATABASE_URL", _database_url, "database_url"),
+    ("CHAINLIT_AUTH_SECRET", _text, "auth_secret"),
 )
 
 

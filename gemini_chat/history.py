@@ -17,12 +17,17 @@ def estimate_tokens(text: str) -> int:
     return TOKENS_PER_MESSAGE + (len(text.encode("utf-8", "surrogatepass")) + 3) // BYTES_PER_TOKEN
 
 
+# How a reply that did not complete is marked on screen (and so in storage); never sent back.
+REPLY_MARKS = {"stopped": "\n\n*— stopped*", "incomplete": "\n\n*— incomplete reply*"}
+
+
 @dataclass(frozen=True)
 class Turn:
     """One exchange: the user's text as sent and the assistant's text as received."""
 
     user: str
     assistant: str
+    user_message_id: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -40,9 +45,18 @@ class History:
     token_budget: int
     turns: list[Turn] = field(default_factory=list)
 
-    def record(self, user: str, assistant: str) -> None:
+    def record(self, user: str, assistant: str, user_message_id: str | None = None) -> None:
         if assistant:
-            self.turns.append(Turn(user, assistant))
+            self.turns.append(Turn(user, assistant, user_message_id))
+
+    def rewind(self, user_message_id: str) -> bool:
+        """Forget the turn of ``user_message_id`` and everything after it (an edited message is
+        answered afresh, as if what followed it had never been said)."""
+        for index, turn in enumerate(self.turns):
+            if turn.user_message_id == user_message_id:
+                del self.turns[index:]
+                return True
+        return False
 
     def request_items(self, user: str, instructions: str = "") -> list[dict[str, Any]]:
         """Input items for the next turn: as many recent turns as fit, then ``user``.
@@ -63,3 +77,36 @@ class History:
             items.append({"role": "assistant", "content": turn.assistant})
         items.append({"role": "user", "content": user})
         return items
+
+
+def history_from_steps(steps: list[dict[str, Any]], token_budget: int) -> History:
+    """Rebuild a chat's history from its stored steps (Chainlit's thread dict).
+
+    A turn is a user message and the reply the app marked as answering it (metadata ``for``);
+    welcome and error notices carry other kinds and are skipped, as is a user message whose
+    reply never came. Marks added on screen to stopped or cut-off replies are removed again.
+    """
+    from .storage import load_json  # storage imports chainlit; keep this module light
+
+    users: dict[str, str] = {}
+    order: list[str] = []
+    replies: dict[str, str] = {}
+    for step in steps:
+        if step.get("type") == "user_message":
+            users[step["id"]] = step.get("output") or ""
+            order.append(step["id"])
+            continue
+        meta = load_json(step.get("metadata"))
+        if step.get("type") != "assistant_message" or meta.get("kind") != "reply":
+            continue
+        text = step.get("output") or ""
+        mark = REPLY_MARKS.get(meta.get("status", ""))
+        if mark and text.endswith(mark):
+            text = text[: -len(mark)]
+        if meta.get("for"):
+            replies[meta["for"]] = text
+    history = History(token_budget)
+    for message_id in order:
+        if message_id in replies:
+            history.record(users[message_id], replies[message_id], message_id)
+    return history

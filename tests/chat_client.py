@@ -8,6 +8,9 @@ Every wait is on an event, with a timeout that fails the test.
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,9 +102,34 @@ class ChatClient:
         elif name == "task_end":
             self.running = False
 
+    # -- login, as the browser does it
+
+    def _post(self, path: str, data: bytes, content_type: str) -> str:
+        request = urllib.request.Request(
+            self.url + path, data=data, method="POST", headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request, timeout=15) as response:
+            cookies = response.headers.get_all("Set-Cookie") or []
+        token = next(c.split(";")[0] for c in cookies if c.startswith("access_token="))
+        self.headers["Cookie"] = token
+        return token
+
+    async def login_local(self) -> str:
+        """Local mode: Chainlit's header login, which the page does by itself."""
+        return await asyncio.to_thread(self._post, "/auth/header", b"{}", "application/json")
+
+    async def login(self, name: str, password: str) -> str:
+        """Accounts mode: the login form."""
+        form = urllib.parse.urlencode({"username": name, "password": password}).encode()
+        return await asyncio.to_thread(
+            self._post, "/login", form, "application/x-www-form-urlencoded"
+        )
+
     # -- connection
 
     async def connect(self, thread_id: str = "", origin: str | None = None) -> ChatClient:
+        if "Cookie" not in self.headers:
+            await self.login_local()
         headers = dict(self.headers)
         if origin is not None:
             headers["Origin"] = origin

@@ -130,8 +130,11 @@ def app_directory() -> Path:
     return directory
 
 
-def start_app(env: dict[str, str], wait: bool = True) -> AppServer:
-    directory = app_directory()
+def start_app(env: dict[str, str], wait: bool = True, directory: Path | None = None) -> AppServer:
+    """Start `chainlit run` in ``directory`` (a fresh one by default), with its own SQLite
+    database there unless ``env`` names one."""
+    directory = directory or app_directory()
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{directory}/chats.db", **env}
     port = free_port()
     log_path = directory / "server.log"
     log_file = log_path.open("wb")
@@ -191,8 +194,9 @@ def start_app_with(fake_gemini_server: FakeGemini):
     """Start a dedicated app with extra settings; stopped at the end of the test."""
     servers: list[AppServer] = []
 
-    def start(wait: bool = True, **overrides: str) -> AppServer:
-        server = start_app(app_env(fake_gemini_server, **overrides), wait=wait)
+    def start(wait: bool = True, directory: Path | None = None, **overrides: str) -> AppServer:
+        env = app_env(fake_gemini_server, **overrides)
+        server = start_app(env, wait=wait, directory=directory)
         servers.append(server)
         return server
 

@@ -23,8 +23,9 @@ from tests.fake_models import streamed_reply
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, dict(response.headers), response.read()
 
 
@@ -113,7 +114,7 @@ async def test_the_key_never_reaches_the_browser(app, chat, gemini):
     await chat.ask("Again")
     for path in ["/", "/project/settings?language=en-US", "/auth/config", "/user"]:
         try:
-            _, _, body = await asyncio.to_thread(http_get, app.url + path)
+            _, _, body = await asyncio.to_thread(http_get, app.url + path, chat.headers)
         except urllib.error.HTTPError as error:
             body = error.read()
         assert DEFAULT_KEY.encode() not in body, path

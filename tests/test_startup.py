@@ -15,8 +15,9 @@ from tests.conftest import app_directory, free_port, guarded_env
 from tests.fake_gemini import Reply
 
 
-def http_get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def http_get(url: str, headers: dict[str, str] | None = None) -> bytes:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return response.read()
 
 
@@ -64,7 +65,9 @@ async def test_settings_name_the_assistant_and_welcome(start_app_with, gemini):
     assert replies[0].author == "Aria"
     await client.disconnect()
     assert (await gemini.arrived(1))[0].conversation[0] == ("system", "Answer in French.")
-    settings = await asyncio.to_thread(http_get, server.url + "/project/settings?language=en-US")
+    settings = await asyncio.to_thread(
+        http_get, server.url + "/project/settings?language=en-US", client.headers
+    )
     assert b'"name":"Aria"' in settings.replace(b" ", b"")
 
 
