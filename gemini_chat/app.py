@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from urllib.parse import urlsplit
-
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from chainlit.config import config as chainlit_config
 from sqlalchemy.engine import make_url

@@ -5,15 +5,16 @@ Chainlit's SQLAlchemy layer ships no DDL; the schema here holds every column Cha
 (the published DDL lacks ``steps.autoCollapse``, which makes every step insert fail). On start-up
 missing tables are created and missing columns added, on SQLite and PostgreSQL alike.
 
-The layer itself is Chainlit's, with four changes: ids that are not UUIDs are refused before any
+The layer itself is Chainlit's, with five changes: ids that are not UUIDs are refused before any
 SQL (Chainlit concatenates stored thread ids into SQL text), a missing thread is "not found"
-rather than an exception, SQL errors are logged as errors instead of warnings, and thread names
-are cut to a title's length.
+rather than an exception, SQL errors are logged as errors instead of warnings, thread names are
+cut to a title's length, and writes are applied in the order they were requested.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import threading
@@ -240,8 +241,22 @@ def prepare_database(url: str) -> None:
         logger.info("Database %s: %s", describe_url(url), change)
 
 
+# Set while the current task holds the write lock, so nested writes (create_step calls
+# update_thread) do not wait for themselves.
+_holds_write_lock: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "holds_write_lock", default=False
+)
+
+
 class ChatDataLayer(SQLAlchemyDataLayer):
-    """Chainlit's SQLAlchemy data layer with ids checked, not-found handled and errors loud."""
+    """Chainlit's SQLAlchemy data layer with ids checked, not-found handled, errors loud and
+    writes in order.
+
+    Chainlit fires each write as its own task. Without ordering, an edit's delete of a reply
+    could run before the reply's own insert (which first awaits a thread update) and the
+    deleted reply would come back. Tasks start in creation order and take this FIFO lock before
+    their first await, so writes land in the order Chainlit asked for them.
+    """
 
     def __init__(self, url: str) -> None:
         # Uploads are off, so there is no storage provider for elements; say so once, quietly.
@@ -254,6 +269,17 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             chainlit_logger.setLevel(level)
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
         self.url = url
+        self._write_lock = asyncio.Lock()
+
+    async def _in_order(self, write: Callable[[], Awaitable[T]]) -> T:
+        if _holds_write_lock.get():
+            return await write()
+        async with self._write_lock:
+            token = _holds_write_lock.set(True)
+            try:
+                return await write()
+            finally:
+                _holds_write_lock.reset(token)
 
     async def execute_sql(self, query: str, parameters: dict) -> list[dict[str, Any]] | int | None:
         async with self.async_session() as session:
@@ -305,13 +331,15 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             name = " ".join(str(name).split())[:TITLE_CHARS]
         if tags is not None and self._sqlite:
             tags = None  # SQLite cannot bind a list; the app does not tag threads
-        return await super().update_thread(thread_id, name, user_id, metadata, tags)
+        parent = super().update_thread
+        return await self._in_order(lambda: parent(thread_id, name, user_id, metadata, tags))
 
     async def delete_thread(self, thread_id: str):
         if not is_uuid(thread_id):
             self._refuse("thread", thread_id)
             return None
-        return await super().delete_thread(thread_id)
+        parent = super().delete_thread
+        return await self._in_order(lambda: parent(thread_id))
 
     async def create_step(self, step_dict):
         if not (is_uuid(step_dict.get("id")) and is_uuid(step_dict.get("threadId"))):
@@ -319,7 +347,8 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             return None
         if step_dict.get("parentId") is not None and not is_uuid(step_dict["parentId"]):
             step_dict = {**step_dict, "parentId": None}
-        return await super().create_step(step_dict)
+        parent = super().create_step
+        return await self._in_order(lambda: parent(step_dict))
 
     async def update_step(self, step_dict):
         return await self.create_step(step_dict)
@@ -328,7 +357,8 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         if not is_uuid(step_id):
             self._refuse("step", step_id)
             return None
-        return await super().delete_step(step_id)
+        parent = super().delete_step
+        return await self._in_order(lambda: parent(step_id))
 
     async def get_step(self, step_id: str):
         if not is_uuid(step_id):
@@ -342,13 +372,15 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             raise ValueError("invalid feedback target")
         if feedback.threadId is not None and not is_uuid(feedback.threadId):
             feedback.threadId = None
-        return await super().upsert_feedback(feedback)
+        parent = super().upsert_feedback
+        return await self._in_order(lambda: parent(feedback))
 
     async def delete_feedback(self, feedback_id: str) -> bool:
         if not is_uuid(feedback_id):
             self._refuse("feedback", feedback_id)
             return False
-        return await super().delete_feedback(feedback_id)
+        parent = super().delete_feedback
+        return await self._in_order(lambda: parent(feedback_id))
 
     async def get_element(self, thread_id: str, element_id: str):
         if not (is_uuid(thread_id) and is_uuid(element_id)):

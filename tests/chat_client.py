@@ -59,6 +59,7 @@ class ChatClient:
             "task_start",
             "task_end",
             "first_interaction",
+            "resume_thread",
         ):
             self.sio.on(name, self._handler(name))
 
@@ -95,6 +96,16 @@ class ChatClient:
                 message.content = data["token"]
             else:
                 message.content += data["token"]
+        elif name == "resume_thread":
+            for step in data.get("steps", []):
+                if step.get("type") in SHOWN_TYPES:
+                    self.messages[step["id"]] = ShownMessage(
+                        id=step["id"],
+                        author=step.get("name", ""),
+                        type=step["type"],
+                        content=step.get("output", ""),
+                        is_error=bool(step.get("isError")),
+                    )
         elif name == "delete_message":
             self.messages.pop(data["id"], None)
         elif name == "task_start":
@@ -173,6 +184,24 @@ class ChatClient:
 
     async def stop(self) -> None:
         await self.sio.emit("stop")
+
+    async def edit(self, message_id: str, text: str) -> None:
+        """The edit button on one of the user's messages."""
+        self.messages[message_id].content = text
+        self.mark()
+        await self.sio.emit(
+            "edit_message", {"message": {"id": message_id, "output": text, "type": "user_message"}}
+        )
+
+    async def chat_thread(self) -> str:
+        """The id of this chat's stored thread, once Chainlit has announced it."""
+        return await self.wait_for(lambda: self.thread_id, what="the thread id")
+
+    @property
+    def thread_id(self) -> str | None:
+        return next(
+            (d["thread_id"] for n, d in self.events if n == "first_interaction" and d), None
+        )
 
     # -- waiting
 

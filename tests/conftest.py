@@ -247,3 +247,29 @@ async def chainlit_context():
     from chainlit.user_session import user_sessions
 
     user_sessions.pop(session.id, None)
+
+
+# --- the chat database, on both stores ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    from tests.postgres import PostgresCluster, find_bin
+
+    bin_dir = find_bin()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = PostgresCluster(bin_dir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path) -> str:
+    """An empty chat database: an SQLite file, or a fresh database on a throwaway cluster."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/chats.db"
+    return request.getfixturevalue("postgres_cluster").database()
