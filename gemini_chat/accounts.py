@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from .config import ConfigError, load_settings
-from .storage import (
+from .schema import (
     StorageError,
     accounts,
     describe_url,

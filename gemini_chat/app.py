@@ -14,7 +14,8 @@ from sqlalchemy.engine import make_url
 from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
 from .config import ConfigError, Settings, load_settings
 from .logs import install_secret_filter
-from .storage import ChatDataLayer, StorageError, describe_url, prepare_database
+from .schema import StorageError, describe_url, prepare_database
+from .storage import ChatDataLayer
 
 logger = logging.getLogger("gemini_chat")
 

@@ -19,7 +19,7 @@ import chainlit as cl
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from .accounts import AccountStore, LoginThrottle
-from .storage import app_settings, prepare_engine_args, read_setting, run_blocking
+from .schema import app_settings, prepare_engine_args, read_setting, run_blocking
 
 logger = logging.getLogger("gemini_chat")
 

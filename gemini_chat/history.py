@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,8 +87,6 @@ def history_from_steps(steps: list[dict[str, Any]], token_budget: int) -> Histor
     welcome and error notices carry other kinds and are skipped, as is a user message whose
     reply never came. Marks added on screen to stopped or cut-off replies are removed again.
     """
-    from .storage import load_json  # storage imports chainlit; keep this module light
-
     users: dict[str, str] = {}
     order: list[str] = []
     replies: dict[str, str] = {}
@@ -110,3 +109,16 @@ def history_from_steps(steps: list[dict[str, Any]], token_budget: int) -> Histor
         if message_id in replies:
             history.record(users[message_id], replies[message_id], message_id)
     return history
+
+
+def load_json(value: Any) -> dict[str, Any]:
+    """Step metadata: a dict on PostgreSQL, JSON text on SQLite."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            loaded = json.loads(value)
+        except ValueError:
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+    return {}

@@ -1,148 +1,28 @@
-"""Chat storage: the schema (created and upgraded at start-up) and Chainlit's SQLAlchemy data
-layer, hardened.
+"""Chainlit's SQLAlchemy data layer, hardened.
 
-Chainlit's SQLAlchemy layer ships no DDL; the schema here holds every column Chainlit 2.12 writes
-(the published DDL lacks ``steps.autoCollapse``, which makes every step insert fail). On start-up
-missing tables are created and missing columns added, on SQLite and PostgreSQL alike.
-
-The layer itself is Chainlit's, with five changes: ids that are not UUIDs are refused before any
-SQL (Chainlit concatenates stored thread ids into SQL text), a missing thread is "not found"
-rather than an exception, SQL errors are logged as errors instead of warnings, thread names are
-cut to a title's length, and writes are applied in the order they were requested.
+Five changes to Chainlit's layer: ids that are not UUIDs are refused before any SQL (Chainlit
+concatenates stored thread ids into SQL text), a missing thread is "not found" rather than an
+exception, SQL errors are logged as errors instead of warnings, thread names are cut to a
+title's length, and writes are applied in the order they were requested.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
-import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 logger = logging.getLogger("gemini_chat")
 
 TITLE_CHARS = 120
-
-# Column types: native on PostgreSQL (as in Chainlit's published DDL), text on SQLite.
-ID = sa.Text().with_variant(postgresql.UUID(as_uuid=False), "postgresql")
-JSON_TEXT = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
-TAGS = sa.Text().with_variant(postgresql.ARRAY(sa.Text()), "postgresql")
-
-metadata = sa.MetaData()
-
-users = sa.Table(
-    "users",
-    metadata,
-    sa.Column("id", ID, primary_key=True),
-    sa.Column("identifier", sa.Text, nullable=False, unique=True),
-    sa.Column("metadata", JSON_TEXT, nullable=False),
-    sa.Column("createdAt", sa.Text),
-)
-
-threads = sa.Table(
-    "threads",
-    metadata,
-    sa.Column("id", ID, primary_key=True),
-    sa.Column("createdAt", sa.Text),
-    sa.Column("name", sa.Text),
-    sa.Column("userId", ID, sa.ForeignKey("users.id", ondelete="CASCADE")),
-    sa.Column("userIdentifier", sa.Text),
-    sa.Column("tags", TAGS),
-    sa.Column("metadata", JSON_TEXT),
-    sa.Index("threads_user_id", "userId"),
-)
-
-steps = sa.Table(
-    "steps",
-    metadata,
-    sa.Column("id", ID, primary_key=True),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("type", sa.Text, nullable=False),
-    sa.Column("threadId", ID, sa.ForeignKey("threads.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("parentId", ID),
-    sa.Column("streaming", sa.Boolean, nullable=False),
-    sa.Column("waitForAnswer", sa.Boolean),
-    sa.Column("isError", sa.Boolean),
-    sa.Column("metadata", JSON_TEXT),
-    sa.Column("tags", TAGS),
-    sa.Column("input", sa.Text),
-    sa.Column("output", sa.Text),
-    sa.Column("createdAt", sa.Text),
-    sa.Column("command", sa.Text),
-    sa.Column("modes", JSON_TEXT),
-    sa.Column("start", sa.Text),
-    sa.Column("end", sa.Text),
-    sa.Column("generation", JSON_TEXT),
-    sa.Column("showInput", sa.Text),
-    sa.Column("language", sa.Text),
-    sa.Column("indent", sa.Integer),
-    sa.Column("defaultOpen", sa.Boolean),
-    sa.Column("autoCollapse", sa.Boolean),
-    sa.Index("steps_thread_id", "threadId"),
-)
-
-elements = sa.Table(
-    "elements",
-    metadata,
-    sa.Column("id", ID, primary_key=True),
-    sa.Column("threadId", ID, sa.ForeignKey("threads.id", ondelete="CASCADE")),
-    sa.Column("type", sa.Text),
-    sa.Column("url", sa.Text),
-    sa.Column("chainlitKey", sa.Text),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("display", sa.Text),
-    sa.Column("objectKey", sa.Text),
-    sa.Column("size", sa.Text),
-    sa.Column("page", sa.Integer),
-    sa.Column("language", sa.Text),
-    sa.Column("forId", ID),
-    sa.Column("mime", sa.Text),
-    sa.Column("props", JSON_TEXT),
-    sa.Column("autoPlay", sa.Boolean),
-    sa.Column("playerConfig", JSON_TEXT),
-)
-
-feedbacks = sa.Table(
-    "feedbacks",
-    metadata,
-    sa.Column("id", ID, primary_key=True),
-    sa.Column("forId", ID, nullable=False),
-    sa.Column("threadId", ID, sa.ForeignKey("threads.id", ondelete="CASCADE")),
-    sa.Column("value", sa.Integer, nullable=False),
-    sa.Column("comment", sa.Text),
-    sa.Index("feedbacks_for_id", "forId"),
-)
-
-# Not Chainlit's: login accounts, kept apart from `users` (whose metadata reaches the browser).
-accounts = sa.Table(
-    "accounts",
-    metadata,
-    sa.Column("identifier", sa.Text, primary_key=True),
-    sa.Column("password_hash", sa.Text, nullable=False),
-    sa.Column("created_at", sa.Text, nullable=False),
-)
-
-# Values the app keeps for itself, such as the signing secret of local mode.
-app_settings = sa.Table(
-    "app_settings",
-    metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
-
-
-class StorageError(Exception):
-    """The database cannot be opened or prepared; the message is safe to print."""
+T = TypeVar("T")
 
 
 def is_uuid(value: Any) -> bool:
@@ -154,91 +34,6 @@ def is_uuid(value: Any) -> bool:
         return str(uuid.UUID(value)) == value.lower()
     except ValueError:
         return False
-
-
-def describe_url(url: str) -> str:
-    """The database URL with its password hidden, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable DATABASE_URL>"
-
-
-def prepare_engine_args(url: str) -> dict[str, Any]:
-    if make_url(url).get_backend_name() == "sqlite":
-        # Several tasks write at once (steps are persisted in the background): wait for the lock.
-        return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True}
-
-
-def _upgrade(connection: sa.Connection) -> list[str]:
-    """Create what is missing: tables, then columns of existing tables. Returns what changed."""
-    if connection.dialect.name == "sqlite":
-        # Readers do not block the writer: the thread list stays fast while a reply is saved.
-        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-    inspector = sa.inspect(connection)
-    existing = set(inspector.get_table_names())
-    changes = [f"created table {t.name}" for t in metadata.sorted_tables if t.name not in existing]
-    metadata.create_all(connection)
-    preparer = connection.dialect.identifier_preparer
-    for table in metadata.sorted_tables:
-        if table.name not in existing:
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            column_type = column.type.compile(dialect=connection.dialect)
-            connection.execute(
-                sa.text(
-                    f"ALTER TABLE {preparer.quote(table.name)} "
-                    f"ADD COLUMN {preparer.quote(column.name)} {column_type}"
-                )
-            )
-            changes.append(f"added column {table.name}.{column.name}")
-    return changes
-
-
-async def upgrade_schema(url: str) -> list[str]:
-    engine = create_async_engine(url, **prepare_engine_args(url))
-    try:
-        async with engine.begin() as connection:
-            return await connection.run_sync(_upgrade)
-    finally:
-        await engine.dispose()
-
-
-T = TypeVar("T")
-
-
-def run_blocking(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion from synchronous code, even inside a running loop
-    (``chainlit run -w`` reloads the app from within the server's loop)."""
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = asyncio.run(make())
-        except BaseException as error:
-            result["error"] = error
-
-    thread = threading.Thread(target=target, name="storage-setup")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
-def prepare_database(url: str) -> None:
-    """Create or upgrade the schema; raise StorageError with a printable message."""
-    try:
-        changes = run_blocking(lambda: upgrade_schema(url))
-    except (SQLAlchemyError, OSError) as error:
-        detail = str(getattr(error, "orig", None) or error).splitlines()[0]
-        raise StorageError(f"cannot open the database {describe_url(url)}: {detail}") from None
-    for change in changes:
-        logger.info("Database %s: %s", describe_url(url), change)
 
 
 # Set while the current task holds the write lock, so nested writes (create_step calls
@@ -402,23 +197,3 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         if isinstance(result, list) and result:
             return result[0].get("owner") or ""
         return ""
-
-
-def load_json(value: Any) -> dict[str, Any]:
-    """Step metadata: a dict on PostgreSQL, JSON text on SQLite."""
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str) and value:
-        try:
-            loaded = json.loads(value)
-        except ValueError:
-            return {}
-        return loaded if isinstance(loaded, dict) else {}
-    return {}
-
-
-async def read_setting(connection: AsyncConnection, name: str) -> str | None:
-    row = (
-        await connection.execute(sa.select(app_settings.c.value).where(app_settings.c.name == name))
-    ).first()
-    return row[0] if row else None

@@ -1,0 +1,243 @@
+"""Accounts and isolation: the accounts command, login, one user never reaching another's chats,
+hostile thread ids refused before SQL, local mode only for this computer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import uuid
+
+import pytest
+import socketio
+
+from gemini_chat.accounts import LoginThrottle
+from gemini_chat.auth import LOCAL_ONLY_MESSAGE
+from tests.chat_client import ChatClient
+from tests.conftest import ROOT, guarded_env
+from tests.db import query
+from tests.fake_gemini import Reply
+from tests.test_persistence import _rows_when, api, eventually, stored_steps
+
+SECRET = "test-auth-secret-" + "x" * 40
+INJECTION = "t1') OR ('1'='1"
+
+
+def accounts_command(
+    database_url: str, *args: str, password: str = ""
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gemini_chat.accounts", *args],
+        cwd=ROOT,
+        env=guarded_env(DATABASE_URL=database_url),
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_the_accounts_command_manages_users_with_hashed_passwords(database_url):
+    added = accounts_command(database_url, "add", "alice", password="correct horse")
+    assert added.returncode == 0, added.stderr
+    assert "restart the app" in added.stdout and "create-secret" in added.stdout
+    assert accounts_command(database_url, "add", "bob", password="battery staple").returncode == 0
+
+    listed = accounts_command(database_url, "list")
+    assert listed.stdout.split() == ["alice", "bob"]
+    rows = dict(await query(database_url, "SELECT identifier, password_hash FROM accounts"))
+    assert rows["alice"].startswith("$argon2id$") and "correct horse" not in rows["alice"]
+
+    short = accounts_command(database_url, "add", "carol", password="short")
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr
+    again = accounts_command(database_url, "add", "alice", password="another one")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    assert accounts_command(database_url, "remove", "bob").returncode == 0
+    assert accounts_command(database_url, "list").stdout.split() == ["alice"]
+    gone = accounts_command(database_url, "remove", "bob")
+    assert gone.returncode == 1 and "no user 'bob'" in gone.stderr
+
+
+async def test_accounts_without_a_secret_stop_the_start_with_how_to_make_one(
+    database_url, start_app_with
+):
+    assert accounts_command(database_url, "add", "alice", password="correct horse").returncode == 0
+    server = start_app_with(wait=False, DATABASE_URL=database_url)
+    assert await asyncio.to_thread(server.process.wait, 60) != 0
+    output = server.log()
+    assert "chainlit create-secret" in output and "CHAINLIT_AUTH_SECRET" in output
+    assert "Traceback" not in output
+
+
+async def test_with_accounts_everyone_logs_in_and_sees_only_their_own_chats(
+    database_url, start_app_with, gemini
+):
+    for name, password in [("alice", "alice-password"), ("bob", "bob-password")]:
+        assert accounts_command(database_url, "add", name, password=password).returncode == 0
+    app = start_app_with(DATABASE_URL=database_url, CHAINLIT_AUTH_SECRET=SECRET)
+
+    # No way in without logging in.
+    stranger = ChatClient(app.url)
+    status, config = await api(stranger, "GET", "/auth/config")
+    assert config["passwordAuth"] is True and config["headerAuth"] is False
+    with pytest.raises(urllib.error.HTTPError):
+        await stranger.login_local()
+    with pytest.raises(urllib.error.HTTPError):
+        await stranger.login("alice", "wrong password")
+    stranger.headers["Cookie"] = "access_token=forged"
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await stranger.connect()
+
+    alice = ChatClient(app.url)
+    await alice.login("alice", "alice-password")
+    await alice.connect()
+    await alice.wait_for(alice.assistant_messages)
+    gemini.script(Reply("Alice's answer."))
+    await alice.ask("Alice's secret plan")
+    thread = await alice.chat_thread()
+    await alice.disconnect()
+    await eventually(lambda: _rows_when(database_url, thread, 3), what="alice's chat stored")
+    before = await stored_steps(database_url, thread)
+
+    bob = ChatClient(app.url)
+    await bob.login("bob", "bob-password")
+    status, page = await api(
+        bob, "POST", "/project/threads", {"pagination": {"first": 20}, "filter": {}}
+    )
+    assert status == 200 and page["data"] == []
+    assert (await api(bob, "GET", f"/project/thread/{thread}"))[0] == 401
+    assert (await api(bob, "PUT", "/project/thread", {"threadId": thread, "name": "mine"}))[
+        0
+    ] == 401
+    assert (await api(bob, "DELETE", "/project/thread", {"threadId": thread}))[0] == 401
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await bob.connect(thread_id=thread)
+
+    assert await stored_steps(database_url, thread) == before
+    assert await _thread_named(database_url, thread) == "Alice's secret plan"
+    assert await query(database_url, "SELECT COUNT(*) FROM threads") == [(1,)]
+    # Alice still has it.
+    status, page = await api(
+        alice, "POST", "/project/threads", {"pagination": {"first": 20}, "filter": {}}
+    )
+    assert [t["id"] for t in page["data"]] == [thread]
+
+
+async def _thread_named(url: str, thread_id: str) -> str | None:
+    rows = await query(url, 'SELECT "name" FROM threads WHERE "id" = :t', t=thread_id)
+    return rows[0][0] if rows else None
+
+
+async def test_hostile_thread_ids_are_refused_before_sql(database_url, start_app_with, gemini):
+    app = start_app_with(DATABASE_URL=database_url)
+    owner = await ChatClient(app.url).connect()
+    await owner.wait_for(owner.assistant_messages)
+    await owner.ask("A chat to protect")
+    thread = await owner.chat_thread()
+    await owner.disconnect()
+    await eventually(lambda: _rows_when(database_url, thread, 3), what="the chat stored")
+    before = await stored_steps(database_url, thread)
+
+    # Over HTTP.
+    for method, path, body in [
+        ("GET", f"/project/thread/{urllib.parse.quote(INJECTION)}", None),
+        ("PUT", "/project/thread", {"threadId": INJECTION, "name": "pwned"}),
+        ("DELETE", "/project/thread", {"threadId": INJECTION}),
+    ]:
+        assert (await api(owner, method, path, body))[0] == 404, (method, path)
+
+    # Over the socket: the chat still answers, but nothing is written under the hostile id.
+    attacker = ChatClient(app.url, headers=dict(owner.headers))
+    await attacker.connect(thread_id=INJECTION)
+    await attacker.wait_for(attacker.assistant_messages, what="a fresh chat's welcome")
+    gemini.script(Reply("Still answering."))
+    replies = await attacker.ask("Hello")
+    assert [m.content for m in replies] == ["Still answering."]
+    await attacker.disconnect()
+
+    # Nothing was written under the hostile id, nothing else changed.
+    assert await query(database_url, "SELECT COUNT(*) FROM threads") == [(1,)]
+    assert await stored_steps(database_url, thread) == before
+    messages = "SELECT COUNT(*) FROM steps WHERE \"type\" IN ('user_message', 'assistant_message')"
+    assert await query(database_url, messages) == [(len(before),)]
+    assert await _thread_named(database_url, thread) == "A chat to protect"
+    assert "Refused a thread id that is not a UUID" in app.log()
+    assert "Storage error" not in app.log()
+
+
+async def test_a_missing_chat_is_not_found(database_url, start_app_with):
+    app = start_app_with(DATABASE_URL=database_url)
+    client = ChatClient(app.url)
+    await client.login_local()
+    missing = str(uuid.uuid4())
+    assert (await api(client, "GET", f"/project/thread/{missing}"))[0] == 404
+    assert (await api(client, "DELETE", "/project/thread", {"threadId": missing}))[0] == 404
+
+
+# --- without a server ----------------------------------------------------------------------------
+
+
+def test_repeated_wrong_passwords_are_slowed_down():
+    throttle = LoginThrottle(free=3, base=1.0, cap=30.0)
+    delays = []
+    for attempt in range(9):
+        delays.append(throttle.delay_for("Alice", now=100.0 + attempt))
+        throttle.failed("alice", now=100.0 + attempt)
+    assert delays == [0, 0, 0, 1, 2, 4, 8, 16, 30]
+    assert throttle.delay_for("mallory", now=110.0) == 0  # per name
+    assert throttle.delay_for("alice", now=110.0 + 900 + 1) == 0  # forgotten after a while
+    throttle.succeeded("ALICE")
+    assert throttle.delay_for("alice", now=111.0) == 0
+
+
+@pytest.mark.parametrize(
+    ("client", "local", "allowed"),
+    [
+        ("127.0.0.1", True, True),
+        ("::1", True, True),
+        ("192.0.2.7", True, False),
+        ("2001:db8::7", True, False),
+        ("192.0.2.7", False, True),
+    ],
+)
+async def test_local_mode_serves_only_this_computer(client, local, allowed, monkeypatch):
+    from types import SimpleNamespace
+
+    from gemini_chat import app as app_module
+
+    monkeypatch.setattr(app_module, "current", SimpleNamespace(access=SimpleNamespace(local=local)))
+    sent: list[dict] = []
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"the chat"})
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/", "headers": [], "client": (client, 50000)}
+    await app_module.SecurityHeaders(inner)(scope, receive, send)
+    status = sent[0]["status"]
+    body = sent[1]["body"].decode()
+    if allowed:
+        assert (status, body) == (200, "the chat")
+    else:
+        assert status == 403 and body == LOCAL_ONLY_MESSAGE
+
+
+async def test_persistence_errors_are_logged_as_errors(tmp_path, caplog, chainlit_context):
+    from gemini_chat.storage import ChatDataLayer
+
+    layer = ChatDataLayer(f"sqlite+aiosqlite:///{tmp_path}/empty.db")  # no schema at all
+    with caplog.at_level(logging.WARNING, logger="gemini_chat"):
+        await layer.update_thread(str(uuid.uuid4()), name="x")
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and "Storage error" in errors[0].getMessage()
+    await layer.engine.dispose()
