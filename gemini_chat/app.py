@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
 from .config import ConfigError, Settings, load_settings
 from .logs import install_secret_filter
+from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
 from .storage import ChatDataLayer
 
@@ -110,6 +111,7 @@ def prepare_server() -> Server:
     """Read the settings, prepare the database and the login mode, and set up the Chainlit
     server for them; safe to call on every reload."""
     global current
+    tune_runtime()
     try:
         settings = load_settings()
     except ConfigError as error:

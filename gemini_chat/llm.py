@@ -8,6 +8,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 from agents import (
     Agent,
     ModelRetrySettings,
@@ -18,12 +19,18 @@ from agents import (
     RunConfig,
     set_tracing_disabled,
 )
-from openai import AsyncOpenAI, Timeout
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient, Timeout
 
 from .config import Settings
 from .errors import classify, log_detail
 
 logger = logging.getLogger("gemini_chat")
+
+# Keep as many idle connections as there may be concurrent replies: a new connection to Gemini
+# costs a TLS handshake, and openai's default keeps only 100.
+POOL_LIMITS = httpx2.Limits(
+    max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=30
+)
 
 # Backoff for retryable failures that carry no retryDelay (500, 503, refused connections).
 FIRST_BACKOFF_SECONDS = 0.5
@@ -91,6 +98,7 @@ def build_client(settings: Settings) -> AsyncOpenAI:
             write=settings.connect_timeout,
             pool=settings.connect_timeout,
         ),
+        http_client=DefaultAsyncHttpxClient(limits=POOL_LIMITS),
     )
 
 

@@ -1,9 +1,11 @@
 """Chainlit's SQLAlchemy data layer, hardened.
 
-Five changes to Chainlit's layer: ids that are not UUIDs are refused before any SQL (Chainlit
+Changes to Chainlit's layer: ids that are not UUIDs are refused before any SQL (Chainlit
 concatenates stored thread ids into SQL text), a missing thread is "not found" rather than an
 exception, SQL errors are logged as errors instead of warnings, thread names are cut to a
-title's length, and writes are applied in the order they were requested.
+title's length, writes are applied in the order they were requested, and work nobody reads is
+skipped: Chainlit's hidden "run" steps (the UI hides them, cot = "hidden") are not stored, and a
+thread already known to exist is not looked up again before each message is stored.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextvars
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,9 +22,12 @@ import sqlalchemy as sa
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from sqlalchemy.engine import make_url
 
+from .schema import tune_sqlite
+
 logger = logging.getLogger("gemini_chat")
 
 TITLE_CHARS = 120
+KNOWN_THREADS = 10_000  # thread ids remembered as existing
 T = TypeVar("T")
 
 
@@ -63,8 +69,16 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         finally:
             chainlit_logger.setLevel(level)
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
+        tune_sqlite(self.engine)
         self.url = url
         self._write_lock = asyncio.Lock()
+        self._known_threads: OrderedDict[str, None] = OrderedDict()
+
+    def _remember_thread(self, thread_id: str) -> None:
+        self._known_threads[thread_id] = None
+        self._known_threads.move_to_end(thread_id)
+        if len(self._known_threads) > KNOWN_THREADS:
+            self._known_threads.popitem(last=False)
 
     async def _in_order(self, write: Callable[[], Awaitable[T]]) -> T:
         if _holds_write_lock.get():
@@ -126,13 +140,23 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             name = " ".join(str(name).split())[:TITLE_CHARS]
         if tags is not None and self._sqlite:
             tags = None  # SQLite cannot bind a list; the app does not tag threads
+        if (name, user_id, metadata, tags) == (None, None, None, None) and (
+            thread_id in self._known_threads
+        ):
+            return None  # Chainlit's "make sure the thread exists" before each step
         parent = super().update_thread
-        return await self._in_order(lambda: parent(thread_id, name, user_id, metadata, tags))
+
+        async def update() -> None:
+            await parent(thread_id, name, user_id, metadata, tags)
+            self._remember_thread(thread_id)
+
+        return await self._in_order(update)
 
     async def delete_thread(self, thread_id: str):
         if not is_uuid(thread_id):
             self._refuse("thread", thread_id)
             return None
+        self._known_threads.pop(thread_id, None)
         parent = super().delete_thread
         return await self._in_order(lambda: parent(thread_id))
 
@@ -140,7 +164,12 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         if not (is_uuid(step_dict.get("id")) and is_uuid(step_dict.get("threadId"))):
             self._refuse("step or thread", f"{step_dict.get('id')}/{step_dict.get('threadId')}")
             return None
-        if step_dict.get("parentId") is not None and not is_uuid(step_dict["parentId"]):
+        if step_dict.get("type") == "run":
+            return None  # the hooks' own steps: hidden in the UI, never read back
+        if step_dict.get("type") in ("user_message", "assistant_message") or (
+            step_dict.get("parentId") is not None and not is_uuid(step_dict["parentId"])
+        ):
+            # Messages are top level (their run-step parents are not stored).
             step_dict = {**step_dict, "parentId": None}
         parent = super().create_step
         return await self._in_order(lambda: parent(step_dict))

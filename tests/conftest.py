@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,11 +23,16 @@ for _name in list(os.environ):
         del os.environ[_name]
 os.environ["CHAINLIT_ENV_FILE"] = "/nonexistent/.env"
 
+from tests.app_process import (  # noqa: E402
+    ROOT,
+    AppServer,
+    app_directory,
+    free_port,
+    start_app,
+)
 from tests.fake_gemini import DEFAULT_KEY, FakeGemini  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-GEMINI_HOST = "generativelanguage.googleapis.com"
-APP_FILES = ("chatbot.py", "gemini_chat", ".chainlit", "public", "chainlit.md")
+__all__ = ["ROOT", "AppServer", "app_directory", "free_port"]
 
 
 # --- the guard: nothing in a test run may reach the real Gemini host ---------------------------
@@ -94,78 +93,6 @@ def gemini(fake_gemini_server: FakeGemini) -> Iterator[FakeGemini]:
 
 
 # --- the real app ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class AppServer:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-    directory: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def app_directory() -> Path:
-    """A directory holding the app (by symlink) and nothing else: no developer .env."""
-    directory = Path(tempfile.mkdtemp(prefix="gemini-chat-app-"))
-    for name in APP_FILES:
-        (directory / name).symlink_to(ROOT / name)
-    return directory
-
-
-def start_app(env: dict[str, str], wait: bool = True, directory: Path | None = None) -> AppServer:
-    """Start `chainlit run` in ``directory`` (a fresh one by default), with its own SQLite
-    database there unless ``env`` names one."""
-    directory = directory or app_directory()
-    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{directory}/chats.db", **env}
-    port = free_port()
-    log_path = directory / "server.log"
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chainlit", "run", "chatbot.py", "--headless", "--port", str(port)],
-        cwd=directory,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    server = AppServer(f"http://127.0.0.1:{port}", process, log_path, directory)
-    if wait:
-        wait_until_serving(server)
-    return server
-
-
-def wait_until_serving(server: AppServer, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"app exited with {server.process.returncode}:\n{server.log()}")
-        try:
-            with urllib.request.urlopen(server.url + "/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        # The child process offers no event to wait on; poll its health endpoint.
-        time.sleep(0.1)
-    server.stop()
-    raise AssertionError(f"app did not start within {timeout}s:\n{server.log()}")
 
 
 def app_env(gemini: FakeGemini, **overrides: str) -> dict[str, str]:

@@ -6,14 +6,17 @@ cumulative usage on every chunk, errors inside an open stream, ``finish_reason: 
 and 400 "Unknown name" for request fields Gemini does not know.
 
 Each request takes the next scripted behaviour (``server.script(...)``) or, when none is queued,
-echoes the last user message. Every request is recorded so tests assert on exactly what the app
-sent. The server runs its own event loop in a thread, so tests on any loop (or none) can use it.
+echoes the last user message; a last message ``bench TOKENS DELAY FIRST_DELAY`` streams TOKENS
+pieces ``" tN"`` DELAY seconds apart after FIRST_DELAY seconds (the benchmark's load). Every
+request is recorded so tests assert on exactly what the app sent. The server runs its own event
+loop in a thread, so tests on any loop (or none) can use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import struct
 import threading
@@ -142,6 +145,23 @@ class Reply:
             (text for role, text in reversed(request.conversation) if role == "user"), ""
         )
         return split_tokens(f"Echo: {last_user}")
+
+
+BENCH = re.compile(r"^bench (\d+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)$")
+
+
+def bench_tokens(count: int) -> list[str]:
+    return [f" t{i}" for i in range(count)]
+
+
+def bench_reply(request: RecordedRequest) -> Reply | None:
+    """The benchmark's request: "bench TOKENS DELAY FIRST_DELAY" as the last user message."""
+    last_user = next((t for role, t in reversed(request.conversation) if role == "user"), "")
+    match = BENCH.match(last_user)
+    if not match:
+        return None
+    count, delay, first_delay = int(match[1]), float(match[2]), float(match[3])
+    return Reply(chunks=bench_tokens(count), delay=delay, first_delay=first_delay)
 
 
 @dataclass
@@ -401,7 +421,7 @@ class FakeGemini:
             behaviour = unknown_field(unknown[0])
         elif recorded.body.get("model") not in self.models:
             behaviour = unknown_model(str(recorded.body.get("model")))
-        behaviour = behaviour or Reply()
+        behaviour = behaviour or bench_reply(recorded) or Reply()
 
         if isinstance(behaviour, Reset):
             _reset(request)
@@ -422,15 +442,16 @@ class FakeGemini:
         model = recorded.body.get("model", "")
         prompt_tokens = sum(len(text.split()) for _, text in recorded.conversation)
         pieces = reply.pieces(recorded)
-        await self._pause(request, reply.first_delay)
+        # Paced against absolute times, so timer overshoot never accumulates: a stream of N
+        # pieces takes first_delay + (N - 1) * delay, however busy this server is.
+        start = time.monotonic() + reply.first_delay
         chunk_id = f"gemini-{uuid.uuid4().hex[:12]}"
         for index, piece in enumerate(pieces):
+            await self._pause(request, start + index * reply.delay - time.monotonic())
             last = index == len(pieces) - 1
             finish = reply.finish_reason if last and reply.ending == "finish" else None
             chunk = _chunk(chunk_id, model, piece, finish, prompt_tokens, index + 1)
             await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
-            if not last:
-                await self._pause(request, reply.delay)
 
         if reply.ending == "drop":
             _reset(request)
@@ -460,7 +481,9 @@ class FakeGemini:
             raise ClientGone from error
 
     async def _pause(self, request: web.Request, seconds: float) -> None:
-        """Sleep, noticing promptly when the app hangs up."""
+        """Sleep, noticing within a quarter second when the app hangs up."""
+        if seconds <= 0:
+            return
         deadline = time.monotonic() + seconds
         while True:
             if request.transport is None or request.transport.is_closing():
@@ -468,7 +491,7 @@ class FakeGemini:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            await asyncio.sleep(min(remaining, 0.02))
+            await asyncio.sleep(min(remaining, 0.25))
 
 
 def _chunk(
@@ -508,3 +531,10 @@ def _reset(request: web.Request) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+if __name__ == "__main__":
+    # Standalone, for the benchmark: prints the base URL, serves until killed.
+    server = FakeGemini().start()
+    print(server.base_url, flush=True)
+    threading.Event().wait()

@@ -122,3 +122,25 @@ async def test_queued_message_waits_for_the_running_reply(chat, gemini: FakeGemi
     ]
     contents = [m.content for m in chat.assistant_messages()]
     assert contents[-2:] == ["Slow first answer here.", "Second answer."]
+
+
+async def test_a_fast_stream_is_batched_but_exact_and_its_first_token_is_not_held_back(
+    chat, gemini
+):
+    pieces = [f" p{i}" for i in range(400)]
+    gemini.script(Reply(chunks=pieces))  # as fast as the server can send
+
+    replies = await chat.ask("fast please")
+
+    assert [m.content for m in replies] == ["".join(pieces)]
+    events = [
+        (name, data)
+        for name, data in chat.events
+        if name in ("stream_start", "stream_token") and data.get("id") == replies[0].id
+    ]
+    # The first piece went out alone, at once; the rest came in a few batches, not 399 events.
+    assert events[0] == ("stream_start", events[0][1])
+    assert events[0][1]["output"] == pieces[0]
+    assert len(events) < 40
+    streamed = events[0][1]["output"] + "".join(data["token"] for _, data in events[1:])
+    assert streamed == "".join(pieces)

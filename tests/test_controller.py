@@ -3,6 +3,8 @@ and what the model receives."""
 
 from __future__ import annotations
 
+import asyncio
+
 import chainlit as cl
 import httpx2
 import openai
@@ -67,3 +69,21 @@ async def test_without_a_backend_every_message_explains_the_missing_key(chainlit
     steps = sent_steps(chainlit_context)
     assert len(steps) == 2
     assert all(s["isError"] and "GEMINI_API_KEY" in s["output"] for s in steps)
+
+
+async def test_a_chat_that_ends_frees_what_chainlit_keeps_for_it(chainlit_context):
+    from chainlit.chat_context import chat_contexts
+    from chainlit.user_session import user_sessions
+
+    model = ScriptedModel([streamed_reply("Kept until the end.")])
+    controller = controller_for(model)
+    await controller.start()
+    await controller.handle(cl.Message(content="Hello"))
+    session_id = chainlit_context.session.id
+    assert chat_contexts[session_id] and user_sessions[session_id]
+
+    chainlit_context.session.to_clear = True  # the browser's "New chat", then disconnect
+    await controller.end()
+    await asyncio.sleep(0)  # released right after Chainlit's own disconnect handling
+    assert session_id not in chat_contexts
+    assert session_id not in user_sessions
