@@ -523,6 +523,9 @@ def plot(r: dict, path: Path) -> None:
         )
     axis.axhline(500, color="grey", linewidth=0.8, linestyle=":", label="0.5 s target (p95)")
     axis.set_xscale("log")
+    ticks = [w["chats"] for w in r["ramp"]["app"]]
+    axis.set_xticks(ticks, [str(t) for t in ticks])
+    axis.minorticks_off()
     axis.set_xlabel("chats started together")
     axis.set_ylabel("first token (ms)")
     axis.set_title("First-token latency against concurrent chats")

@@ -23,6 +23,7 @@ from .config import Settings
 from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
 from .history import REPLY_MARKS, History, history_from_steps
 from .llm import Backend
+from .runtime import idle_collector
 from .streaming import ReplyStream
 
 logger = logging.getLogger("gemini_chat")
@@ -164,6 +165,7 @@ class ChatController:
         conversation = self.conversation()
         task = asyncio.current_task()
         conversation.tasks.add(task)
+        idle_collector.started()
         try:
             async with conversation.turn_lock:
                 if conversation.history.rewind(message.id):
@@ -171,6 +173,7 @@ class ChatController:
                 await self._turn(conversation, text, message.id)
         finally:
             conversation.tasks.discard(task)
+            idle_collector.finished()
 
     async def _turn(self, conversation: Conversation, text: str, message_id: str) -> None:
         backend = self.backend

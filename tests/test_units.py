@@ -224,3 +224,22 @@ async def test_cancelling_a_reply_closes_the_model_stream_and_keeps_the_text():
         await task
     await asyncio.wait_for(hanging.closed.wait(), 5)
     assert stream.text == "Partial"
+
+
+# --- runtime --------------------------------------------------------------------------------------
+
+
+async def test_a_full_collection_runs_once_the_last_reply_ends(monkeypatch):
+    from gemini_chat import runtime
+
+    collected = asyncio.Event()
+    monkeypatch.setattr(runtime.gc, "collect", lambda *args: collected.set())
+    collector = runtime.IdleCollector(delay=0)
+    collector.started()
+    collector.started()
+    collector.finished()
+    for _ in range(3):
+        await asyncio.sleep(0)  # let any due callback run
+    assert not collected.is_set()  # one reply still streaming
+    collector.finished()
+    await asyncio.wait_for(collected.wait(), 5)
