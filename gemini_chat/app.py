@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
 from .config import ConfigError, Settings, load_settings
 from .logs import install_secret_filter
+from .ownership import FeedbackOwnership
 from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
 from .storage import ChatDataLayer
@@ -161,4 +162,10 @@ def prepare_server() -> Server:
         )
     )
     current = Server(settings, ChatDataLayer(settings.database_url), access)
+    if not getattr(app.state, "feedback_ownership", False):
+        try:
+            app.add_middleware(FeedbackOwnership, data_layer=current.data_layer)
+            app.state.feedback_ownership = True
+        except RuntimeError:
+            logger.debug("Server already started; the feedback guard was added at first start")
     return current

@@ -214,6 +214,19 @@ class ChatDataLayer(SQLAlchemyDataLayer):
 
     # -- for the app
 
+    async def feedback_owner(self, feedback_id: str) -> str:
+        """The identifier of the user whose thread holds the rated message ("" if none)."""
+        if not is_uuid(feedback_id):
+            return ""
+        result = await self.execute_sql(
+            'SELECT t."userIdentifier" AS owner FROM feedbacks f JOIN steps s '
+            'ON f."forId" = s."id" JOIN threads t ON s."threadId" = t."id" WHERE f."id" = :id',
+            {"id": feedback_id},
+        )
+        if isinstance(result, list) and result:
+            return result[0].get("owner") or ""
+        return ""
+
     async def step_owner(self, step_id: str) -> str:
         """The identifier of the user whose thread holds ``step_id`` ("" if none)."""
         if not is_uuid(step_id):

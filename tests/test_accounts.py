@@ -97,10 +97,20 @@ async def test_with_accounts_everyone_logs_in_and_sees_only_their_own_chats(
     await alice.connect()
     await alice.wait_for(alice.assistant_messages)
     gemini.script(Reply("Alice's answer."))
-    await alice.ask("Alice's secret plan")
+    (reply,) = await alice.ask("Alice's secret plan")
     thread = await alice.chat_thread()
     await alice.disconnect()
     await eventually(lambda: _rows_when(database_url, thread, 3), what="alice's chat stored")
+    status, rated = await api(
+        alice,
+        "PUT",
+        "/feedback",
+        {
+            "sessionId": alice.session_id,
+            "feedback": {"forId": reply.id, "threadId": thread, "value": 1, "comment": "Spot on"},
+        },
+    )
+    assert status == 200, rated
     before = await stored_steps(database_url, thread)
 
     bob = ChatClient(app.url)
@@ -116,6 +126,20 @@ async def test_with_accounts_everyone_logs_in_and_sees_only_their_own_chats(
     assert (await api(bob, "DELETE", "/project/thread", {"threadId": thread}))[0] == 401
     with pytest.raises(socketio.exceptions.ConnectionError):
         await bob.connect(thread_id=thread)
+    # Nor rate her messages, nor remove her rating.
+    status, _ = await api(
+        bob,
+        "PUT",
+        "/feedback",
+        {
+            "sessionId": bob.session_id,
+            "feedback": {"forId": reply.id, "value": 0, "comment": "bob was here"},
+        },
+    )
+    assert status == 404
+    assert (await api(bob, "DELETE", "/feedback", {"feedbackId": rated["feedbackId"]}))[0] == 404
+    feedback = await query(database_url, 'SELECT "value", "comment" FROM feedbacks')
+    assert feedback == [(1, "Spot on")]
 
     assert await stored_steps(database_url, thread) == before
     assert await _thread_named(database_url, thread) == "Alice's secret plan"
