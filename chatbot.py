@@ -10,7 +10,7 @@ import chainlit as cl
 
 from gemini_chat.app import prepare_server
 from gemini_chat.chat import ChatController
-from gemini_chat.llm import build_backend, build_model
+from gemini_chat.llm import build_backend, build_client, build_model
 
 # Settings from the environment and .env, the chat database (created or upgraded) and the login
 # mode. A bad value stops here with one line saying what to change.
@@ -20,8 +20,15 @@ settings = server.settings
 # An AsyncOpenAI client on Gemini's OpenAI-compatible endpoint, wrapped in an
 # OpenAIChatCompletionsModel, an Agent and a RunConfig (tracing off, one retry layer).
 # Built once per process; without GEMINI_API_KEY nothing is built and nothing goes upstream.
-backend = build_backend(settings, build_model(settings)) if settings.api_key else None
+client = build_client(settings) if settings.api_key else None
+backend = build_backend(settings, build_model(settings, client)) if client else None
 controller = ChatController(settings, backend)
+
+
+@cl.on_app_shutdown
+async def on_app_shutdown() -> None:
+    if client is not None:
+        await client.close()  # its pooled connections to Gemini
 
 
 @cl.data_layer

@@ -24,7 +24,7 @@ from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, Missing
 from .history import REPLY_MARKS, History, history_from_steps
 from .llm import Backend
 from .runtime import idle_collector
-from .streaming import ReplyStream
+from .streaming import EventBudget, ReplyStream
 
 logger = logging.getLogger("gemini_chat")
 
@@ -91,6 +91,8 @@ class ChatController:
     def __init__(self, settings: Settings, backend: Backend | None) -> None:
         self.settings = settings
         self.backend = backend
+        # One per process: every streaming reply draws its socket updates from it.
+        self.event_budget = EventBudget()
 
     # -- lifecycle
 
@@ -186,7 +188,7 @@ class ChatController:
             # Stamped now, not when the stream ends, so a message queued meanwhile sorts after.
             created_at=utc_now(),
         )
-        stream = ReplyStream(backend, reply.stream_token)
+        stream = ReplyStream(backend, reply.stream_token, self.event_budget)
         items = conversation.history.request_items(text, self.settings.instructions)
         try:
             answer = await stream.run(items)

@@ -33,6 +33,7 @@ import json
 import re
 from typing import Any
 
+import aiohttp
 import openai
 from agents.exceptions import ModelBehaviorError, ModelRefusalError
 
@@ -288,6 +289,20 @@ def _from_status(status: int | None, error: dict[str, Any], detail: dict[str, An
     return None
 
 
+def _dropped_connection(error: BaseException) -> bool:
+    """True when a "timeout" is really a refused or dropped connection.
+
+    openai's aiohttp transport maps every aiohttp connection error (a reset, a server that hung
+    up) to httpx's ConnectTimeout; the original exception is still in the chain.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, aiohttp.ClientConnectionError) and not isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def classify(
     error: BaseException,
     *,
@@ -309,7 +324,7 @@ def classify(
             "provider_message": body.get("message"),
         }
         return _from_status(error.status_code, body, detail, model) or UnexpectedFailure(**detail)
-    if isinstance(error, openai.APITimeoutError):
+    if isinstance(error, openai.APITimeoutError) and not _dropped_connection(error):
         return StreamStalled(stall_seconds, kind="read timeout", cause=type(cause).__name__)
     if isinstance(error, openai.APIConnectionError):
         detail = {"kind": "connection", "cause": type(cause).__name__}

@@ -17,17 +17,42 @@ logger = logging.getLogger("gemini_chat")
 TextSink = Callable[[str], Awaitable[Any]]
 
 
+# Socket events per second the server spends on streaming text, all replies together. One event
+# costs about 70 µs of the server's CPU (socket.io packet, websocket frame, write) whatever its
+# size, so this keeps streaming updates under about a tenth of one core.
+STREAM_EVENTS_PER_SECOND = 1500
+
+
+class EventBudget:
+    """Shares the process's socket-event budget among the replies streaming at the moment.
+
+    With few replies each one updates every ``STREAM_FLUSH_INTERVAL``; with many, the interval
+    stretches so the total stays within the budget (150 replies: 0.1 s, 500: 0.33 s). The text
+    is the same, in fewer and larger pieces, and the first piece of every reply still goes out
+    at once; what the server saves goes to starting and streaming the other replies on time.
+    """
+
+    def __init__(self, events_per_second: float = STREAM_EVENTS_PER_SECOND) -> None:
+        self.events_per_second = events_per_second
+        self.streaming = 0
+
+    def interval(self, base: float) -> float:
+        return max(base, self.streaming / self.events_per_second)
+
+
 class Coalescer:
     """Batches text deltas into at most one write per ``interval`` seconds.
 
     The first delta is written at once (no added first-token latency); later ones are joined and
     written when the interval since the last write has passed, by a timer if no delta arrives to
-    trigger it. Writes happen in order, one at a time, so the text arrives exactly.
+    trigger it. Writes happen in order, one at a time, so the text arrives exactly. With a
+    ``budget``, the interval stretches while many replies stream at once.
     """
 
-    def __init__(self, write: TextSink, interval: float) -> None:
+    def __init__(self, write: TextSink, interval: float, budget: EventBudget | None = None) -> None:
         self._write = write
         self._interval = interval
+        self._budget = budget
         self._pending: list[str] = []
         self._last_write = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
@@ -40,7 +65,8 @@ class Coalescer:
         if self._timer is not None or self._timer_task is not None:
             return  # a write is already on its way and will take this delta too
         loop = asyncio.get_running_loop()
-        wait = self._last_write + self._interval - loop.time()
+        interval = self._budget.interval(self._interval) if self._budget else self._interval
+        wait = self._last_write + interval - loop.time()
         if wait <= 0:
             await self.flush()
         else:
@@ -81,10 +107,11 @@ class Coalescer:
 class ReplyStream:
     """One streamed reply. ``text`` always holds exactly the model text received so far."""
 
-    def __init__(self, backend: Backend, sink: TextSink) -> None:
+    def __init__(self, backend: Backend, sink: TextSink, budget: EventBudget | None = None) -> None:
         self.backend = backend
         self.parts: list[str] = []
-        self.coalescer = Coalescer(sink, backend.settings.flush_interval)
+        self.budget = budget or EventBudget()
+        self.coalescer = Coalescer(sink, backend.settings.flush_interval, self.budget)
         self.report = StreamReport()
 
     @property
@@ -104,6 +131,7 @@ class ReplyStream:
             )
         finally:
             current_report.reset(token)
+        self.budget.streaming += 1
         try:
             async for event in result.stream_events():
                 if (
@@ -121,6 +149,7 @@ class ReplyStream:
             raise
         except Exception as error:
             result.cancel()
+            await self._recover_dropped_text()
             failure = classify(
                 error,
                 model=self.backend.settings.model,
@@ -130,9 +159,24 @@ class ReplyStream:
             self._log(failure, error)
             raise failure from error
         finally:
+            self.budget.streaming -= 1
             await self.coalescer.close()
         self._check_finish()
         return self.text
+
+    async def _recover_dropped_text(self) -> None:
+        """Show the text that arrived before a failure but never reached us as an event.
+
+        When a stream fails, the SDK raises at once and drops deltas it had already parsed
+        (several chunks often arrive in one read). The raw stream noted them, so the user sees,
+        and the history keeps, everything Gemini sent before the fault.
+        """
+        received = "".join(self.report.received)
+        shown = self.text
+        if len(received) > len(shown) and received.startswith(shown):
+            rest = received[len(shown) :]
+            self.parts.append(rest)
+            await self.coalescer.add(rest)
 
     def _check_finish(self) -> None:
         reason = self.report.finish_reason

@@ -19,9 +19,9 @@ from gemini_chat.errors import (
     classify,
 )
 from gemini_chat.history import History, estimate_tokens
-from gemini_chat.llm import build_backend, build_client
-from gemini_chat.streaming import Coalescer, ReplyStream
-from tests.fake_gemini import rate_limit_per_day, rate_limit_per_minute
+from gemini_chat.llm import GeminiClient, build_backend, build_client
+from gemini_chat.streaming import Coalescer, EventBudget, ReplyStream
+from tests.fake_gemini import _chunk, rate_limit_per_day, rate_limit_per_minute
 from tests.fake_models import HangingReply, streamed_reply
 
 # --- settings -----------------------------------------------------------------------------------
@@ -76,6 +76,61 @@ def test_the_client_has_no_retries_of_its_own_and_a_stall_timeout():
     client = build_client(load_settings({"GEMINI_API_KEY": "k", "GEMINI_STALL_TIMEOUT": "7"}))
     assert client.max_retries == 0
     assert client.timeout.read == 7
+
+
+GEMINI_CHUNKS = [
+    _chunk("c1", "gemini-3.8-flash", " Hello", None, 12, 1),
+    _chunk("c1", "gemini-3.8-flash", "", "stop", 12, 2),
+    _chunk("c1", "gemini-3.8-flash", "", "content_filter", 12, 0),
+    # A thought signature rides along in an extra field of the delta.
+    {
+        **_chunk("c2", "gemini-3.8-flash", "", None, 3, 1),
+        "choices": [
+            {
+                "index": 0,
+                "delta": {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+                            "extra_content": {"google": {"thought_signature": "c2ln"}},
+                        }
+                    ],
+                },
+                "finish_reason": None,
+            }
+        ],
+    },
+    # Off the published schema: a tool-call delta without index, an unlisted finish reason.
+    {
+        **_chunk("c3", "gemini-3.8-flash", "", None, 3, 1),
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"tool_calls": [{"id": "call_2", "function": {"name": "f"}}]},
+                "finish_reason": "MALFORMED_FUNCTION_CALL",
+            }
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize("data", GEMINI_CHUNKS, ids=["text", "stop", "filter", "tool", "odd"])
+def test_streamed_chunks_read_exactly_as_openai_reads_them(data):
+    fast = GeminiClient(api_key="k", base_url="http://127.0.0.1:9/")
+    stock = openai.AsyncOpenAI(api_key="k", base_url="http://127.0.0.1:9/")
+    response = httpx2.Response(200, request=httpx2.Request("POST", "http://127.0.0.1:9/"))
+
+    def read(client):
+        return client._process_response_data(
+            data=data, cast_to=openai.types.chat.ChatCompletionChunk, response=response
+        )
+
+    assert read(fast).model_dump() == read(stock).model_dump()
+    assert read(fast).to_json() == read(stock).to_json()
 
 
 # --- history ------------------------------------------------------------------------------------
@@ -174,6 +229,39 @@ async def test_coalescer_flushes_by_timer_when_the_stream_pauses():
     assert await asyncio.wait_for(written.get(), 1) == "b"
     await coalescer.close()
     assert written.empty()
+
+
+async def test_many_replies_at_once_stretch_the_interval_and_the_text_stays_exact():
+    writes: list[str] = []
+
+    async def write(text: str) -> None:
+        writes.append(text)
+
+    budget = EventBudget(events_per_second=100)
+    coalescer = Coalescer(write, interval=0.0, budget=budget)
+    await coalescer.add("a")
+    await coalescer.add("b")
+    assert writes == ["a", "b"]  # alone: every delta goes out (interval 0)
+    budget.streaming = 500  # 500 replies share 100 events a second: one each per 5 s
+    await coalescer.add("c")
+    await coalescer.add("d")
+    assert writes == ["a", "b"]  # held for the stretched interval
+    await coalescer.close()
+    assert writes == ["a", "b", "cd"]
+
+
+async def test_a_reply_counts_against_the_budget_only_while_it_streams():
+    budget = EventBudget()
+    during: list[int] = []
+
+    async def sink(text: str) -> None:
+        during.append(budget.streaming)
+
+    model = ScriptedModel([streamed_reply("Hi", " there")])
+    stream = ReplyStream(backend_for(model), sink, budget)
+    assert await stream.run([{"role": "user", "content": "hi"}]) == "Hi there"
+    assert during[0] == 1
+    assert budget.streaming == 0
 
 
 # --- one reply, with ScriptedModel --------------------------------------------------------------
