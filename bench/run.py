@@ -311,7 +311,7 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
             return wave.slowest_ratio <= 1.1 and wave.intact == wave.chats
 
         capacity, sdk_capacity = [], []
-        for chats in [10, 20, 30, 40, 50, 60, 70, 80]:
+        for chats in [10, 20, 30, 40, 50, 60, 70, 80, 100, 120, 140, 160]:
             sdk = await sdk_wave(agent, run_config, chats, 500, 0.01, stagger=1.0)
             sdk_capacity.append(sdk)
             app_wave = await driver.wave(chats, 500, 0.01, f"capacity {chats}", stagger=1.0)

@@ -21,6 +21,7 @@ import asyncio.futures
 import asyncio.runners
 import asyncio.tasks
 import gc
+import importlib
 import logging
 import types
 
@@ -64,12 +65,11 @@ def restore_stock_asyncio() -> bool:
 
 
 def remove_constructor_sleeps() -> None:
-    import chainlit.message
-    import chainlit.step
-
+    # By module path: ``chainlit.step`` as an attribute is the ``step`` decorator, which
+    # chainlit's __init__ re-exports over the submodule of the same name.
     no_sleep = types.SimpleNamespace(sleep=lambda seconds: None)
-    chainlit.message.time = no_sleep
-    chainlit.step.time = no_sleep
+    for name in ("chainlit.message", "chainlit.step"):
+        importlib.import_module(name).time = no_sleep
 
 
 def tune_garbage_collector() -> None:

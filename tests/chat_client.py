@@ -164,6 +164,9 @@ class ChatClient:
     async def disconnect(self) -> None:
         if self.sio.connected:
             await self.sio.disconnect()
+        http = getattr(self.sio.eio, "http", None)  # left open by a refused connection
+        if http is not None and not http.closed:
+            await http.close()
 
     # -- actions
 

@@ -126,8 +126,10 @@ async def test_the_key_never_reaches_the_browser(app, chat, gemini):
 
 
 async def test_a_socket_from_another_site_is_refused(app, gemini):
+    refused = ChatClient(app.url)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        await ChatClient(app.url).connect(origin="https://evil.example")
+        await refused.connect(origin="https://evil.example")
+    await refused.disconnect()
     client = await ChatClient(app.url).connect(origin=app.url)
     await client.wait_for(client.assistant_messages, what="the welcome")
     await client.disconnect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx2
@@ -131,6 +132,44 @@ def test_streamed_chunks_read_exactly_as_openai_reads_them(data):
 
     assert read(fast).model_dump() == read(stock).model_dump()
     assert read(fast).to_json() == read(stock).to_json()
+
+
+async def _request_body(client_class, messages, **params) -> bytes:
+    sent: list[bytes] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request.content)
+        return httpx2.Response(200, json={"id": "1", "object": "chat.completion", "choices": []})
+
+    client = client_class(
+        api_key="k",
+        base_url="http://127.0.0.1:9/v1beta/openai/",
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
+    )
+    await client.chat.completions.create(model="gemini-3.8-flash", messages=messages, **params)
+    await client.close()
+    return sent[0]
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "héllo 👋"}],
+        [
+            {"role": "user", "content": [{"type": "text", "text": "q"}]},
+            {"role": "assistant", "content": "a", "tool_calls": None},
+            {"role": "user", "content": "n", "name": "x"},
+        ],
+        ({"role": "user", "content": "a tuple is not plain JSON"},),
+    ],
+    ids=["plain", "parts", "tuple"],
+)
+async def test_requests_carry_exactly_the_bytes_openai_would_send(messages):
+    params = {"stream": True, "temperature": 0.5, "extra_body": {"google": {"x": 1}}}
+    fast = await _request_body(GeminiClient, messages, **params)
+    stock = await _request_body(openai.AsyncOpenAI, messages, **params)
+    assert fast == stock
+    assert json.loads(fast)["messages"] == [dict(m) for m in messages]
 
 
 # --- history ------------------------------------------------------------------------------------
@@ -331,3 +370,20 @@ async def test_a_full_collection_runs_once_the_last_reply_ends(monkeypatch):
     assert not collected.is_set()  # one reply still streaming
     collector.finished()
     await asyncio.wait_for(collected.wait(), 5)
+
+
+async def test_chainlit_messages_and_steps_are_created_without_blocking_sleeps(
+    chainlit_context, monkeypatch
+):
+    import time
+
+    import chainlit as cl
+
+    from gemini_chat import runtime
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    runtime.remove_constructor_sleeps()
+    cl.Message(content="hi")
+    cl.Step(name="a step")
+    assert slept == []
