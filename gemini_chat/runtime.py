@@ -20,10 +20,13 @@ import asyncio.events
 import asyncio.futures
 import asyncio.runners
 import asyncio.tasks
+import ctypes
+import ctypes.util
 import gc
 import importlib
 import logging
 import types
+from collections.abc import Callable
 
 logger = logging.getLogger("gemini_chat")
 
@@ -83,6 +86,27 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to call
+        return None
+
+
+_trim = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by a burst back to the system.
+
+    A burst of replies leaves glibc's heap full of free holes (request and response buffers,
+    JSON strings) that it keeps for reuse, so resident memory stepped up by about 20 MB per
+    burst of 500 chats until the heap stopped growing; ``malloc_trim`` returns them.
+    """
+    if _trim is not None:
+        _trim(0)
+
+
 class IdleCollector:
     """Runs one full garbage collection when no reply has been streaming for a moment."""
 
@@ -106,6 +130,7 @@ class IdleCollector:
         self._timer = None
         if self.active == 0:
             gc.collect()
+            release_free_memory()
 
 
 idle_collector = IdleCollector()
