@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
 from .config import ConfigError, Settings, load_settings
+from .framework import install_stop_without_notice
 from .logs import install_secret_filter
 from .ownership import FeedbackOwnership
 from .runtime import tune_runtime
@@ -134,6 +135,7 @@ def prepare_server() -> Server:
             app.state.security_headers = True
         except RuntimeError:
             logger.debug("Server already started; security headers were added at first start")
+    install_stop_without_notice()
     if not settings.api_key:
         logger.warning("GEMINI_API_KEY is not set: the chat will explain how to set it")
     try:

@@ -21,7 +21,7 @@ from chainlit.utils import utc_now
 
 from .config import Settings
 from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
-from .history import REPLY_MARKS, History, history_from_steps
+from .history import REPLY_MARKS, STOPPED_BEFORE_TEXT, History, history_from_steps
 from .llm import Backend
 from .runtime import idle_collector
 from .streaming import EventBudget, ReplyStream
@@ -206,14 +206,19 @@ class ChatController:
         conversation.history.record(text, answer, message_id)
 
     async def _finish_partial(self, reply: cl.Message, text: str, status: str) -> None:
-        """Keep what streamed on screen, visibly marked; the history gets the text alone."""
-        if not text:
+        """Keep what streamed on screen, visibly marked; the history gets the text alone.
+        A reply stopped before any text is shown as the mark alone, so a stop always leaves
+        one visible trace; a failure before any text is explained by its notice instead."""
+        if not text and status != "stopped":
             return
-        reply.content = text + REPLY_MARKS[status]
+        reply.content = text + REPLY_MARKS[status] if text else STOPPED_BEFORE_TEXT
         reply.metadata = {**(reply.metadata or {}), "status": status}
         await reply.send()
 
     async def _notice(self, text: str) -> None:
         notice = cl.ErrorMessage(content=text, author=self.settings.assistant_name)
         notice.metadata = {"kind": "notice"}
+        # Outside the hook's run step: the frontend puts copy and thumbs buttons on the last
+        # message of a run, and a notice is nothing to rate or copy.
+        notice.parent_id = None
         await notice.send()

@@ -20,6 +20,8 @@ def estimate_tokens(text: str) -> int:
 
 # How a reply that did not complete is marked on screen (and so in storage); never sent back.
 REPLY_MARKS = {"stopped": "\n\n*— stopped*", "incomplete": "\n\n*— incomplete reply*"}
+# What a reply stopped before its first word shows in its place.
+STOPPED_BEFORE_TEXT = "*Stopped before any answer.*"
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def history_from_steps(steps: list[dict[str, Any]], token_budget: int) -> Histor
         mark = REPLY_MARKS.get(meta.get("status", ""))
         if mark and text.endswith(mark):
             text = text[: -len(mark)]
+        elif meta.get("status") == "stopped" and text == STOPPED_BEFORE_TEXT:
+            text = ""
         if meta.get("for"):
             replies[meta["for"]] = text
     history = History(token_budget)

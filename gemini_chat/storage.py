@@ -4,8 +4,12 @@ Changes to Chainlit's layer: ids that are not UUIDs are refused before any SQL (
 concatenates stored thread ids into SQL text), a missing thread is "not found" rather than an
 exception, SQL errors are logged as errors instead of warnings, thread names are cut to a
 title's length, writes are applied in the order they were requested, and work nobody reads is
-skipped: Chainlit's hidden "run" steps (the UI hides them, cot = "hidden") are not stored, and a
-thread already known to exist is not looked up again before each message is stored.
+skipped: a thread already known to exist is not looked up again before each message is stored.
+
+The hooks' own "run" steps (``on_chat_start``, ``on_message``) are stored although the UI hides
+them: the frontend hangs an answer's copy and thumbs buttons on the run around it and rates
+the run (a feedback's ``forId`` is the run's id), so a chat reopened without them has no
+buttons and its ratings have nothing to attach to.
 """
 
 from __future__ import annotations
@@ -116,7 +120,10 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         if not is_uuid(thread_id):
             self._refuse("thread", thread_id)
             return None
-        return await super().get_thread(thread_id)
+        # In line with the writes: a chat reopened right after an answer must show it, and the
+        # answer's own write may still be queued.
+        parent = super().get_thread
+        return await self._in_order(lambda: parent(thread_id))
 
     async def get_thread_author(self, thread_id: str) -> str:
         # Chainlit's ACL expects "" for a missing thread (404); the parent raises (500).
@@ -164,12 +171,7 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         if not (is_uuid(step_dict.get("id")) and is_uuid(step_dict.get("threadId"))):
             self._refuse("step or thread", f"{step_dict.get('id')}/{step_dict.get('threadId')}")
             return None
-        if step_dict.get("type") == "run":
-            return None  # the hooks' own steps: hidden in the UI, never read back
-        if step_dict.get("type") in ("user_message", "assistant_message") or (
-            step_dict.get("parentId") is not None and not is_uuid(step_dict["parentId"])
-        ):
-            # Messages are top level (their run-step parents are not stored).
+        if step_dict.get("parentId") is not None and not is_uuid(step_dict["parentId"]):
             step_dict = {**step_dict, "parentId": None}
         parent = super().create_step
         return await self._in_order(lambda: parent(step_dict))

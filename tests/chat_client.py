@@ -30,6 +30,8 @@ class ShownMessage:
     is_error: bool = False
     streaming: bool = False
     tokens: int = 0  # stream_token events received for this message
+    # The hook's run step this message sits in; the frontend rates that run, not the message.
+    parent_id: str | None = None
 
     @property
     def from_user(self) -> bool:
@@ -86,6 +88,7 @@ class ChatClient:
                 is_error=bool(data.get("isError")),
                 streaming=name == "stream_start",
                 tokens=tokens,
+                parent_id=data.get("parentId"),
             )
         elif name == "stream_token":
             message = self.messages.get(data["id"])
@@ -105,6 +108,7 @@ class ChatClient:
                         type=step["type"],
                         content=step.get("output", ""),
                         is_error=bool(step.get("isError")),
+                        parent_id=step.get("parentId"),
                     )
         elif name == "delete_message":
             self.messages.pop(data["id"], None)

@@ -107,7 +107,13 @@ async def test_with_accounts_everyone_logs_in_and_sees_only_their_own_chats(
         "/feedback",
         {
             "sessionId": alice.session_id,
-            "feedback": {"forId": reply.id, "threadId": thread, "value": 1, "comment": "Spot on"},
+            # As the frontend does: it rates the run step around the answer.
+            "feedback": {
+                "forId": reply.parent_id,
+                "threadId": thread,
+                "value": 1,
+                "comment": "Spot on",
+            },
         },
     )
     assert status == 200, rated
@@ -133,7 +139,7 @@ async def test_with_accounts_everyone_logs_in_and_sees_only_their_own_chats(
         "/feedback",
         {
             "sessionId": bob.session_id,
-            "feedback": {"forId": reply.id, "value": 0, "comment": "bob was here"},
+            "feedback": {"forId": reply.parent_id, "value": 0, "comment": "bob was here"},
         },
     )
     assert status == 404

@@ -143,3 +143,118 @@ async def test_log_in_chat_reload_and_continue_a_chat_from_the_sidebar(
         ("assistant", "Otters hold hands while they sleep."),
         ("user", "And beavers?"),
     ]
+
+
+# --- the message buttons: copy and thumbs, live and on a reopened chat --------------------------
+
+
+async def stored_feedback(app) -> list[tuple]:
+    from tests.db import query
+
+    return await query(
+        f"sqlite+aiosqlite:///{app.directory}/chats.db",
+        'SELECT f."value", f."comment", s."type", s."name" FROM feedbacks f '
+        'JOIN steps s ON s."id" = f."forId"',
+    )
+
+
+async def eventually(check, timeout: float = 10.0, what: str = "condition"):
+    """The database is written by background tasks: wait until it shows ``check``'s result."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (result := await check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+    return result
+
+
+def answer_buttons(page, answer: str):
+    """The copy and thumbs buttons under the message that shows ``answer``."""
+    message = page.locator(".step", has_text=answer).last
+    return message.locator("button")
+
+
+async def test_thumbs_and_a_comment_are_stored_and_still_shown_after_reload(page, gemini, app):
+    gemini.script(Reply("Paris is the capital of France."))
+    await type_and_send(page, "Capital of France?")
+    await page.get_by_text("Paris is the capital of France.").wait_for(timeout=15_000)
+
+    thumbs_up = page.locator(".positive-feedback-off").last
+    await thumbs_up.wait_for(timeout=15_000)
+    await thumbs_up.click()
+    await page.get_by_placeholder("Your feedback...").fill("Short and right")
+    await page.locator("#submit-feedback").click()
+    await page.locator(".positive-feedback-on").wait_for(timeout=10_000)
+
+    rows = await eventually(lambda: stored_feedback(app), what="the stored feedback")
+    assert [(v, c) for v, c, _, _ in rows] == [(1, "Short and right")]
+    # No error toast ("Message not found") appeared.
+    assert await page.get_by_text("not found", exact=False).count() == 0
+
+    await page.reload()
+    await page.get_by_text("Paris is the capital of France.").wait_for(timeout=15_000)
+    await page.locator(".positive-feedback-on").wait_for(timeout=15_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "feedback-after-reload.png")
+
+
+async def test_a_reopened_chat_keeps_the_copy_and_thumbs_buttons(page, gemini):
+    gemini.script(Reply("First answer."), Reply("Second answer."))
+    await type_and_send(page, "One")
+    await page.get_by_text("First answer.").wait_for(timeout=15_000)
+    await page.locator(".positive-feedback-off").first.wait_for(timeout=15_000)
+    await type_and_send(page, "Two")
+    await page.get_by_text("Second answer.").wait_for(timeout=15_000)
+    await page.locator(".positive-feedback-off").nth(1).wait_for(timeout=15_000)
+    live = await page.locator(".positive-feedback-off").count()
+    assert live == 2  # one pair of thumbs per answer, none on the welcome
+
+    await page.wait_for_url("**/thread/*", timeout=15_000)
+    await page.reload()
+    await page.get_by_text("Second answer.").wait_for(timeout=15_000)
+    await page.locator(".positive-feedback-off").nth(1).wait_for(timeout=15_000)
+    assert await page.locator(".positive-feedback-off").count() == live
+    assert await page.locator(".negative-feedback-off").count() == live
+    # Copy buttons too: every answer has copy, thumbs up and thumbs down.
+    for answer in ("First answer.", "Second answer."):
+        assert await answer_buttons(page, answer).count() == 3, answer
+
+
+# --- stop ---------------------------------------------------------------------------------------
+
+
+async def test_stop_leaves_one_mark_on_the_partial_answer_also_after_reload(page, gemini):
+    words = [f"word{i} " for i in range(200)]
+    gemini.script(Reply(chunks=words, delay=0.05))
+    await type_and_send(page, "Count slowly")
+    await page.get_by_text("word3", exact=False).wait_for(timeout=15_000)
+    await page.locator("#stop-button").click()
+    mark = page.get_by_text("— stopped")
+    await mark.wait_for(timeout=10_000)
+
+    async def notices() -> tuple[int, int]:
+        return (
+            await page.get_by_text("stopped", exact=False).count(),
+            await page.get_by_text("Task manually stopped").count(),
+        )
+
+    assert await notices() == (1, 0)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "stopped.png")
+    await page.reload()
+    await page.get_by_text("word3", exact=False).wait_for(timeout=15_000)
+    await mark.wait_for(timeout=10_000)
+    assert await notices() == (1, 0)
+
+
+async def test_stop_before_any_text_shows_one_mark(page, gemini):
+    gemini.script(Reply("Too late.", first_delay=30))
+    await type_and_send(page, "Take your time")
+    await page.locator("#stop-button").wait_for(timeout=10_000)
+    await page.locator("#stop-button").click()
+    await page.get_by_text("Stopped before any answer").wait_for(timeout=10_000)
+    assert await page.get_by_text("stopped", exact=False).count() == 1
+    assert await page.get_by_text("Task manually stopped").count() == 0

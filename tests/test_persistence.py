@@ -288,7 +288,8 @@ async def test_feedback_is_stored_with_the_message(database_url, start_app_with,
         {
             "sessionId": client.session_id,
             "feedback": {
-                "forId": replies[0].id,
+                # What the frontend sends: the id of the run step the answer sits in.
+                "forId": replies[0].parent_id,
                 "threadId": thread_id,
                 "value": 0,
                 "comment": "Too short",
@@ -296,6 +297,10 @@ async def test_feedback_is_stored_with_the_message(database_url, start_app_with,
         },
     )
     assert status == 200, body
-    rows = await query(database_url, 'SELECT "forId", "value", "comment" FROM feedbacks')
-    assert [(str(f), v, c) for f, v, c in rows] == [(replies[0].id, 0, "Too short")]
+    rows = await query(
+        database_url,
+        'SELECT s."name", a."output", f."value", f."comment" FROM feedbacks f '
+        'JOIN steps s ON s."id" = f."forId" JOIN steps a ON a."parentId" = s."id"',
+    )
+    assert rows == [("on_message", "Rate me.", 0, "Too short")]
     await client.disconnect()

@@ -1,0 +1,43 @@
+"""What the app changes in Chainlit's own server behaviour, each change a named contract.
+
+Every function here replaces or wraps something Chainlit does by itself; tests/test_contracts.py
+checks that what it relies on is still there, so an upgrade that moves it fails loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger("gemini_chat")
+
+
+async def stop_without_notice(sid: str) -> None:
+    """Chainlit's socket "stop" handler, less the "Task manually stopped." message it posts.
+
+    The chat marks a stopped answer itself (on the answer, or in its place when none had
+    started), so Chainlit's separate bubble was a second notice of the same thing, stored with
+    the chat and shown again on every reload."""
+    from chainlit.config import config
+    from chainlit.context import init_ws_context
+    from chainlit.session import WebsocketSession
+
+    session = WebsocketSession.get(sid)
+    if session is None:
+        return
+    init_ws_context(session)
+    if session.current_task:
+        session.current_task.cancel()
+    if config.code.on_stop:
+        await config.code.on_stop()
+
+
+def install_stop_without_notice() -> None:
+    import chainlit.socket  # registers Chainlit's handlers on the server's socket
+    from chainlit.server import sio
+
+    if sio.handlers.get("/", {}).get("stop") is not chainlit.socket.stop:
+        if sio.handlers.get("/", {}).get("stop") is stop_without_notice:
+            return  # a reload under `chainlit run -w`
+        logger.error("Chainlit's stop handler is not where expected; stop posts its own notice")
+        return
+    sio.on("stop", stop_without_notice)
