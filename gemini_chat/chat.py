@@ -22,6 +22,8 @@ from chainlit.utils import utc_now
 from .config import Settings
 from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
 from .history import REPLY_MARKS, STOPPED_BEFORE_TEXT, History, history_from_steps
+from .framework import after_resume_sent
+from .live import LiveReply, live_replies
 from .llm import Backend
 from .runtime import idle_collector
 from .streaming import EventBudget, ReplyStream
@@ -82,6 +84,7 @@ def schedule_release(session, session_timeout: float) -> None:
     task.add_done_callback(_pending_releases.discard)
 
 
+# Background watches of gone sessions, kept referenced until they are done.
 _pending_releases: set[asyncio.Task] = set()
 
 
@@ -113,6 +116,11 @@ class ChatController:
         history = history_from_steps(thread.get("steps") or [], self.settings.history_token_budget)
         cl.user_session.set(SESSION_KEY, Conversation(history))
         logger.info("Resumed a chat with %d earlier turn(s)", len(history.turns))
+        # An answer still being written in this chat (the page was reloaded, or the chat opened
+        # in another tab): show it as it is and follow it live; the composer waits for it.
+        if live_replies.show_to(thread, cl.context.session, history):
+            emitter = cl.context.emitter
+            after_resume_sent(emitter, emitter.task_start)
 
     def conversation(self) -> Conversation:
         conversation = cl.user_session.get(SESSION_KEY)
@@ -123,6 +131,10 @@ class ChatController:
 
     async def stop(self) -> None:
         cancelled = self.conversation().cancel_turns()
+        watched = live_replies.watched_by(cl.context.session)
+        if watched is not None and watched.task is not None and not watched.task.done():
+            watched.task.cancel()  # stopped from a tab that follows the answer
+            cancelled += 1
         logger.info("Stop requested: cancelled %d turn(s)", cancelled)
 
     async def end(self) -> None:
@@ -132,6 +144,13 @@ class ChatController:
         session = cl.context.session
         schedule_release(session, chainlit_config.project.session_timeout)
         conversation = self.conversation()
+        live = live_replies.watched_by(session)
+        if live is not None:
+            live.left(session)
+            if live.origin is not session:
+                watch = asyncio.create_task(self._stop_live_if_unwatched(live, session))
+                _pending_releases.add(watch)
+                watch.add_done_callback(_pending_releases.discard)
         if not conversation.tasks:
             return
         socket_id = getattr(session, "socket_id", None)
@@ -139,6 +158,8 @@ class ChatController:
         async def stop_if_gone() -> None:
             await asyncio.sleep(self.settings.disconnect_grace)
             if getattr(session, "socket_id", None) == socket_id:
+                if live is not None and live.anyone_watching():
+                    return  # reloaded, or open in another tab: the answer is still wanted
                 cancelled = conversation.cancel_turns()
                 logger.info(
                     "Client gone for %.0fs: cancelled %d turn(s)",
@@ -149,6 +170,17 @@ class ChatController:
         if conversation.disconnect_watch is not None:
             conversation.disconnect_watch.cancel()
         conversation.disconnect_watch = asyncio.create_task(stop_if_gone())
+
+    async def _stop_live_if_unwatched(self, live: LiveReply, viewer) -> None:
+        """A tab that followed an answer went away: once the grace period is over, the answer
+        stops if nobody, not even the tab that asked for it, is there any more."""
+        socket_id = viewer.socket_id
+        await asyncio.sleep(self.settings.disconnect_grace)
+        if viewer.socket_id == socket_id:
+            live.detach(viewer)
+        if live.task is not None and not live.task.done() and not live.anyone_watching():
+            logger.info("Every tab of a chat gone: stopping its answer")
+            live.task.cancel()
 
     # -- a message
 
@@ -170,6 +202,10 @@ class ChatController:
         idle_collector.started()
         try:
             async with conversation.turn_lock:
+                watched = live_replies.watched_by(cl.context.session)
+                if watched is not None and watched.origin is not cl.context.session:
+                    # Sent from a tab following an answer: after it, with it in the history.
+                    await watched.done.wait()
                 if conversation.history.rewind(message.id):
                     logger.info("An edited message: the history was rewound to it")
                 await self._turn(conversation, text, message.id)
@@ -188,22 +224,38 @@ class ChatController:
             # Stamped now, not when the stream ends, so a message queued meanwhile sorts after.
             created_at=utc_now(),
         )
-        stream = ReplyStream(backend, reply.stream_token, self.event_budget)
+        session = cl.context.session
+        live = LiveReply(
+            thread_id=session.thread_id,
+            reply=reply,
+            user_text=text,
+            user_message_id=message_id,
+            origin=session,
+            task=asyncio.current_task(),
+        )
+        live_replies.start(live)
+        stream = ReplyStream(backend, live.sink(), self.event_budget)
         items = conversation.history.request_items(text, self.settings.instructions)
+        answer = ""
         try:
             answer = await stream.run(items)
+            reply.content = answer
+            await reply.send()
+            conversation.history.record(text, answer, message_id)
         except asyncio.CancelledError:
-            await self._finish_partial(reply, stream.text, "stopped")
-            conversation.history.record(text, stream.text, message_id)
+            answer = stream.text
+            await self._finish_partial(reply, answer, "stopped")
+            conversation.history.record(text, answer, message_id)
             raise
         except ChatError as failure:
-            await self._finish_partial(reply, stream.text, "incomplete")
-            conversation.history.record(text, stream.text, message_id)
-            await self._notice(str(failure))
+            answer = stream.text
+            await self._finish_partial(reply, answer, "incomplete")
+            conversation.history.record(text, answer, message_id)
+            await live.broadcast_message(await self._notice(str(failure)))
             return
-        reply.content = answer
-        await reply.send()
-        conversation.history.record(text, answer, message_id)
+        finally:
+            live_replies.end(live)
+            await live.finish(answer)
 
     async def _finish_partial(self, reply: cl.Message, text: str, status: str) -> None:
         """Keep what streamed on screen, visibly marked; the history gets the text alone.
@@ -215,10 +267,11 @@ class ChatController:
         reply.metadata = {**(reply.metadata or {}), "status": status}
         await reply.send()
 
-    async def _notice(self, text: str) -> None:
+    async def _notice(self, text: str) -> cl.ErrorMessage:
         notice = cl.ErrorMessage(content=text, author=self.settings.assistant_name)
         notice.metadata = {"kind": "notice"}
         # Outside the hook's run step: the frontend puts copy and thumbs buttons on the last
         # message of a run, and a notice is nothing to rate or copy.
         notice.parent_id = None
         await notice.send()
+        return notice

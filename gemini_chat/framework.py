@@ -41,3 +41,21 @@ def install_stop_without_notice() -> None:
         logger.error("Chainlit's stop handler is not where expected; stop posts its own notice")
         return
     sio.on("stop", stop_without_notice)
+
+
+def after_resume_sent(emitter, action) -> None:
+    """Run ``action`` right after Chainlit has sent the browser the chat it resumes.
+
+    Chainlit calls ``on_chat_resume`` before it sends the chat, and wraps the hook in a
+    task_start/task_end pair, so anything the hook itself sends about the chat's state (an
+    answer still running) is undone or overwritten by what follows. Chainlit sends the chat
+    with this session's ``emitter.resume_thread``; the action runs once, after it."""
+    send_chat = emitter.resume_thread
+
+    async def resume_thread(thread_dict):
+        emitter.resume_thread = send_chat
+        result = await send_chat(thread_dict)
+        await action()
+        return result
+
+    emitter.resume_thread = resume_thread

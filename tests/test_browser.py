@@ -38,7 +38,9 @@ async def page(app, chromium_path):
         browser = await playwright.chromium.launch(
             executable_path=chromium_path, args=CHROMIUM_FLAGS
         )
-        page = await browser.new_page(viewport={"width": 1100, "height": 760})
+        # A context of its own, so a test can open a second tab in the same browser profile.
+        context = await browser.new_context(viewport={"width": 1100, "height": 760})
+        page = await context.new_page()
         await page.goto(app.url)
         await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
         yield page
@@ -258,3 +260,72 @@ async def test_stop_before_any_text_shows_one_mark(page, gemini):
     await page.get_by_text("Stopped before any answer").wait_for(timeout=10_000)
     assert await page.get_by_text("stopped", exact=False).count() == 1
     assert await page.get_by_text("Task manually stopped").count() == 0
+
+
+# --- an answer that is still streaming, seen from a reloaded page or a second tab -------------
+
+
+def counted_words(count: int) -> list[str]:
+    return [f"w{i:03d} " for i in range(count)]
+
+
+async def test_a_reload_mid_answer_shows_the_text_so_far_and_the_rest_live(page, gemini, app):
+    import time
+
+    words = counted_words(80)
+    gemini.script(Reply(chunks=words, delay=0.08))  # about 6.5 s of streaming
+    await type_and_send(page, "Count for me")
+    await page.get_by_text("w010", exact=False).wait_for(timeout=15_000)
+    await page.wait_for_url("**/thread/*", timeout=15_000)
+
+    reloaded = time.monotonic()
+    await page.reload()
+    # The text so far is there at once, not only when the answer is over...
+    await page.get_by_text("w012", exact=False).wait_for(timeout=10_000)
+    shown_after = time.monotonic() - reloaded
+    await page.locator("#stop-button").wait_for(timeout=5_000)  # it is still being written
+    assert await page.get_by_text("w079", exact=False).count() == 0, "already over: too slow"
+    # ...and the rest arrives live, exactly once.
+    await page.get_by_text("w079", exact=False).wait_for(timeout=20_000)
+    answer = page.locator(".ai-message", has_text="w000")
+    await page.locator(".positive-feedback-off").last.wait_for(timeout=10_000)
+    assert (await answer.last.inner_text()).split() == [w.strip() for w in words]
+    print(f"reload mid-answer: text so far on screen {shown_after:.2f}s after reload")
+    assert len(gemini.requests) == 1  # the answer was not asked for again
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "reload-mid-answer.png")
+
+    # The reloaded tab carries on with the whole history.
+    gemini.script(Reply("Done counting."))
+    await type_and_send(page, "Thanks")
+    await page.get_by_text("Done counting.").wait_for(timeout=15_000)
+    request = (await gemini.arrived(2))[-1]
+    assert request.conversation[1:] == [
+        ("user", "Count for me"),
+        ("assistant", "".join(words)),
+        ("user", "Thanks"),
+    ]
+
+
+async def test_a_second_tab_shows_a_streaming_answer_live_and_can_stop_it(page, gemini):
+    words = counted_words(150)
+    gemini.script(Reply(chunks=words, delay=0.08))
+    await type_and_send(page, "Count again")
+    await page.get_by_text("w005", exact=False).wait_for(timeout=15_000)
+    await page.wait_for_url("**/thread/*", timeout=15_000)
+
+    second = await page.context.new_page()
+    await second.goto(page.url)
+    await second.get_by_text("w020", exact=False).wait_for(timeout=15_000)
+    # Both tabs follow the same answer.
+    await page.get_by_text("w025", exact=False).wait_for(timeout=15_000)
+    await second.get_by_text("w025", exact=False).wait_for(timeout=15_000)
+    await second.locator("#stop-button").click()
+    await second.get_by_text("— stopped").wait_for(timeout=10_000)
+    await page.get_by_text("— stopped").wait_for(timeout=10_000)
+    assert await page.get_by_text("w149", exact=False).count() == 0
+    first_text = (await page.locator(".ai-message", has_text="w000").last.inner_text()).split()
+    second_text = (await second.locator(".ai-message", has_text="w000").last.inner_text()).split()
+    assert first_text == second_text
+    ARTIFACTS.mkdir(exist_ok=True)
+    await second.screenshot(path=ARTIFACTS / "second-tab-stopped.png")

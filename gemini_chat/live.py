@@ -1,0 +1,158 @@
+"""Answers streaming right now, shown live in every tab that has their chat open.
+
+A reply streams to the browser session that asked for it. A person who reloads the page, or
+opens the same chat in a second tab, gets a new session, and the chat Chainlit loads for it
+from the database lacks the answer still being written. Each streaming reply is therefore
+registered here under its chat's thread id; a session that opens that chat is attached as a
+*viewer*: it receives the text written so far as part of the chat it loads, then every later
+piece, the final message, and the turn in its own history. Stop works from any of them, and the
+reply goes on while at least one of them is connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import chainlit as cl
+from chainlit.emitter import ChainlitEmitter
+from chainlit.session import WebsocketSession
+
+from .history import History
+
+logger = logging.getLogger("gemini_chat")
+
+
+@dataclass(eq=False)
+class Viewer:
+    """A session watching a reply it did not ask for."""
+
+    session: WebsocketSession
+    history: History
+
+    @property
+    def emitter(self) -> ChainlitEmitter:
+        return ChainlitEmitter(self.session)
+
+
+@dataclass(eq=False)
+class LiveReply:
+    """One reply being written, and who is watching it."""
+
+    thread_id: str
+    reply: cl.Message
+    user_text: str
+    user_message_id: str
+    origin: WebsocketSession
+    task: asyncio.Task | None
+    viewers: list[Viewer] = field(default_factory=list)
+    # Sessions gone from their socket: id -> the socket they had (a reconnect changes it).
+    departed: dict[str, str | None] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def sink(self) -> Callable[[str], Awaitable[None]]:
+        """Where the reply's text goes: the asking session, then every viewer."""
+
+        async def write(piece: str) -> None:
+            # Viewers attached during the awaits below already got this piece in their
+            # snapshot (the message's content grows before it is emitted).
+            targets = list(self.viewers)
+            await self.reply.stream_token(piece)
+            for viewer in targets:
+                await _quietly(viewer.emitter.send_token(self.reply.id, piece))
+
+        return write
+
+    def snapshot(self) -> dict[str, Any]:
+        """The reply as a stored step would show it, with the text written so far."""
+        step = self.reply.to_dict()
+        step["streaming"] = True
+        return step
+
+    def attach(self, session: WebsocketSession, history: History) -> Viewer:
+        viewer = Viewer(session, history)
+        self.viewers.append(viewer)
+        return viewer
+
+    def detach(self, session: WebsocketSession) -> None:
+        self.viewers = [v for v in self.viewers if v.session is not session]
+
+    def left(self, session: WebsocketSession) -> None:
+        self.departed[session.id] = session.socket_id
+
+    def anyone_watching(self) -> bool:
+        sessions = [self.origin, *(v.session for v in self.viewers)]
+        return any(
+            session.id not in self.departed or session.socket_id != self.departed[session.id]
+            for session in sessions
+        )
+
+    async def broadcast_message(self, message: cl.Message) -> None:
+        """A message the asking session was sent (an error notice), for the viewers too."""
+        step = message.to_dict()
+        for viewer in list(self.viewers):
+            await _quietly(viewer.emitter.send_step(step))
+
+    async def finish(self, answer: str) -> None:
+        """The reply is over (complete, stopped or failed): viewers get its final form and the
+        turn in their history, and are free to ask the next question."""
+        final = {**self.reply.to_dict(), "streaming": False}
+        for viewer in list(self.viewers):
+            viewer.history.record(self.user_text, answer, self.user_message_id)
+            await _quietly(viewer.emitter.update_step(final))
+            await _quietly(viewer.emitter.task_end())
+        self.done.set()
+
+
+async def _quietly(emission: Awaitable[Any]) -> None:
+    # A viewer whose socket went away must not break the reply for everybody else.
+    try:
+        await emission
+    except Exception as error:  # socket.io raises several kinds for a gone client
+        logger.debug("Could not reach a viewer: %s", type(error).__name__)
+
+
+class LiveReplies:
+    """The replies streaming in this process, by thread id."""
+
+    def __init__(self) -> None:
+        self._by_thread: dict[str, LiveReply] = {}
+
+    def get(self, thread_id: str | None) -> LiveReply | None:
+        return self._by_thread.get(thread_id) if thread_id else None
+
+    def start(self, live: LiveReply) -> None:
+        self._by_thread[live.thread_id] = live
+
+    def end(self, live: LiveReply) -> None:
+        if self._by_thread.get(live.thread_id) is live:
+            del self._by_thread[live.thread_id]
+
+    def watched_by(self, session: WebsocketSession) -> LiveReply | None:
+        """The reply ``session`` asked for or watches, if one is streaming."""
+        live = self.get(getattr(session, "thread_id", None))
+        if live is None:
+            return None
+        if live.origin is session or any(v.session is session for v in live.viewers):
+            return live
+        return None
+
+    def show_to(self, thread: dict[str, Any], session: WebsocketSession, history: History) -> bool:
+        """Attach ``session``, which is opening ``thread``, to the reply streaming in it, if
+        any: the reply joins the thread's steps as loaded, so it shows at once. True if
+        attached."""
+        live = self.get(thread.get("id"))
+        if live is None or live.origin is session:
+            return False
+        steps = thread.setdefault("steps", [])
+        steps[:] = [s for s in steps if s.get("id") != live.reply.id]
+        steps.append(live.snapshot())
+        live.attach(session, history)
+        logger.info("A reopened chat follows the answer it is writing")
+        return True
+
+
+live_replies = LiveReplies()
