@@ -10,13 +10,16 @@ reason, quota id, request id) goes to the log through ``log_detail``.
     │   └── MessageTooLong
     ├── MissingApiKey
     └── UpstreamError
-        ├── RateLimited          per-minute quota; carries Gemini's retryDelay
+        ├── RateLimited          per-minute request quota, or a 429 naming none; has retryDelay
+        ├── TokenRateLimited     per-minute input-token quota: the chat's size
         ├── DailyQuotaExhausted  per-day quota: retrying cannot help
+        ├── NoQuotaForModel      "limit: 0": no quota for this model on this key, ever
         ├── InvalidApiKey
-        ├── ModelNotFound
+        ├── LocationNotSupported the server's region is not served: nothing the user can do
+        ├── ModelNotFound        404 for the configured model
         ├── RequestRejected      any other 4xx
         ├── UpstreamServerError  500
-        ├── Overloaded           503
+        ├── Overloaded           503 ("overloaded", "high demand")
         ├── ConnectionFailed     refused or reset before the answer began
         ├── StreamInterrupted    the connection dropped mid-answer
         ├── StreamStalled        no bytes for the stall timeout
@@ -25,6 +28,11 @@ reason, quota id, request id) goes to the log through ``log_detail``.
         ├── AnswerTruncated      finish_reason length
         ├── EmptyAnswer          a finished answer with no text
         └── UnexpectedFailure    anything else
+
+One 429 can list several quota violations (real traffic: PerDay, PerMinute and
+InputTokensPerMinute at once). The one that decides is the one that clears last, whatever their
+order in the body: "limit: 0" (never), then a per-day quota (midnight), then the per-minute
+input-token quota (may never, for a long chat), then the per-minute request quota.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from typing import Any
 import aiohttp
 import openai
 from agents.exceptions import ModelBehaviorError, ModelRefusalError
+
+from .config import DEFAULT_MODEL
+from .history import estimate_tokens
 
 KEY_HELP = (
     "Create a key at https://aistudio.google.com/apikey, put it in the .env file as "
@@ -86,17 +97,64 @@ class UpstreamError(ChatError):
     """Gemini (or the way to it) failed."""
 
 
+def _wait(seconds: float | None) -> str:
+    if not seconds:
+        return "a minute"
+    return f"about {round(seconds)} seconds" if seconds >= 2 else "a moment"
+
+
 class RateLimited(UpstreamError):
     retryable = True
 
-    def __init__(self, retry_after: float | None, **detail: Any) -> None:
-        wait = f"about {round(retry_after)} seconds" if retry_after else "a minute"
+    def __init__(self, retry_after: float | None, per_minute: bool = True, **detail: Any) -> None:
+        if per_minute:
+            said = "Gemini's per-minute request limit for this API key is used up."
+            more = ""
+        else:  # a 429 that names no quota (real ones come with no details at all)
+            said = "Gemini says this API key has reached a usage limit for now."
+            more = " If it keeps happening, the key's quota may be used up for today."
         super().__init__(
-            f"Gemini's per-minute request limit for this API key is used up. "
-            f"Wait {wait}, then send your message again.",
-            **detail,
+            f"{said} Wait {_wait(retry_after)}, then send your message again.{more}", **detail
         )
         self.retry_after = retry_after
+
+
+class TokenRateLimited(UpstreamError):
+    """Gemini's per-minute quota of input tokens, which the whole chat counts against.
+
+    Every message sends the whole chat again, so resending the same long chat hits the quota
+    again. A request that alone is over the limit can never pass: retrying it only spends the
+    wait, so it is not retried, and the user is told to start a new chat. A request under the
+    limit was refused for what was sent before it in the same minute, so a retry after Gemini's
+    retryDelay can pass: it is retried (within the app's retry cap). When the request's size or
+    the limit is unknown it is not retried: telling the user at once beats a wait that may be
+    for nothing.
+    """
+
+    def __init__(
+        self,
+        retry_after: float | None,
+        limit: int | None,
+        request_tokens: int | None,
+        **detail: Any,
+    ) -> None:
+        known = limit is not None and request_tokens is not None
+        fits = known and request_tokens < limit  # type: ignore[operator]
+        if known and not fits:
+            text = (
+                "This chat has grown too long for Gemini's per-minute limit on this API key: "
+                "every message sends the whole chat again, so sending it again will fail the "
+                "same way. Start a new chat to go on."
+            )
+        else:
+            text = (
+                "Too much text went to Gemini in the last minute for this API key's limit: "
+                "every message sends the whole chat again, so a long chat fills it fast. "
+                f"Wait {_wait(retry_after)} before sending again, or start a new chat to send less."
+            )
+        super().__init__(text, limit=limit, request_tokens=request_tokens, **detail)
+        self.retry_after = retry_after
+        self.retryable = fits
 
 
 class DailyQuotaExhausted(UpstreamError):
@@ -109,16 +167,39 @@ class DailyQuotaExhausted(UpstreamError):
         )
 
 
+class NoQuotaForModel(UpstreamError):
+    def __init__(self, model: str, **detail: Any) -> None:
+        super().__init__(
+            f'This API key has no Gemini quota for the model "{model}": its free tier does not '
+            "include this model, so waiting won't help. Enable billing for the key in Google AI "
+            "Studio, or set GEMINI_MODEL to another model and restart the app.",
+            **detail,
+        )
+
+
 class InvalidApiKey(UpstreamError):
     def __init__(self, **detail: Any) -> None:
         super().__init__(f"Gemini rejected the API key as invalid. {KEY_HELP}", **detail)
 
 
+class LocationNotSupported(UpstreamError):
+    def __init__(self, **detail: Any) -> None:
+        super().__init__(
+            "Gemini's API is not available in the region this app's server runs in, so it "
+            "can't answer here, and sending again won't help. Whoever runs this app has to run "
+            "it from a supported region: https://ai.google.dev/gemini-api/docs/available-regions",
+            **detail,
+        )
+
+
 class ModelNotFound(UpstreamError):
     def __init__(self, model: str, **detail: Any) -> None:
+        # Never suggest the model that just failed.
+        such_as = f", such as {DEFAULT_MODEL}," if model != DEFAULT_MODEL else ""
         super().__init__(
-            f'Gemini does not offer the model "{model}" (it may have been retired). '
-            "Set GEMINI_MODEL to a current model, such as gemini-3.8-flash, and restart the app.",
+            f'The model "{model}" set in GEMINI_MODEL is not available to this API key (it may '
+            "be retired, misspelt, or not offered on this API version). Whoever runs this app "
+            f"has to set GEMINI_MODEL to an available model{such_as} and restart the app.",
             **detail,
         )
 
@@ -147,7 +228,8 @@ class Overloaded(UpstreamError):
 
     def __init__(self, **detail: Any) -> None:
         super().__init__(
-            "Gemini is overloaded right now. Wait a minute, then send your message again.",
+            "Gemini is overloaded right now (high demand on Google's side, usually brief). "
+            "Wait a minute, then send your message again.",
             **detail,
         )
 
@@ -227,10 +309,15 @@ class UnexpectedFailure(UpstreamError):
 # --- mapping ----------------------------------------------------------------------------------
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+# "Quota exceeded for metric: ..., limit: 0, model: ..." in the message of a 429.
+_LIMIT_ZERO = re.compile(r"\blimit:\s*0(?![\d.])")
+_MODEL_IN_MESSAGE = re.compile(r"\bmodels/([\w.\-]+)")
 
 
 def gemini_error(body: Any) -> dict[str, Any]:
-    """The error object inside Gemini's body, which is a list (openai only unwraps dicts)."""
+    """The error object inside Gemini's body: a one-element list from the compatible endpoint
+    (openai only unwraps dicts), a bare ``{"error": ...}`` object from the native one (which
+    openai has already unwrapped), or the error object itself."""
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0]
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
@@ -254,13 +341,64 @@ def _retry_delay(error: dict[str, Any]) -> float | None:
     return None
 
 
-def _quota_ids(error: dict[str, Any]) -> list[str]:
+def _violations(error: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        str(v.get("quotaId", ""))
+        v
         for failure in _details(error, "QuotaFailure")
         for v in failure.get("violations") or []
         if isinstance(v, dict)
     ]
+
+
+def _quota_ids(error: dict[str, Any]) -> list[str]:
+    return [str(v.get("quotaId", "")) for v in _violations(error)]
+
+
+def _quota_value(violation: dict[str, Any]) -> int | None:
+    try:
+        return int(str(violation.get("quotaValue")))
+    except ValueError:
+        return None
+
+
+def _request_tokens(error: BaseException | None) -> int | None:
+    """The estimated size of the request that failed, from the bytes openai sent."""
+    try:
+        content = error.request.content  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    if not isinstance(content, bytes | bytearray) or not content:
+        return None
+    return estimate_tokens(bytes(content).decode("utf-8", "replace"))
+
+
+def _model_name(model: str, error: dict[str, Any]) -> str:
+    """The configured model; without one, the model Gemini's message names."""
+    if model:
+        return model
+    match = _MODEL_IN_MESSAGE.search(str(error.get("message", "")))
+    return match.group(1) if match else "(unknown)"
+
+
+def _quota_exhausted(
+    error: dict[str, Any], detail: dict[str, Any], model: str, failed: BaseException | None
+) -> UpstreamError:
+    """The quota that decides a 429: the one that clears last (see the module docstring)."""
+    violations = _violations(error)
+    ids = [str(v.get("quotaId", "")) for v in violations]
+    retry_after = _retry_delay(error)
+    if _LIMIT_ZERO.search(str(error.get("message", ""))) or any(
+        _quota_value(v) == 0 for v in violations
+    ):
+        return NoQuotaForModel(_model_name(model, error), **detail)
+    if any("PerDay" in quota for quota in ids):
+        return DailyQuotaExhausted(**detail)
+    token_quotas = [v for v in violations if "InputTokens" in str(v.get("quotaId", ""))]
+    if token_quotas:
+        limits = [value for v in token_quotas if (value := _quota_value(v)) is not None]
+        limit = min(limits) if limits else None
+        return TokenRateLimited(retry_after, limit, _request_tokens(failed), **detail)
+    return RateLimited(retry_after, per_minute=any("PerMinute" in q for q in ids), **detail)
 
 
 def _reason(error: dict[str, Any]) -> str | None:
@@ -270,16 +408,27 @@ def _reason(error: dict[str, Any]) -> str | None:
     return error.get("status")
 
 
-def _from_status(status: int | None, error: dict[str, Any], detail: dict[str, Any], model: str):
+def _from_status(
+    status: int | None,
+    error: dict[str, Any],
+    detail: dict[str, Any],
+    model: str,
+    failed: BaseException | None = None,
+):
     reason = _reason(error)
     if status == 429 or error.get("status") == "RESOURCE_EXHAUSTED":
-        if any("PerDay" in quota for quota in _quota_ids(error)):
-            return DailyQuotaExhausted(**detail)
-        return RateLimited(_retry_delay(error), **detail)
+        return _quota_exhausted(error, detail, model, failed)
     if reason == "API_KEY_INVALID" or status in (401, 403):
         return InvalidApiKey(**detail)
+    # "User location is not supported for the API use." (other preconditions, such as a free
+    # tier not offered in a country, can be fixed by billing and stay RequestRejected).
+    if (
+        error.get("status") == "FAILED_PRECONDITION"
+        and "location" in str(error.get("message", "")).lower()
+    ):
+        return LocationNotSupported(**detail)
     if status == 404:
-        return ModelNotFound(model, **detail)
+        return ModelNotFound(_model_name(model, error), **detail)
     if status == 503:
         return Overloaded(**detail)
     if status is not None and status >= 500:
@@ -323,7 +472,8 @@ def classify(
             "request_id": error.request_id,
             "provider_message": body.get("message"),
         }
-        return _from_status(error.status_code, body, detail, model) or UnexpectedFailure(**detail)
+        failure = _from_status(error.status_code, body, detail, model, error)
+        return failure or UnexpectedFailure(**detail)
     if isinstance(error, openai.APITimeoutError) and not _dropped_connection(error):
         return StreamStalled(stall_seconds, kind="read timeout", cause=type(cause).__name__)
     if isinstance(error, openai.APIConnectionError):
@@ -339,7 +489,8 @@ def classify(
             "in_stream": True,
             "provider_message": body.get("message"),
         }
-        return _from_status(code, body, detail, model) or UnexpectedFailure(**detail)
+        failure = _from_status(code, body, detail, model, error)
+        return failure or UnexpectedFailure(**detail)
     if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):
         return MalformedResponse(kind=type(error).__name__)
     if isinstance(error, ModelRefusalError):

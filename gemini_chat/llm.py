@@ -26,7 +26,8 @@ from openai.resources.chat import AsyncChat, AsyncCompletions
 from openai.types.chat import ChatCompletionChunk
 
 from .config import Settings
-from .errors import classify, log_detail
+from .errors import MalformedResponse, classify, log_detail
+from .thoughts import ThoughtFilter
 
 logger = logging.getLogger("gemini_chat")
 
@@ -49,6 +50,8 @@ class StreamReport:
     # The text of the current attempt as it came off the wire. When a stream fails, the SDK
     # drops deltas it had parsed but not yet handed out; this is where they can be recovered.
     received: list[str] = field(default_factory=list)
+    # Thought summaries Gemini sent inline in the text, taken out of it (not shown yet).
+    thoughts: list[str] = field(default_factory=list)
 
 
 # Set around one run; the SDK copies the context into the run's task, so the model sees it.
@@ -57,25 +60,38 @@ current_report: ContextVar[StreamReport | None] = ContextVar("gemini_stream_repo
 
 class _ObservedStream:
     """Wraps openai's AsyncStream to note the finish reason, which the SDK hides when some text
-    came first (a ``content_filter`` after text would otherwise look like a normal answer)."""
+    came first (a ``content_filter`` after text would otherwise look like a normal answer), and
+    to take Gemini's inline thought summaries out of the answer text before the SDK sees it."""
 
     def __init__(self, stream: Any, report: StreamReport) -> None:
         self._stream = stream
         self._report = report
         self.response = getattr(stream, "response", None)
+        self._thoughts = ThoughtFilter()
         report.received = []  # a retried attempt starts over
+        report.thoughts = self._thoughts.thoughts
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         report = self._report
         received = report.received
+        thoughts = self._thoughts
+        chunks_before = report.chunks
         async for chunk in self._stream:
             report.chunks += 1
             for choice in chunk.choices or ():
                 if choice.finish_reason is not None:
                     report.finish_reason = choice.finish_reason
-                if choice.delta is not None and choice.delta.content:
-                    received.append(choice.delta.content)
+                delta = choice.delta
+                if delta is not None and delta.content:
+                    thoughts.strip(delta)
+                    if delta.content:
+                        received.append(delta.content)
             yield chunk
+        content_type = self.response.headers.get("content-type", "") if self.response else ""
+        if report.chunks == chunks_before and not content_type.startswith("text/event-stream"):
+            # A whole JSON answer (a proxy that ignores ``stream``) reads as no events at all:
+            # say so, rather than report an empty answer that rephrasing would fix.
+            raise MalformedResponse(kind="not a stream", content_type=content_type)
 
     async def close(self) -> None:
         await self._stream.close()

@@ -1,9 +1,13 @@
 """A fake Gemini server: Chat Completions with SSE in Gemini's dialect, on a real local port.
 
-It speaks what ../shared/gemini-openai-compat.md describes: error bodies shaped as a JSON *list*,
-RetryInfo and QuotaFailure details on 429, API_KEY_INVALID as a 400, 404 for unknown models,
-cumulative usage on every chunk, errors inside an open stream, ``finish_reason: content_filter``,
-and 400 "Unknown name" for request fields Gemini does not know.
+It speaks what ../shared/gemini-openai-compat.md describes and the recordings of real traffic in
+../shared/gemini-recordings show: error bodies as a one-element JSON *list* (or, as the native
+endpoint sends them, a bare object), RetryInfo and QuotaFailure details on 429 (several violations
+at once, "limit: 0"), API_KEY_INVALID as a 400 with a LocalizedMessage beside its ErrorInfo, 404 for
+unknown models, non-final chunks without ``finish_reason``, cumulative usage on every chunk whose
+total counts thinking tokens (or no usage at all), an empty answer as a role-only delta, errors
+inside an open stream, ``finish_reason: content_filter``, and 400 "Unknown name" for request
+fields Gemini does not know. ``recording(NAME)`` replays one real response byte for byte.
 
 Each request takes the next scripted behaviour (``server.script(...)``) or, when none is queued,
 echoes the last user message; a last message ``bench TOKENS DELAY FIRST_DELAY`` streams TOKENS
@@ -25,12 +29,19 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 DEFAULT_KEY = "test-gemini-key"
 FREE_TIER_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+FREE_TIER_INPUT_METRIC = (
+    "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count"
+)
+# Real responses of Gemini's endpoint, collected from public projects: a sibling of the repository
+# (../shared/gemini-recordings), as in CI where the repository is cloned beside shared/.
+RECORDINGS = Path(__file__).resolve().parent.parent.parent / "shared" / "gemini-recordings"
 KNOWN_MODELS = frozenset(
     {
         "gemini-3.8-flash",
@@ -100,11 +111,15 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def error_body(code: int, status: str, message: str, details: Iterable[dict] = ()) -> list[dict]:
-    """Gemini wraps its error object in a list."""
-    return [
-        {"error": {"code": code, "message": message, "status": status, "details": list(details)}}
-    ]
+def error_body(
+    code: int, status: str, message: str, details: Iterable[dict] = (), native: bool = False
+) -> list[dict] | dict:
+    """Gemini's compatible endpoint wraps its error object in a list; the native one (and, at
+    times, the compatible one) sends the bare object. ``details`` is left out when empty."""
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details := list(details):
+        error["details"] = details
+    return {"error": error} if native else [{"error": error}]
 
 
 def split_tokens(text: str, size: int = 1) -> list[str]:
@@ -133,6 +148,9 @@ class Reply:
     delay: float = 0.0
     first_delay: float = 0.0
     finish_reason: str = "stop"
+    # Gemini thinks by default and counts it only in total_tokens (3 + 2 + 66 = 71 recorded).
+    thinking_tokens: int = 66
+    usage: bool = True  # some real streams carry no usage at all
     # What happens after ``chunks`` were sent: "finish", "drop", "stall", "malformed", "error".
     ending: str = "finish"
 
@@ -166,10 +184,52 @@ def bench_reply(request: RecordedRequest) -> Reply | None:
 
 @dataclass
 class Fail:
-    """Answer with an HTTP error in Gemini's list-shaped body."""
+    """Answer with an HTTP error carrying ``body`` (list-shaped or a bare object) as JSON."""
 
     status: int
     body: Any
+
+
+@dataclass
+class Recorded:
+    """Answer with a real recorded response, byte for byte: a stream is written one event at a
+    time, as it was recorded; anything else in one piece."""
+
+    name: str
+    status: int
+    content_type: str
+    chunking: str
+    body: bytes
+    catalog: dict[str, Any]
+
+    def pieces(self) -> list[bytes]:
+        if self.chunking == "events":
+            return [piece for piece in re.split(b"(?<=\n\n)", self.body) if piece]
+        return [self.body]
+
+
+def recording_catalog() -> list[dict[str, Any]]:
+    """The catalog of ../shared/gemini-recordings. Missing recordings are an error, not a skip."""
+    catalog = RECORDINGS / "recordings" / "catalog.json"
+    if not catalog.is_file():
+        raise FileNotFoundError(
+            f"the recordings of real Gemini traffic are missing: expected {catalog} "
+            "(shared/ beside the repository)"
+        )
+    return json.loads(catalog.read_text(encoding="utf-8"))
+
+
+def recording(name: str) -> Recorded:
+    """The recorded response NAME, with its status and content type from the catalog."""
+    entry = next((e for e in recording_catalog() if e["name"] == name), None)
+    if entry is None:
+        raise KeyError(f"no recording named {name!r} in {RECORDINGS}")
+    body = (RECORDINGS / "recordings" / f"{name}.body").read_bytes()
+    if len(body) != entry["bytes"]:
+        raise AssertionError(
+            f"{name}.body has {len(body)} bytes, the catalog says {entry['bytes']}"
+        )
+    return Recorded(name, entry["status"], entry["content_type"], entry["chunking"], body, entry)
 
 
 @dataclass
@@ -177,53 +237,83 @@ class Reset:
     """Close the connection with a TCP reset before any response."""
 
 
-def rate_limit_per_minute(retry_delay: str = "17s") -> Fail:
-    return Fail(
-        429,
-        error_body(
-            429,
-            "RESOURCE_EXHAUSTED",
-            "You exceeded your current quota, please check your plan and billing details.",
-            [
+REQUESTS_PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+REQUESTS_PER_DAY = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+INPUT_TOKENS_PER_MINUTE = "GenerateContentInputTokensPerModelPerMinute-FreeTier"
+QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
+)
+
+
+def violation(
+    quota_id: str, limit: int | None, model: str = "gemini-3.8-flash", metric: str = ""
+) -> dict[str, Any]:
+    """One QuotaFailure violation; real ones sometimes leave out ``quotaValue``."""
+    entry: dict[str, Any] = {
+        "quotaMetric": metric
+        or (FREE_TIER_INPUT_METRIC if "InputTokens" in quota_id else FREE_TIER_METRIC),
+        "quotaId": quota_id,
+        "quotaDimensions": {"location": "global", "model": model},
+    }
+    if limit is not None:
+        entry["quotaValue"] = str(limit)
+    return entry
+
+
+def quota_exceeded(
+    *violations: dict[str, Any],
+    retry_delay: str | None = None,
+    message: str = QUOTA_MESSAGE,
+    native: bool = False,
+) -> Fail:
+    """A 429 RESOURCE_EXHAUSTED listing ``violations``, Help first as Gemini sends it."""
+    details: list[dict[str, Any]] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [
                 {
-                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                    "violations": [
-                        {
-                            "quotaMetric": FREE_TIER_METRIC,
-                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
-                            "quotaDimensions": {"location": "global", "model": "gemini-3.8-flash"},
-                            "quotaValue": "10",
-                        }
-                    ],
-                },
-                {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                }
             ],
-        ),
-    )
+        },
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": list(violations)},
+    ]
+    if retry_delay is not None:
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}
+        )
+    return Fail(429, error_body(429, "RESOURCE_EXHAUSTED", message, details, native=native))
+
+
+def rate_limit_per_minute(retry_delay: str = "17s") -> Fail:
+    return quota_exceeded(violation(REQUESTS_PER_MINUTE, 10), retry_delay=retry_delay)
 
 
 def rate_limit_per_day() -> Fail:
-    return Fail(
-        429,
-        error_body(
-            429,
-            "RESOURCE_EXHAUSTED",
-            "You exceeded your current quota, please check your plan and billing details.",
-            [
-                {
-                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                    "violations": [
-                        {
-                            "quotaMetric": FREE_TIER_METRIC,
-                            "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
-                            "quotaValue": "250",
-                        }
-                    ],
-                },
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43s"},
-            ],
-        ),
+    return quota_exceeded(violation(REQUESTS_PER_DAY, 250), retry_delay="43s")
+
+
+def input_tokens_per_minute(limit: int = 250_000, retry_delay: str = "26s") -> Fail:
+    """The per-minute input-token quota, as the native endpoint sends it (a bare object)."""
+    return quota_exceeded(
+        violation(INPUT_TOKENS_PER_MINUTE, limit), retry_delay=retry_delay, native=True
+    )
+
+
+def no_free_tier(model: str = "gemini-3.8-flash", retry_delay: str | None = "38s") -> Fail:
+    """A model this key has no quota for: every violation says "limit: 0"."""
+    lines = "".join(
+        f"\n* Quota exceeded for metric: {metric}, limit: 0, model: {model}"
+        for metric in (FREE_TIER_METRIC, FREE_TIER_METRIC, FREE_TIER_INPUT_METRIC)
+    )
+    return quota_exceeded(
+        violation(REQUESTS_PER_DAY, None, model),
+        violation(REQUESTS_PER_MINUTE, None, model),
+        violation(INPUT_TOKENS_PER_MINUTE, None, model),
+        retry_delay=retry_delay,
+        message=f"{QUOTA_MESSAGE}{lines}\nPlease retry in {retry_delay}.",
     )
 
 
@@ -240,9 +330,21 @@ def invalid_key() -> Fail:
                     "reason": "API_KEY_INVALID",
                     "domain": "googleapis.com",
                     "metadata": {"service": "generativelanguage.googleapis.com"},
-                }
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                    "locale": "en-US",
+                    "message": "API key not valid. Please pass a valid API key.",
+                },
             ],
         ),
+    )
+
+
+def location_not_supported() -> Fail:
+    return Fail(
+        400,
+        error_body(400, "FAILED_PRECONDITION", "User location is not supported for the API use."),
     )
 
 
@@ -272,6 +374,19 @@ def overloaded() -> Fail:
     )
 
 
+def high_demand() -> Fail:
+    return Fail(
+        503,
+        error_body(
+            503,
+            "UNAVAILABLE",
+            "This model is currently experiencing high demand. Spikes in demand are usually "
+            "temporary. Please try again later.",
+            native=True,
+        ),
+    )
+
+
 def unknown_field(name: str) -> Fail:
     return Fail(
         400,
@@ -291,7 +406,7 @@ def unknown_field(name: str) -> Fail:
     )
 
 
-Behaviour = Reply | Fail | Reset
+Behaviour = Reply | Fail | Reset | Recorded
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -430,7 +545,22 @@ class FakeGemini:
             return web.json_response(
                 behaviour.body, status=behaviour.status, headers=_request_id_header()
             )
+        if isinstance(behaviour, Recorded):
+            return await self._replay(request, behaviour)
         return await self._stream(request, recorded, behaviour)
+
+    async def _replay(self, request: web.Request, recorded: Recorded) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=recorded.status,
+            headers={"Content-Type": recorded.content_type, **_request_id_header()},
+        )
+        if recorded.chunking != "events":
+            response.content_length = len(recorded.body)
+        await response.prepare(request)
+        for piece in recorded.pieces():
+            await self._write_bytes(request, response, piece)
+        await response.write_eof()
+        return response
 
     async def _stream(
         self, request: web.Request, recorded: RecordedRequest, reply: Reply
@@ -446,11 +576,12 @@ class FakeGemini:
         # pieces takes first_delay + (N - 1) * delay, however busy this server is.
         start = time.monotonic() + reply.first_delay
         chunk_id = f"gemini-{uuid.uuid4().hex[:12]}"
+        usage = {"thinking": reply.thinking_tokens, "usage": reply.usage}
         for index, piece in enumerate(pieces):
             await self._pause(request, start + index * reply.delay - time.monotonic())
             last = index == len(pieces) - 1
             finish = reply.finish_reason if last and reply.ending == "finish" else None
-            chunk = _chunk(chunk_id, model, piece, finish, prompt_tokens, index + 1)
+            chunk = _chunk(chunk_id, model, piece, finish, prompt_tokens, index + 1, **usage)
             await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
 
         if reply.ending == "drop":
@@ -466,17 +597,22 @@ class FakeGemini:
             )
             await self._write(request, response, f"data: {json.dumps(error[0])}\n\n")
         if reply.ending == "finish" and not pieces:
-            chunk = _chunk(chunk_id, model, "", reply.finish_reason, prompt_tokens, 0)
+            chunk = _chunk(chunk_id, model, "", reply.finish_reason, prompt_tokens, 0, **usage)
             await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
         await self._write(request, response, "data: [DONE]\n\n")
         await response.write_eof()
         return response
 
     async def _write(self, request: web.Request, response: web.StreamResponse, data: str) -> None:
+        await self._write_bytes(request, response, data.encode())
+
+    async def _write_bytes(
+        self, request: web.Request, response: web.StreamResponse, data: bytes
+    ) -> None:
         if request.transport is None or request.transport.is_closing():
             raise ClientGone
         try:
-            await response.write(data.encode())
+            await response.write(data)
         except (ConnectionResetError, ConnectionError) as error:
             raise ClientGone from error
 
@@ -495,27 +631,38 @@ class FakeGemini:
 
 
 def _chunk(
-    chunk_id: str, model: str, text: str, finish: str | None, prompt_tokens: int, sent: int
+    chunk_id: str,
+    model: str,
+    text: str,
+    finish: str | None,
+    prompt_tokens: int,
+    sent: int,
+    thinking: int = 0,
+    usage: bool = True,
 ) -> dict[str, Any]:
-    return {
-        "id": chunk_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-            }
-        ],
-        # Gemini reports cumulative usage on every chunk, asked or not.
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": sent,
-            "total_tokens": prompt_tokens + sent,
-        },
+    """One chunk as Gemini sends it (lite_stream, g38_chunk, empty_stop): a non-final chunk has
+    no ``finish_reason`` key, an empty answer is a role-only delta."""
+    choice: dict[str, Any] = {
+        "delta": {"content": text, "role": "assistant"} if text else {"role": "assistant"},
+        "index": 0,
     }
+    if finish is not None:
+        choice["finish_reason"] = finish
+    chunk: dict[str, Any] = {
+        "choices": [choice],
+        "created": int(time.time()),
+        "id": chunk_id,
+        "model": model,
+        "object": "chat.completion.chunk",
+    }
+    if usage:
+        # Cumulative on every chunk, asked or not; thinking tokens count in the total only.
+        chunk["usage"] = {
+            "completion_tokens": sent,
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + sent + thinking,
+        }
+    return chunk
 
 
 def _request_id_header() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -16,13 +17,30 @@ from gemini_chat.errors import (
     ConnectionFailed,
     DailyQuotaExhausted,
     InvalidApiKey,
+    LocationNotSupported,
+    ModelNotFound,
+    NoQuotaForModel,
+    Overloaded,
     RateLimited,
+    TokenRateLimited,
     classify,
 )
 from gemini_chat.history import History, estimate_tokens
 from gemini_chat.llm import GeminiClient, build_backend, build_client
 from gemini_chat.streaming import Coalescer, EventBudget, ReplyStream
-from tests.fake_gemini import _chunk, rate_limit_per_day, rate_limit_per_minute
+from tests.fake_gemini import (
+    INPUT_TOKENS_PER_MINUTE,
+    QUOTA_MESSAGE,
+    REQUESTS_PER_DAY,
+    REQUESTS_PER_MINUTE,
+    _chunk,
+    quota_exceeded,
+    rate_limit_per_day,
+    rate_limit_per_minute,
+    recording,
+    unknown_model,
+    violation,
+)
 from tests.fake_models import HangingReply, streamed_reply
 
 # --- settings -----------------------------------------------------------------------------------
@@ -211,6 +229,109 @@ def test_gemini_list_shaped_429_bodies_are_read():
     assert isinstance(minute, RateLimited) and minute.retry_after == 17.0
     assert minute.detail["request_id"] == "req-1"
     assert isinstance(classify(_status_error(rate_limit_per_day())), DailyQuotaExhausted)
+
+
+def _raised(status: int, body: object, sent: bytes = b"{}") -> openai.APIStatusError:
+    """The exception openai itself builds from this response (it unwraps dict bodies)."""
+    client = openai.AsyncOpenAI(api_key="k", base_url="http://fake/")
+    request = httpx2.Request("POST", "http://fake/chat/completions", content=sent)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"content-type": "application/json", "x-request-id": "req-1"}
+    return client._make_status_error_from_response(
+        httpx2.Response(status, request=request, content=content, headers=headers)
+    )
+
+
+RECORDED_ERRORS = {
+    "e400_bad_key": InvalidApiKey,
+    "e400_location": LocationNotSupported,
+    "e404_v1main": ModelNotFound,
+    "e404_native": ModelNotFound,
+    "e429_no_details": RateLimited,
+    "e429_limit0_pro": NoQuotaForModel,
+    "e429_input_tpm": TokenRateLimited,
+    "e503_high_demand": Overloaded,
+}
+
+
+@pytest.mark.parametrize("name", RECORDED_ERRORS)
+def test_recorded_error_bodies_map_alike_as_a_list_or_a_bare_object(name):
+    served = recording(name)
+    body = json.loads(served.body)
+    as_list, bare = (body, body[0]) if isinstance(body, list) else ([body], body)
+    recorded = classify(_raised(served.status, served.body), model="gemini-3.8-flash")
+    for shape in (as_list, bare):
+        again = classify(_raised(served.status, shape), model="gemini-3.8-flash")
+        assert type(again) is RECORDED_ERRORS[name]
+        assert str(again) == str(recorded)
+
+
+def _quota_429(*violations: dict, message: str = QUOTA_MESSAGE, sent: bytes = b"{}"):
+    fail = quota_exceeded(*violations, retry_delay="26s", message=message)
+    return classify(_raised(429, fail.body, sent), model="gemini-3.8-flash")
+
+
+@pytest.mark.parametrize(
+    ("violations", "decides"),
+    [
+        (  # limit 0 on one of them: never clears
+            [violation(REQUESTS_PER_DAY, 250), violation(REQUESTS_PER_MINUTE, 0)],
+            NoQuotaForModel,
+        ),
+        (  # per day: clears at midnight, the per-minute ones sooner
+            [
+                violation(REQUESTS_PER_DAY, 250),
+                violation(REQUESTS_PER_MINUTE, 10),
+                violation(INPUT_TOKENS_PER_MINUTE, 250_000),
+            ],
+            DailyQuotaExhausted,
+        ),
+        (  # input tokens per minute: the chat's size, not the number of requests
+            [violation(REQUESTS_PER_MINUTE, 10), violation(INPUT_TOKENS_PER_MINUTE, 250_000)],
+            TokenRateLimited,
+        ),
+    ],
+    ids=["limit 0", "per day", "input tokens"],
+)
+def test_the_quota_that_clears_last_decides_whatever_their_order(violations, decides):
+    for order in itertools.permutations(violations):
+        assert type(_quota_429(*order)) is decides
+
+
+def test_limit_zero_is_read_from_the_message_when_violations_carry_no_value():
+    line = "\n* Quota exceeded for metric: m, limit: {}, model: gemini-3.8-flash"
+    ids = (REQUESTS_PER_DAY, REQUESTS_PER_MINUTE)
+    unvalued = [violation(quota, None) for quota in ids]
+    assert type(_quota_429(*unvalued, message=QUOTA_MESSAGE + line.format(0))) is NoQuotaForModel
+    assert type(_quota_429(*unvalued, message=QUOTA_MESSAGE + line.format(10))) is (
+        DailyQuotaExhausted
+    )
+    no_quota = _quota_429(*unvalued, message=QUOTA_MESSAGE + line.format(0))
+    assert not no_quota.retryable
+    assert "midnight" not in str(no_quota) and "GEMINI_MODEL" in str(no_quota)
+
+
+def test_an_input_token_quota_is_retried_only_when_the_request_fits_under_it():
+    quota = violation(INPUT_TOKENS_PER_MINUTE, 1000)
+    small = _quota_429(quota, sent=b'{"messages": [{"role": "user", "content": "hi"}]}')
+    assert small.retryable and small.retry_after == 26.0
+    assert "about 26 seconds" in str(small)
+    # About 1,250 tokens by the app's estimate: over the limit however long one waits.
+    big = _quota_429(quota, sent=json.dumps({"content": "x" * 5000}).encode())
+    assert not big.retryable
+    assert "Start a new chat" in str(big) and "Wait" not in str(big)
+    unknown_limit = _quota_429(violation(INPUT_TOKENS_PER_MINUTE, None))
+    assert not unknown_limit.retryable
+
+
+def test_a_missing_model_is_named_as_configured_and_never_suggested_back():
+    error = _raised(404, unknown_model("gemini-2.0-flash").body)
+    failed_default = str(classify(error, model=DEFAULT_MODEL))
+    assert f'"{DEFAULT_MODEL}" set in GEMINI_MODEL' in failed_default
+    assert failed_default.count(DEFAULT_MODEL) == 1
+    retired = str(classify(error, model="gemini-2.0-flash"))
+    assert '"gemini-2.0-flash"' in retired and f"such as {DEFAULT_MODEL}" in retired
+    assert '"gemini-2.0-flash"' in str(classify(error))  # no setting passed: Gemini's name
 
 
 def test_connection_errors_and_bad_keys_are_mapped():

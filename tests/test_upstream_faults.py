@@ -10,10 +10,15 @@ import pytest
 from tests.fake_gemini import (
     DEFAULT_KEY,
     Behaviour,
+    Fail,
     Reply,
     Reset,
+    high_demand,
+    input_tokens_per_minute,
     internal_error,
     invalid_key,
+    location_not_supported,
+    no_free_tier,
     overloaded,
     rate_limit_per_day,
     rate_limit_per_minute,
@@ -28,6 +33,12 @@ class Fault:
     partial: str = ""  # text that streamed before the failure
     requests: int = 1  # requests the fake must receive (more means retries)
     logged: tuple[str, ...] = ()
+    never: tuple[str, ...] = ()  # phrases the user must not see
+
+
+def native(fail: Fail) -> Fail:
+    """The same error as the native endpoint sends it: a bare object, not a one-element list."""
+    return Fail(fail.status, fail.body[0])
 
 
 FAULTS = {
@@ -41,21 +52,57 @@ FAULTS = {
         ["daily Gemini quota", "midnight Pacific"],
         logged=("DailyQuotaExhausted", "PerDay"),
     ),
+    "429 per day, as a bare object": Fault(
+        [native(rate_limit_per_day())],
+        ["daily Gemini quota", "midnight Pacific"],
+        logged=("DailyQuotaExhausted", "PerDay"),
+    ),
+    "429 limit 0: no quota for the model, whatever else it lists": Fault(
+        [no_free_tier("gemini-3.8-flash")],
+        ["no Gemini quota", 'model "gemini-3.8-flash"', "billing", "GEMINI_MODEL"],
+        logged=("NoQuotaForModel", "PerDay", "InputTokens"),
+        never=("midnight", "daily", "per-minute", "seconds"),
+    ),
+    "429 input tokens per minute, retryDelay over the cap": Fault(
+        [input_tokens_per_minute(250_000, "26s")],
+        ["in the last minute", "whole chat", "about 26 seconds", "new chat"],
+        logged=("TokenRateLimited", "InputTokens", "limit=250000"),
+        never=("request limit",),
+    ),
+    "429 input tokens per minute, the chat alone over the limit": Fault(
+        [input_tokens_per_minute(20, "0.4s")],
+        ["grown too long", "Start a new chat"],
+        logged=("TokenRateLimited", "limit=20"),
+        never=("Wait", "request limit"),
+    ),
     "400 API_KEY_INVALID": Fault(
         [invalid_key()],
         ["rejected the API key", "GEMINI_API_KEY"],
         logged=("InvalidApiKey", "status=400", "API_KEY_INVALID"),
     ),
+    "400 user location not supported": Fault(
+        [location_not_supported()],
+        ["not available in the region", "won't help"],
+        logged=("LocationNotSupported", "FAILED_PRECONDITION"),
+        never=("rephras", "again in a moment"),
+    ),
     "404 unknown model": Fault(
         [unknown_model("gemini-3.8-flash")],
-        ['model "gemini-3.8-flash"', "GEMINI_MODEL"],
+        ['model "gemini-3.8-flash"', "GEMINI_MODEL", "not available"],
         logged=("ModelNotFound", "status=404"),
+        never=("such as",),  # never the model that just failed
     ),
     "500 on every try": Fault(
         [internal_error()] * 3, ["internal error"], requests=3, logged=("status=500",)
     ),
     "503 on every try": Fault(
         [overloaded()] * 3, ["overloaded"], requests=3, logged=("Overloaded", "UNAVAILABLE")
+    ),
+    "503 high demand on every try, as a bare object": Fault(
+        [high_demand()] * 3,
+        ["high demand", "Wait a minute"],
+        requests=3,
+        logged=("Overloaded", "UNAVAILABLE"),
     ),
     "connection reset on every try": Fault(
         [Reset()] * 3, ["couldn't reach Gemini"], requests=3, logged=("ConnectionFailed",)
@@ -106,6 +153,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
 async def test_upstream_fault_is_explained_and_the_chat_carries_on(chat, gemini, app, fault):
+    log_start = len(app.log())
     gemini.script(*fault.script)
     replies = await chat.ask("What is the answer?", timeout=20)
 
@@ -113,7 +161,7 @@ async def test_upstream_fault_is_explained_and_the_chat_carries_on(chat, gemini,
     assert len(errors) == 1, chat.transcript()
     for phrase in fault.says:
         assert phrase in errors[0]
-    for raw in ("Error code", "RESOURCE_EXHAUSTED", "{", DEFAULT_KEY, "Traceback"):
+    for raw in ("Error code", "RESOURCE_EXHAUSTED", "{", DEFAULT_KEY, "Traceback", *fault.never):
         assert raw not in errors[0]
 
     shown = [m.content for m in replies if not m.is_error]
@@ -135,7 +183,7 @@ async def test_upstream_fault_is_explained_and_the_chat_carries_on(chat, gemini,
     )
     assert next_request.conversation[1:] == [*expected, ("user", "Next question")]
 
-    log = app.log()
+    log = app.log()[log_start:]
     for detail in fault.logged:
         assert detail in log
     assert DEFAULT_KEY not in log
@@ -149,6 +197,21 @@ async def test_rate_limit_with_a_short_retry_delay_is_retried_after_that_delay(c
     assert len(await gemini.arrived(2)) == 2
 
 
+async def test_an_input_token_limit_the_chat_fits_under_is_retried_after_its_delay(chat, gemini):
+    # The minute's tokens went to earlier requests; this one alone fits, so waiting helps.
+    gemini.script(input_tokens_per_minute(250_000, "0.4s"), Reply("Made it."))
+    replies = await chat.ask("Hello")
+    assert [m.content for m in replies] == ["Made it."]
+    assert chat.errors() == []
+    assert len(await gemini.arrived(2)) == 2
+
+
+async def test_a_stream_without_usage_is_shown_whole(chat, gemini):
+    gemini.script(Reply(chunks=["No", " usage", " here."], usage=False))
+    replies = await chat.ask("Hello")
+    assert [m.content for m in replies] == ["No usage here."]
+
+
 async def test_overloaded_once_is_retried_transparently(chat, gemini):
     gemini.script(overloaded(), Reply("Second try worked."))
     replies = await chat.ask("Hello")
@@ -158,8 +221,15 @@ async def test_overloaded_once_is_retried_transparently(chat, gemini):
 
 @pytest.mark.parametrize(
     "failure",
-    [rate_limit_per_day(), invalid_key(), unknown_model("gemini-3.8-flash")],
-    ids=["daily quota", "bad key", "unknown model"],
+    [
+        rate_limit_per_day(),
+        no_free_tier("gemini-3.8-flash", retry_delay="0.4s"),
+        input_tokens_per_minute(20, "0.4s"),
+        invalid_key(),
+        location_not_supported(),
+        unknown_model("gemini-3.8-flash"),
+    ],
+    ids=["daily quota", "limit 0", "chat over the token limit", "bad key", "location", "model"],
 )
 async def test_failures_that_cannot_clear_are_never_retried(chat, gemini, failure):
     gemini.script(failure, Reply("must not be used"))
