@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
 from .config import ConfigError, Settings, load_settings
 from .framework import install_stop_without_notice
+from .frontend import install_frontend
 from .logs import install_secret_filter
 from .ownership import FeedbackOwnership
 from .runtime import tune_runtime
@@ -135,6 +136,7 @@ def prepare_server() -> Server:
             app.state.security_headers = True
         except RuntimeError:
             logger.debug("Server already started; security headers were added at first start")
+    install_frontend(app)
     install_stop_without_notice()
     if not settings.api_key:
         logger.warning("GEMINI_API_KEY is not set: the chat will explain how to set it")
