@@ -15,7 +15,7 @@ from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_
 from .config import ConfigError, Settings, load_settings
 from .framework import install_stop_without_notice
 from .frontend import install_frontend
-from .logs import install_secret_filter
+from .logs import install_secret_filter, quiet_library_logs
 from .ownership import FeedbackOwnership
 from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
@@ -120,6 +120,7 @@ def prepare_server() -> Server:
     except ConfigError as error:
         _exit(f"Configuration error: {error}")
     logging.getLogger("gemini_chat").setLevel(logging.INFO)
+    quiet_library_logs()
     chainlit_config.ui.name = settings.assistant_name
 
     from chainlit.server import app, sio
@@ -147,13 +148,16 @@ def prepare_server() -> Server:
         _exit(f"Database error: {error}")
     except AccessError as error:
         _exit(f"Login error: {error}")
-    logger.info(
-        "Serving %s with model %s at %s; chats stored in %s",
-        settings.assistant_name,
-        settings.model,
-        settings.base_url,
-        describe_url(settings.database_url),
-    )
+    if settings.api_key:
+        logger.info(
+            "Serving %s with model %s at %s; chats stored in %s",
+            settings.assistant_name,
+            settings.model,
+            settings.base_url,
+            describe_url(settings.database_url),
+        )
+    else:
+        logger.info("Chats stored in %s", describe_url(settings.database_url))
     install_secret_filter(
         *(
             secret

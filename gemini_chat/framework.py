@@ -35,9 +35,11 @@ def install_stop_without_notice() -> None:
     import chainlit.socket  # registers Chainlit's handlers on the server's socket
     from chainlit.server import sio
 
-    if sio.handlers.get("/", {}).get("stop") is not chainlit.socket.stop:
-        if sio.handlers.get("/", {}).get("stop") is stop_without_notice:
-            return  # a reload under `chainlit run -w`
+    current = sio.handlers.get("/", {}).get("stop")
+    if current is not chainlit.socket.stop:
+        if getattr(current, "__qualname__", None) == stop_without_notice.__qualname__:
+            sio.on("stop", stop_without_notice)  # a reload under `chainlit run -w`
+            return
         logger.error("Chainlit's stop handler is not where expected; stop posts its own notice")
         return
     sio.on("stop", stop_without_notice)

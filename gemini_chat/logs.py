@@ -37,3 +37,31 @@ def install_secret_filter(*secrets: str) -> None:
     for handler in root.handlers:
         if not any(isinstance(f, SecretFilter) for f in handler.filters):
             handler.addFilter(secret_filter)
+
+
+class DropMessages(logging.Filter):
+    """Drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_library_logs() -> None:
+    """Keep the server log to what an operator acts on.
+
+    - openai's HTTP client (httpx2) logs every request to Gemini at INFO under its own name;
+      failures are logged by the app with their detail.
+    - Under `chainlit run -w`, watchfiles logs "1 change detected" at every database write (the
+      default database sits in the watched folder; Chainlit reloads only for code and config).
+    - Chainlit warns on every page load that there is no chainlit_<language>.md; falling back to
+      chainlit.md is what this app intends.
+    """
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    chainlit_logger = logging.getLogger("chainlit")
+    if not any(isinstance(f, DropMessages) for f in chainlit_logger.filters):
+        chainlit_logger.addFilter(DropMessages("Translated markdown file for "))

@@ -53,16 +53,25 @@ def app_directory() -> Path:
     return directory
 
 
-def start_app(env: dict[str, str], wait: bool = True, directory: Path | None = None) -> AppServer:
+def start_app(
+    env: dict[str, str],
+    wait: bool = True,
+    directory: Path | None = None,
+    watch: bool = False,
+) -> AppServer:
     """Start `chainlit run` in ``directory`` (a fresh one by default), with its own SQLite
-    database there unless ``env`` names one."""
+    database there unless ``env`` names one; ``watch`` adds `-w`, as the README's command."""
     directory = directory or app_directory()
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{directory}/chats.db", **env}
     port = free_port()
     log_path = directory / "server.log"
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "chainlit", "run", "chatbot.py", "--headless", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "chainlit", "run", "chatbot.py", "--headless"),
+            *(("-w",) if watch else ()),
+            *("--port", str(port)),
+        ],
         cwd=directory,
         env=env,
         stdout=log_file,

@@ -121,9 +121,11 @@ def start_app_with(fake_gemini_server: FakeGemini):
     """Start a dedicated app with extra settings; stopped at the end of the test."""
     servers: list[AppServer] = []
 
-    def start(wait: bool = True, directory: Path | None = None, **overrides: str) -> AppServer:
+    def start(
+        wait: bool = True, directory: Path | None = None, watch: bool = False, **overrides: str
+    ) -> AppServer:
         env = app_env(fake_gemini_server, **overrides)
-        server = start_app(env, wait=wait, directory=directory)
+        server = start_app(env, wait=wait, directory=directory, watch=watch)
         servers.append(server)
         return server
 

@@ -329,3 +329,81 @@ async def test_a_second_tab_shows_a_streaming_answer_live_and_can_stop_it(page, 
     assert first_text == second_text
     ARTIFACTS.mkdir(exist_ok=True)
     await second.screenshot(path=ARTIFACTS / "second-tab-stopped.png")
+
+
+# --- what the page says -------------------------------------------------------------------------
+
+
+async def dialog_text(page) -> str:
+    dialog = page.locator("[role=dialog], [role=alertdialog]")
+    await dialog.wait_for(timeout=10_000)
+    text = await dialog.inner_text()
+    await page.keyboard.press("Escape")
+    await dialog.wait_for(state="detached", timeout=10_000)
+    return text
+
+
+async def test_dialogs_speak_of_chats_and_say_what_really_happens(page, gemini):
+    gemini.script(Reply("Noted."))
+    await type_and_send(page, "Remember this")
+    await page.get_by_text("Noted.").wait_for(timeout=15_000)
+    await page.wait_for_url("**/thread/*", timeout=15_000)
+    thread_id = page.url.rsplit("/", 1)[1]
+
+    await page.locator("#header #new-chat-button").click()
+    new_chat = await dialog_text(page)
+    assert "stays in Past Chats" in new_chat
+    assert "clear your current chat history" not in new_chat
+
+    await page.locator("#header #sidebar-trigger-button").click()
+    entry = page.locator(f"#thread-{thread_id}")
+    await entry.wait_for(timeout=15_000)
+    texts = []
+    for item in ("#rename-thread", "#delete-thread"):
+        await entry.hover()
+        await entry.locator("#thread-options").click()
+        await page.locator(item).click()
+        texts.append(await dialog_text(page))
+    rename, delete = texts
+    assert "Rename chat" in rename and "this chat" in rename
+    assert "deletes the chat" in delete
+    for text in (new_chat, rename, delete):
+        assert "thread" not in text.lower() and "element" not in text.lower(), text
+
+
+async def test_an_error_notice_has_no_copy_or_thumbs_buttons(page, gemini):
+    gemini.script(Reply(chunks=["Half an ", "answer"], ending="drop"))
+    await type_and_send(page, "Tell me everything")
+    notice = page.locator(".step", has=page.get_by_text("connection to Gemini", exact=False))
+    await notice.last.wait_for(timeout=15_000)
+    await page.get_by_text("incomplete reply").wait_for(timeout=15_000)
+    # The partial answer can be copied and rated; the notice about it cannot.
+    await answer_buttons(page, "Half an answer").nth(2).wait_for(timeout=10_000)
+    assert await notice.last.locator("button").count() == 0
+    await page.reload()
+    await page.get_by_text("incomplete reply").wait_for(timeout=15_000)
+    await notice.last.wait_for(timeout=15_000)
+    assert await notice.last.locator("button").count() == 0
+    assert await answer_buttons(page, "Half an answer").count() == 3
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "error-notice.png")
+
+
+async def test_while_an_answer_streams_the_next_message_waits_in_the_composer(page, gemini):
+    gemini.script(Reply(chunks=counted_words(40), delay=0.08), Reply("Second reply."))
+    await type_and_send(page, "First question")
+    await page.get_by_text("w002", exact=False).wait_for(timeout=15_000)
+    # As the README says: the send button is a stop button meanwhile, and Enter sends nothing;
+    # what was typed stays in the composer.
+    await page.locator("#stop-button").wait_for(timeout=5_000)
+    composer = page.locator("#chat-input")
+    await composer.fill("Second question")
+    await composer.press("Enter")
+    await page.get_by_text("w039", exact=False).wait_for(timeout=15_000)
+    await page.locator("#chat-submit").wait_for(timeout=10_000)
+    assert len(gemini.requests) == 1
+    assert await composer.input_value() == "Second question"
+    await composer.press("Enter")
+    await page.get_by_text("Second reply.").wait_for(timeout=15_000)
+    request = (await gemini.arrived(2))[-1]
+    assert request.conversation[-1] == ("user", "Second question")

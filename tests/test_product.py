@@ -17,7 +17,7 @@ from gemini_chat.config import ENVIRONMENT, load_settings
 from gemini_chat.llm import build_backend
 from gemini_chat.streaming import ReplyStream
 from tests.chat_client import ChatClient
-from tests.fake_gemini import DEFAULT_KEY, invalid_key
+from tests.fake_gemini import DEFAULT_KEY, Reply, invalid_key
 from tests.fake_models import streamed_reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +134,46 @@ async def test_a_socket_from_another_site_is_refused(app, gemini):
     await client.wait_for(client.assistant_messages, what="the welcome")
     await client.disconnect()
     assert "Refused a chat connection from origin 'https://evil.example'" in app.log()
+
+
+async def test_the_server_log_under_watch_says_what_matters_and_nothing_else(
+    start_app_with, gemini
+):
+    # The README's command runs with -w, and the chat database sits in the watched folder.
+    app = start_app_with(watch=True)
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome")
+    gemini.script(Reply("One."), Reply("Two."))
+    await client.ask("First")
+    await client.ask("Second")
+    # What the page asks for when it loads: the settings, with the browser's language.
+    settings = urllib.request.Request(
+        app.url + "/project/settings?language=en-US", headers=client.headers
+    )
+    with await asyncio.to_thread(urllib.request.urlopen, settings) as response:
+        assert response.status == 200
+    await client.disconnect()
+    # A new Python file makes the watcher report, after everything it saw before it.
+    (app.directory / "probe.py").write_text("")
+    await wait_for_log(app, "probe.py. Reloading app")
+    log = app.log()
+    assert "Serving Gemini with model" in log
+    for noise in ("changes detected", "change detected", "Translated markdown", "httpx2"):
+        assert noise not in log, noise
+    assert "ERROR" not in log  # the reload set the app up again without complaint
+
+
+async def wait_for_log(app, text: str, timeout: float = 15.0) -> None:
+    # The child process offers no event to wait on; poll its log.
+    deadline = asyncio.get_running_loop().time() + timeout
+    while text not in app.log():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{text!r} never appeared in the log:\n{app.log()[-3000:]}")
+        await asyncio.sleep(0.1)
+
+
+def test_without_a_key_the_log_does_not_claim_to_serve_gemini(start_app_with):
+    app = start_app_with(GEMINI_API_KEY="")
+    log = app.log()
+    assert "GEMINI_API_KEY is not set" in log
+    assert "Serving" not in log and "https://" not in log
