@@ -32,6 +32,9 @@ SECURITY_HEADERS = (
 )
 
 
+LOCAL_MODE_CSS = "/public/local-mode.css"
+
+
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
     """Same-origin requests and the configured origins may open the chat socket.
 
@@ -86,12 +89,22 @@ class SecurityHeaders:
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
-                names = {name.lower() for name, _ in message.get("headers", [])}
+                headers = message.get("headers", [])
+                names = {name.lower() for name, _ in headers}
                 extra = [(n, v) for n, v in SECURITY_HEADERS if n not in names]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                if current is not None and current.access.local and _is_page(headers):
+                    extra += await current.access.page_login_headers(scope)
+                message = {**message, "headers": [*headers, *extra]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _is_page(headers) -> bool:
+    return any(
+        name.lower() == b"content-type" and value.startswith(b"text/html")
+        for name, value in headers
+    )
 
 
 async def _refuse(scope, receive, send, message: str) -> None:
@@ -148,6 +161,12 @@ def prepare_server() -> Server:
         _exit(f"Database error: {error}")
     except AccessError as error:
         _exit(f"Login error: {error}")
+    # Local mode has nobody to log out (the page logs the local user in again at once), so its
+    # user menu, which holds only "Logout", is hidden.
+    if access.local and chainlit_config.ui.custom_css in (None, "", LOCAL_MODE_CSS):
+        chainlit_config.ui.custom_css = LOCAL_MODE_CSS
+    elif chainlit_config.ui.custom_css == LOCAL_MODE_CSS:
+        chainlit_config.ui.custom_css = None
     if settings.api_key:
         logger.info(
             "Serving %s with model %s at %s; chats stored in %s",

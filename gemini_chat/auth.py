@@ -64,6 +64,32 @@ class Access:
             return None
         return cl.User(identifier=LOCAL_USER, metadata={"provider": "local"})
 
+    async def page_login_headers(self, scope) -> list[tuple[bytes, bytes]]:
+        """In local mode, the ``Set-Cookie`` headers that log the local user in with the page
+        itself (none when the request already carries a valid login).
+
+        Chainlit's frontend first asks ``/user`` and only logs in (header login) after that
+        answered 401, so every page load showed a failed request in the browser console."""
+        from chainlit.auth import create_jwt, get_token_from_cookies, set_auth_cookie
+        from chainlit.auth.jwt import decode_jwt
+        from starlette.requests import Request
+        from starlette.responses import Response
+
+        request = Request(scope)
+        token = get_token_from_cookies(request.cookies)
+        if token:
+            try:
+                decode_jwt(token)
+                return []
+            except Exception:  # expired, or signed with another secret: log in afresh
+                pass
+        user = await self.local_user()
+        if user is None:
+            return []
+        response = Response()
+        set_auth_cookie(request, response, create_jwt(user))
+        return [(name, value) for name, value in response.raw_headers if name == b"set-cookie"]
+
     async def check_password(self, name: str, password: str) -> cl.User | None:
         delay = self.throttle.delay_for(name)
         if delay:

@@ -21,8 +21,8 @@ from chainlit.utils import utc_now
 
 from .config import Settings
 from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
-from .history import REPLY_MARKS, STOPPED_BEFORE_TEXT, History, history_from_steps
 from .framework import after_resume_sent
+from .history import REPLY_MARKS, STOPPED_BEFORE_TEXT, History, history_from_steps
 from .live import LiveReply, live_replies
 from .llm import Backend
 from .runtime import idle_collector

@@ -105,6 +105,8 @@ async def test_log_in_chat_reload_and_continue_a_chat_from_the_sidebar(
         await page.locator("#password").fill("alice-password")
         await page.get_by_role("button", name="Sign In").click()
         await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
+        # With accounts, the user menu (and its Logout) is there.
+        await page.locator("#user-nav-button").wait_for(timeout=10_000)
 
         gemini.script(Reply("Otters hold hands while they sleep."))
         await type_and_send(page, "Tell me about otters")
@@ -407,3 +409,30 @@ async def test_while_an_answer_streams_the_next_message_waits_in_the_composer(pa
     await page.get_by_text("Second reply.").wait_for(timeout=15_000)
     request = (await gemini.arrived(2))[-1]
     assert request.conversation[-1] == ("user", "Second question")
+
+
+async def test_local_mode_loads_without_a_failed_request_and_offers_no_logout(app, chromium_path):
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium_path, args=CHROMIUM_FLAGS
+        )
+        page = await browser.new_page(viewport={"width": 1100, "height": 760})
+        failed: list[str] = []
+        errors: list[str] = []
+        page.on(
+            "response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None
+        )
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        await page.goto(app.url)
+        await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
+        await page.locator("#chat-input").wait_for(timeout=10_000)
+        assert failed == [] and errors == []
+        # Logging out of local mode would log straight back in: there is no such button.
+        assert await page.locator("#user-nav-button").is_hidden()
+        # A reload keeps the login: still nothing fails.
+        await page.reload()
+        await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
+        assert failed == [] and errors == []
+        await browser.close()
