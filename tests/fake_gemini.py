@@ -1,7 +1,7 @@
 """A fake Gemini server: Chat Completions with SSE in Gemini's dialect, on a real local port.
 
 It speaks what ../shared/gemini-openai-compat.md describes and the recordings of real traffic in
-../shared/gemini-recordings show: error bodies as a one-element JSON *list* (or, as the native
+tests/recordings show: error bodies as a one-element JSON *list* (or, as the native
 endpoint sends them, a bare object), RetryInfo and QuotaFailure details on 429 (several violations
 at once, "limit: 0"), API_KEY_INVALID as a 400 with a LocalizedMessage beside its ErrorInfo, 404 for
 unknown models, non-final chunks without ``finish_reason``, cumulative usage on every chunk whose
@@ -39,9 +39,9 @@ FREE_TIER_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier
 FREE_TIER_INPUT_METRIC = (
     "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count"
 )
-# Real responses of Gemini's endpoint, collected from public projects: a sibling of the repository
-# (../shared/gemini-recordings), as in CI where the repository is cloned beside shared/.
-RECORDINGS = Path(__file__).resolve().parent.parent.parent / "shared" / "gemini-recordings"
+# Real responses of Gemini's endpoint, collected from public projects (their sources are in
+# recordings/SOURCES.md): bodies, and catalog.json with each one's status and content type.
+RECORDINGS = Path(__file__).resolve().parent / "recordings"
 KNOWN_MODELS = frozenset(
     {
         "gemini-3.8-flash",
@@ -209,12 +209,11 @@ class Recorded:
 
 
 def recording_catalog() -> list[dict[str, Any]]:
-    """The catalog of ../shared/gemini-recordings. Missing recordings are an error, not a skip."""
-    catalog = RECORDINGS / "recordings" / "catalog.json"
+    """The catalog of tests/recordings. Missing recordings are an error, not a skip."""
+    catalog = RECORDINGS / "catalog.json"
     if not catalog.is_file():
         raise FileNotFoundError(
-            f"the recordings of real Gemini traffic are missing: expected {catalog} "
-            "(shared/ beside the repository)"
+            f"the recordings of real Gemini traffic are missing: expected {catalog}"
         )
     return json.loads(catalog.read_text(encoding="utf-8"))
 
@@ -224,7 +223,7 @@ def recording(name: str) -> Recorded:
     entry = next((e for e in recording_catalog() if e["name"] == name), None)
     if entry is None:
         raise KeyError(f"no recording named {name!r} in {RECORDINGS}")
-    body = (RECORDINGS / "recordings" / f"{name}.body").read_bytes()
+    body = (RECORDINGS / f"{name}.body").read_bytes()
     if len(body) != entry["bytes"]:
         raise AssertionError(
             f"{name}.body has {len(body)} bytes, the catalog says {entry['bytes']}"

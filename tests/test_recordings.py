@@ -1,4 +1,4 @@
-"""Real Gemini traffic replayed: every recording in ../shared/gemini-recordings is served byte for
+"""Real Gemini traffic replayed: every recording in tests/recordings is served byte for
 byte by the fake Gemini to the real app, and the test asserts what the user sees, what the model
 is sent, and that the chat carries on.
 
@@ -21,6 +21,7 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx2
@@ -120,6 +121,20 @@ def test_every_recording_is_replayed():
     assert sorted(entry["name"] for entry in recording_catalog()) == sorted(REPLAYS)
 
 
+# Where the recordings were collected: beside a checkout of this repository in its development
+# workspace. The copy in tests/recordings must stay the same, so a recording added there is
+# replayed here too.
+COLLECTED = Path(__file__).resolve().parent.parent.parent / "shared" / "gemini-recordings"
+
+
+@pytest.mark.skipif(not COLLECTED.is_dir(), reason="no collection beside the checkout")
+def test_the_recordings_are_the_collected_ones():
+    collected = {p.name: p.read_bytes() for p in (COLLECTED / "recordings").iterdir()}
+    kept = {p.name: p.read_bytes() for p in RECORDINGS.iterdir() if p.name != "SOURCES.md"}
+    assert kept == collected
+    assert (RECORDINGS / "SOURCES.md").read_bytes() == (COLLECTED / "SOURCES.md").read_bytes()
+
+
 @pytest.mark.parametrize("name", REPLAYS, ids=REPLAYS)
 def test_recordings_are_served_byte_for_byte(gemini, name):
     gemini.script(recording(name))
@@ -135,7 +150,7 @@ def test_recordings_are_served_byte_for_byte(gemini, name):
         status, headers, body = error.code, error.headers, error.read()
     entry = recording(name).catalog
     assert (status, headers["Content-Type"]) == (entry["status"], entry["content_type"])
-    assert body == (RECORDINGS / "recordings" / f"{name}.body").read_bytes()
+    assert body == (RECORDINGS / f"{name}.body").read_bytes()
 
 
 @pytest.mark.parametrize("name", REPLAYS, ids=REPLAYS)
