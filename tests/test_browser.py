@@ -128,6 +128,9 @@ async def test_log_in_chat_reload_and_continue_a_chat_from_the_sidebar(
         assert "Tell me about otters" in await entry.inner_text()
         await entry.click()
         await page.get_by_text("Otters hold hands while they sleep.").wait_for(timeout=15_000)
+        # Opened from the sidebar, the answer still has its copy and thumbs buttons.
+        await answer_buttons(page, "Otters hold hands").nth(2).wait_for(timeout=10_000)
+        assert await answer_buttons(page, "Otters hold hands").count() == 3
 
         # And it continues with its history.
         gemini.script(Reply("Beavers build dams."))
