@@ -1,0 +1,93 @@
+"""What the app relies on in Chainlit's server, checked against the installed Chainlit.
+
+gemini_chat/framework.py, live.py, logs.py and auth.py change or use parts of Chainlit that are
+not its public API. Each test here names one such reliance and fails when an upgrade moves it,
+before a user meets the difference (the browser tests show the behaviour itself).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import chainlit.socket
+from chainlit.emitter import ChainlitEmitter
+from chainlit.message import MessageBase
+from chainlit.server import sio
+
+from gemini_chat.framework import install_stop_without_notice, stop_without_notice
+
+
+def test_chainlits_stop_handler_is_the_one_replaced_and_posts_the_notice_we_drop():
+    source = inspect.getsource(chainlit.socket.stop)
+    assert 'Message(content="Task manually stopped.").send()' in source
+    # What the replacement keeps doing, in the same order.
+    assert source.index("current_task.cancel()") < source.index("config.code.on_stop()")
+    assert list(inspect.signature(chainlit.socket.stop).parameters) == ["sid"]
+
+
+def test_the_stop_handler_is_replaced_on_the_server_socket_once_and_again_after_a_reload():
+    original = sio.handlers["/"]["stop"]
+    try:
+        sio.on("stop", chainlit.socket.stop)
+        install_stop_without_notice()
+        assert sio.handlers["/"]["stop"] is stop_without_notice
+        install_stop_without_notice()  # `chainlit run -w` prepares the server again
+        assert sio.handlers["/"]["stop"] is stop_without_notice
+    finally:
+        sio.on("stop", original)
+
+
+def test_a_resumed_chat_is_sent_after_on_chat_resume_with_the_same_emitter():
+    """framework.after_resume_sent wraps the session emitter's resume_thread from inside
+    on_chat_resume: Chainlit must call the hook first, then send the chat with that emitter."""
+    source = inspect.getsource(chainlit.socket.connection_successful)
+    hook = source.index("await config.code.on_chat_resume(thread)")
+    send = source.index("await context.emitter.resume_thread(thread)")
+    assert hook < send
+    assert "context = init_ws_context(sid)" in source
+
+
+def test_a_streamed_message_grows_its_content_before_the_token_is_emitted():
+    """live.LiveReply hands a viewer the message's content as the text so far and then every
+    later piece: the content must already include a piece while it is being emitted."""
+    source = inspect.getsource(MessageBase.stream_token)
+    assert source.index("self.content += token") < source.index("emitter.send_token(")
+    assert source.index("self.content += token") < source.index("emitter.stream_start(")
+
+
+def test_the_emitter_methods_live_replies_use_take_what_they_are_given():
+    parameters = {
+        name: list(inspect.signature(getattr(ChainlitEmitter, name)).parameters)
+        for name in ("send_token", "send_step", "update_step", "task_start", "task_end")
+    }
+    assert parameters == {
+        "send_token": ["self", "id", "token", "is_sequence", "is_input"],
+        "send_step": ["self", "step_dict"],
+        "update_step": ["self", "step_dict"],
+        "task_start": ["self"],
+        "task_end": ["self"],
+    }
+
+
+def test_the_markdown_fallback_warning_the_log_drops_still_reads_the_same(tmp_path, caplog):
+    from chainlit.markdown import get_markdown_str
+
+    from gemini_chat.logs import DropMessages, quiet_library_logs
+
+    (tmp_path / "chainlit.md").write_text("Welcome")
+    with caplog.at_level(logging.WARNING, logger="chainlit"):
+        assert get_markdown_str(str(tmp_path), "en-US") == "Welcome"
+    (record,) = [r for r in caplog.records if r.name == "chainlit"]
+    quiet_library_logs()
+    drop = next(f for f in logging.getLogger("chainlit").filters if isinstance(f, DropMessages))
+    assert drop.filter(record) is False
+
+
+def test_the_local_page_login_uses_chainlits_own_token_and_cookie_helpers():
+    from chainlit.auth import create_jwt, get_token_from_cookies, set_auth_cookie
+    from chainlit.auth.jwt import decode_jwt
+
+    assert list(inspect.signature(set_auth_cookie).parameters) == ["request", "response", "token"]
+    assert list(inspect.signature(create_jwt).parameters) == ["data"]
+    assert callable(get_token_from_cookies) and callable(decode_jwt)
