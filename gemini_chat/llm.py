@@ -1,4 +1,10 @@
-"""Model wiring: one Gemini client, model, agent and run config, built once per process."""
+"""Model wiring: one Gemini client, model, agent and run config, built once per process.
+
+``GeminiClient`` and ``GeminiChatModel`` override internals of openai 3.52 (the client's
+``_process_response_data``, the ``chat``/``completions`` properties and ``create``'s request
+path) and of openai-agents 0.24 (``OpenAIChatCompletionsModel._fetch_response``);
+tests/test_contracts.py fails when one of them moves.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import httpx2
@@ -21,7 +28,6 @@ from agents import (
     set_tracing_disabled,
 )
 from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
-from openai._compat import cached_property
 from openai.resources.chat import AsyncChat, AsyncCompletions
 from openai.types.chat import ChatCompletionChunk
 

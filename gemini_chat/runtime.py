@@ -11,6 +11,10 @@ Chainlit also calls ``time.sleep(0.001)`` in every ``Message`` and ``Step`` cons
 blocks the whole server for a millisecond each time: three per turn, a second and a half when
 500 chats start at once. The app orders its stored messages explicitly (``created_at`` and the
 reply's ``for`` link), so those sleeps are removed.
+
+Both rely on the internals of nest_asyncio 1.6, CPython's asyncio (3.11 to 3.13) and Chainlit
+2.12; tests/test_contracts.py fails when one of them moves. Where an internal is not where it
+was, nothing is changed and an error is logged: the app then runs, slower, on what Chainlit set.
 """
 
 from __future__ import annotations
@@ -25,54 +29,124 @@ import ctypes.util
 import gc
 import importlib
 import logging
+import time
 import types
 from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("gemini_chat")
 
 GC_YOUNG_THRESHOLD = 20_000
 
+# What nest_asyncio 1.6's ``_patch_loop`` sets on the loop class, besides its functions.
+NEST_ASYNCIO_LOOP_FLAGS = ("_nest_patched", "_num_runs_pending", "_is_proactorloop")
 
-def restore_stock_asyncio() -> bool:
-    """Undo nest_asyncio's module-level patches; True if there was something to undo."""
-    if not getattr(asyncio, "_nest_patched", False):
-        return False
+
+class RuntimeContractError(RuntimeError):
+    """An internal the runtime tuning relies on is not where it was."""
+
+
+def _nest_asyncio_leftovers(cls: type) -> list[str]:
+    """The attributes nest_asyncio set on ``cls`` itself (its functions and its flags)."""
+    return [
+        name
+        for name, value in vars(cls).items()
+        if name in NEST_ASYNCIO_LOOP_FLAGS
+        or (isinstance(value, types.FunctionType) and value.__module__ == "nest_asyncio")
+    ]
+
+
+def _stock_asyncio() -> dict[str, Any]:
+    """asyncio's own objects that nest_asyncio replaced, from where this Python keeps them.
+
+    nest_asyncio overwrote ``asyncio.tasks._CTask`` and ``asyncio.futures._CFuture`` too, so the
+    C classes come from ``_asyncio``. ``get_event_loop`` is kept aside as
+    ``events._c_get_event_loop`` on 3.11 to 3.13. ``events._get_event_loop`` exists only up to
+    3.11 (kept as ``_c__get_event_loop``); from 3.12 nest_asyncio adds it, so undoing it means
+    deleting it (None here)."""
     try:
         import _asyncio
-    except ImportError:  # no C accelerator on this Python: nothing faster to go back to
-        return False
-    asyncio.Task = asyncio.tasks.Task = asyncio.tasks._CTask = _asyncio.Task
-    asyncio.Future = asyncio.futures.Future = asyncio.futures._CFuture = _asyncio.Future
+    except ImportError as error:
+        raise RuntimeContractError("this Python has no C asyncio (_asyncio)") from error
     events = asyncio.events
-    events.get_event_loop = asyncio.get_event_loop = events._c_get_event_loop
-    events._get_event_loop = events._c__get_event_loop
-    asyncio.run = asyncio.runners.run
-    # nest_asyncio's policy hook creates patched loops; the stock policy method is inherited.
+    stock: dict[str, Any] = {"Task": _asyncio.Task, "Future": _asyncio.Future}
+    if not hasattr(events, "_c_get_event_loop"):
+        raise RuntimeContractError("asyncio.events._c_get_event_loop is missing")
+    stock["get_event_loop"] = events._c_get_event_loop
+    if hasattr(events, "_py__get_event_loop"):  # this Python has a _get_event_loop of its own
+        if not hasattr(events, "_c__get_event_loop"):
+            raise RuntimeContractError("asyncio.events._c__get_event_loop is missing")
+        stock["_get_event_loop"] = events._c__get_event_loop
+    else:
+        stock["_get_event_loop"] = None
+    return stock
+
+
+def _patched_classes() -> tuple[type, type]:
+    """The policy and loop classes nest_asyncio patched, checked to hold what it set there."""
+    events = asyncio.events
     policy_class = type(events.get_event_loop_policy())
-    if "get_event_loop" in vars(policy_class):
-        delattr(policy_class, "get_event_loop")
-    # It also patched the loop *class*, so every new loop would run its Python `_run_once`:
-    # drop what it set there, exposing BaseEventLoop's own methods again.
     probe = events.new_event_loop()
     loop_class = type(probe)
     probe.close()
-    for name, value in list(vars(loop_class).items()):
-        if getattr(value, "__module__", None) == "nest_asyncio" or name in (
-            "_nest_patched",
-            "_num_runs_pending",
-            "_is_proactorloop",
-        ):
-            delattr(loop_class, name)
+    patched = vars(policy_class).get("get_event_loop")
+    if getattr(patched, "__module__", None) != "nest_asyncio":
+        raise RuntimeContractError(f"{policy_class.__name__}.get_event_loop is not nest_asyncio's")
+    if "_run_once" not in _nest_asyncio_leftovers(loop_class):
+        raise RuntimeContractError(f"{loop_class.__name__}._run_once is not nest_asyncio's")
+    return policy_class, loop_class
+
+
+def restore_stock_asyncio() -> bool:
+    """Undo nest_asyncio's patches; True if it had been applied and is now undone.
+
+    Everything is checked before anything changes: on a Python or a nest_asyncio this does
+    not know, it raises ``RuntimeContractError`` and leaves nest_asyncio fully in place (a
+    half-undone asyncio would mix C tasks with Python loop internals)."""
+    if not getattr(asyncio, "_nest_patched", False):
+        return False
+    stock = _stock_asyncio()
+    policy_class, loop_class = _patched_classes()
+
+    asyncio.Task = asyncio.tasks.Task = asyncio.tasks._CTask = stock["Task"]
+    asyncio.Future = asyncio.futures.Future = asyncio.futures._CFuture = stock["Future"]
+    events = asyncio.events
+    events.get_event_loop = asyncio.get_event_loop = stock["get_event_loop"]
+    if stock["_get_event_loop"] is not None:
+        events._get_event_loop = stock["_get_event_loop"]
+    elif "_get_event_loop" in vars(events):
+        del events._get_event_loop
+    asyncio.run = asyncio.runners.run
+    # The policy and loop classes inherit the stock methods: dropping what nest_asyncio set on
+    # them exposes those again, so new loops run BaseEventLoop's own C-backed `_run_once`.
+    delattr(policy_class, "get_event_loop")
+    for name in _nest_asyncio_leftovers(loop_class):
+        delattr(loop_class, name)
     del asyncio._nest_patched
     return True
 
 
+# Stands in for the ``time`` module inside chainlit.message and chainlit.step, which only call
+# its ``sleep``.
+NO_SLEEP = types.SimpleNamespace(sleep=lambda seconds: None)
+SLEEPING_MODULES = ("chainlit.message", "chainlit.step")
+
+
+def _is_no_sleep(value: Any) -> bool:
+    # Also the NO_SLEEP of an earlier load of this module (``chainlit run -w`` re-imports it).
+    return type(value) is types.SimpleNamespace and list(vars(value)) == ["sleep"]
+
+
 def remove_constructor_sleeps() -> None:
+    """Replace the ``time`` module seen by Chainlit's Message and Step with ``NO_SLEEP``."""
     # By module path: ``chainlit.step`` as an attribute is the ``step`` decorator, which
     # chainlit's __init__ re-exports over the submodule of the same name.
-    no_sleep = types.SimpleNamespace(sleep=lambda seconds: None)
-    for name in ("chainlit.message", "chainlit.step"):
-        importlib.import_module(name).time = no_sleep
+    modules = [importlib.import_module(name) for name in SLEEPING_MODULES]
+    for module in modules:
+        if not (module.__dict__.get("time") is time or _is_no_sleep(module.__dict__.get("time"))):
+            raise RuntimeContractError(f"{module.__name__} no longer imports the time module")
+    for module in modules:
+        module.time = NO_SLEEP
 
 
 def tune_garbage_collector() -> None:
@@ -138,6 +212,12 @@ idle_collector = IdleCollector()
 
 def tune_runtime() -> None:
     tune_garbage_collector()
-    if restore_stock_asyncio():
-        logger.debug("Running on stock asyncio (nest_asyncio undone)")
-    remove_constructor_sleeps()
+    try:
+        if restore_stock_asyncio():
+            logger.debug("Running on stock asyncio (nest_asyncio undone)")
+    except RuntimeContractError as error:
+        logger.error("Running on nest_asyncio's slower event loop: %s", error)
+    try:
+        remove_constructor_sleeps()
+    except RuntimeContractError as error:
+        logger.error("Chainlit's message and step sleeps are still in place: %s", error)

@@ -1,0 +1,514 @@
+"""Contracts with the internals the app relies on.
+
+gemini_chat patches or subclasses private parts of its dependencies: nest_asyncio's changes to
+asyncio and Chainlit's constructor sleeps (runtime.py), openai's chunk parsing and request
+transform (llm.py), openai-agents' ``_fetch_response`` (llm.py), Chainlit's SQLAlchemy data layer
+(storage.py) and its feedback routes (ownership.py). Each test here names one of them and fails
+when an upgrade of Chainlit, openai, openai-agents, nest_asyncio or Python moves it, instead of
+the app silently losing a fix or its speed. pyproject.toml bounds those packages to the releases
+these tests ran against. What framework.py, live.py, logs.py and auth.py rely on in Chainlit's
+server is checked in test_framework_contracts.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx2
+import openai
+import pytest
+from agents import Agent, OpenAIChatCompletionsModel, RunConfig, Runner
+from openai.resources.chat import AsyncChat, AsyncCompletions
+from openai.types.chat import ChatCompletionChunk
+
+from gemini_chat import runtime
+from gemini_chat.llm import (
+    GeminiChatModel,
+    GeminiClient,
+    StreamReport,
+    _PlainMessagesCompletions,
+    current_report,
+)
+from tests.app_process import ROOT, AppServer, app_directory, free_port, wait_until_serving
+from tests.conftest import guarded_env
+
+# --- asyncio as Chainlit's CLI leaves it (runtime.restore_stock_asyncio) ------------------------
+
+# Prints, as JSON, every function and class asyncio's modules hold and how the default policy and
+# loop classes resolve each attribute: what nest_asyncio changes, named by module, qualified name
+# and source line, so two processes can be compared.
+ASYNCIO_STATE = r"""
+import asyncio, asyncio.base_events, asyncio.events, asyncio.futures, asyncio.runners
+import asyncio.tasks, inspect, json, sys, types
+
+def describe(value):
+    if callable(value) or isinstance(value, (staticmethod, classmethod)):
+        code = getattr(value, "__code__", None)
+        where = f"@{code.co_filename}:{code.co_firstlineno}" if code else ""
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}{where}"
+    return type(value).__name__
+
+def state():
+    policy_class = type(asyncio.events.get_event_loop_policy())
+    loop = asyncio.events.new_event_loop()
+    loop_class = type(loop)
+    loop.close()
+    seen = {}
+    modules = (asyncio, asyncio.base_events, asyncio.events, asyncio.futures, asyncio.runners,
+               asyncio.tasks)
+    for module in modules:
+        for name, value in vars(module).items():
+            if callable(value) or name.startswith("_nest"):
+                seen[f"{module.__name__}.{name}"] = describe(value)
+    for cls in (policy_class, loop_class):
+        for name in dir(cls):
+            seen[f"{cls.__qualname__}.{name}"] = describe(inspect.getattr_static(cls, name))
+    return seen
+
+mode = sys.argv[1]
+if mode != "fresh":
+    import chainlit.cli  # applies nest_asyncio on import, as `chainlit run` does
+if mode == "restored":
+    from gemini_chat.runtime import restore_stock_asyncio
+    assert restore_stock_asyncio()
+print(json.dumps(state()))
+"""
+
+
+def _asyncio_state(mode: str, cwd: Path) -> dict[str, str]:
+    result = subprocess.run(
+        [sys.executable, "-c", ASYNCIO_STATE, mode],
+        cwd=cwd,  # importing chainlit writes .chainlit/ and .files/ into the working directory
+        env=guarded_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def _differences(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    return [
+        f"{key}: {expected.get(key, '<absent>')} -> {actual.get(key, '<absent>')}"
+        for key in sorted(expected.keys() | actual.keys())
+        if expected.get(key) != actual.get(key)
+    ]
+
+
+def test_undoing_nest_asyncio_gives_back_exactly_the_asyncio_of_a_fresh_interpreter(tmp_path):
+    fresh = _asyncio_state("fresh", tmp_path)
+    patched = _asyncio_state("patched", tmp_path)
+    restored = _asyncio_state("restored", tmp_path)
+    # Chainlit's CLI still applies nest_asyncio (otherwise there is nothing left to undo) ...
+    assert any("nest_asyncio" in line for line in _differences(fresh, patched))
+    # ... and on this Python every function, class and loop method is the stock one again.
+    assert _differences(fresh, restored) == []
+
+
+LEAVE_PATCHED = r"""
+import asyncio, asyncio.events, logging, sys
+logging.basicConfig(level=logging.ERROR, stream=sys.stdout, format="%(levelname)s %(message)s")
+import chainlit.cli  # applies nest_asyncio
+from gemini_chat import runtime
+python_task = asyncio.Task
+del asyncio.events._c_get_event_loop  # as if a new Python kept it elsewhere
+runtime.tune_runtime()
+print("still patched:", asyncio.Task is python_task and getattr(asyncio, "_nest_patched", False))
+"""
+
+
+def test_an_asyncio_the_runtime_does_not_know_stays_fully_patched_and_is_reported(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", LEAVE_PATCHED],
+        cwd=tmp_path,
+        env=guarded_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ERROR Running on nest_asyncio's slower event loop" in result.stdout
+    assert "_c_get_event_loop is missing" in result.stdout
+    assert "still patched: True" in result.stdout  # nothing half-undone
+
+
+# --- the running server -------------------------------------------------------------------------
+
+# Loaded by `chainlit run` instead of chatbot.py: the app itself, plus a report written from inside
+# the server's running loop once it has started.
+PROBE = r'''
+"""The real app, and a report of the runtime the running server has."""
+
+import asyncio, json, os, sys, types
+
+import _asyncio
+import chainlit as cl
+from chainlit.server import sio
+
+import chatbot  # noqa: F401  the app: settings, data layer, handlers, runtime tuning
+from gemini_chat import runtime
+
+
+def nest_asyncio_leftovers():
+    python_classes = {id(asyncio.tasks._PyTask), id(asyncio.futures._PyFuture)}
+    found = []
+    for name, module in list(sys.modules.items()):
+        if module is None or name == "nest_asyncio" or name.split(".")[0] == "asyncio":
+            continue
+        for key, value in list(getattr(module, "__dict__", {}).items()):
+            nest = type(value) is types.FunctionType and value.__module__ == "nest_asyncio"
+            if nest or id(value) in python_classes:
+                found.append(f"{name}.{key}")
+    return found
+
+
+@cl.on_app_startup
+async def report_runtime():
+    loop = asyncio.get_running_loop()
+    stop = sio.handlers["/"]["stop"]
+    report = {
+        "python": sys.version.split()[0],
+        "task is C": type(asyncio.current_task()) is _asyncio.Task,
+        "future is C": type(loop.create_future()) is _asyncio.Future,
+        "stock _run_once": type(loop)._run_once is asyncio.base_events.BaseEventLoop._run_once,
+        "nest_asyncio flags": [hasattr(asyncio, "_nest_patched"), hasattr(loop, "_nest_patched")],
+        "nest_asyncio leftovers": nest_asyncio_leftovers(),
+        # By module path: chainlit re-exports its `step` decorator over the submodule's name.
+        "Message sleeps": sys.modules["chainlit.message"].time is not runtime.NO_SLEEP,
+        "Step sleeps": sys.modules["chainlit.step"].time is not runtime.NO_SLEEP,
+        "stop handler": f"{stop.__module__}.{stop.__qualname__}",
+    }
+    with open(os.environ["RUNTIME_REPORT"], "w") as file:
+        json.dump(report, file)
+'''
+
+
+@pytest.fixture(scope="module")
+def runtime_report() -> dict:
+    """What the runtime is inside a real `chainlit run` of the app, read once it serves."""
+    directory = app_directory()
+    (directory / "runtime_probe.py").write_text(PROBE)
+    report_path = directory / "runtime.json"
+    env = guarded_env(
+        DATABASE_URL=f"sqlite+aiosqlite:///{directory}/chats.db", RUNTIME_REPORT=str(report_path)
+    )
+    port = ("--port", str(free_port()))
+    log_path = directory / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chainlit", "run", "runtime_probe.py", "--headless", *port],
+            cwd=directory,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = AppServer(f"http://127.0.0.1:{port[1]}", process, log_path, directory)
+    try:
+        wait_until_serving(server)  # the lifespan (and the report) completes before serving
+        # Chainlit logs an exception in on_app_startup and serves anyway.
+        assert report_path.exists(), f"no report:\n{server.log()}"
+        report = json.loads(report_path.read_text())
+        report["log"] = server.log()
+    finally:
+        server.stop()
+    return report
+
+
+def test_the_started_app_runs_on_asyncios_c_tasks_and_stock_loop(runtime_report):
+    assert runtime_report["python"] == sys.version.split()[0]
+    assert runtime_report["task is C"]
+    assert runtime_report["future is C"]
+    assert runtime_report["stock _run_once"]
+    assert runtime_report["nest_asyncio flags"] == [False, False]
+    assert runtime_report["nest_asyncio leftovers"] == []
+    assert "nest_asyncio's slower event loop" not in runtime_report["log"]
+
+
+def test_the_started_app_builds_messages_and_steps_without_sleeping(runtime_report):
+    assert not runtime_report["Message sleeps"]
+    assert not runtime_report["Step sleeps"]
+
+
+def test_the_started_app_stops_with_its_own_handler(runtime_report):
+    assert runtime_report["stop handler"] == "gemini_chat.framework.stop_without_notice"
+
+
+# --- Chainlit's constructor sleeps (runtime.remove_constructor_sleeps) ---------------------------
+
+
+def test_chainlit_messages_and_steps_sleep_through_their_modules_time(
+    chainlit_context, monkeypatch
+):
+    """What remove_constructor_sleeps replaces: each constructor's ``time.sleep`` call, looked up
+    on the ``time`` name of its own module."""
+    import chainlit as cl  # imports chainlit.message and chainlit.step
+
+    slept: list[tuple[str, float]] = []
+    for name in runtime.SLEEPING_MODULES:
+        recorder = SimpleNamespace(sleep=lambda seconds, name=name: slept.append((name, seconds)))
+        monkeypatch.setattr(sys.modules[name], "time", recorder)
+    cl.Message(content="hi")
+    cl.Step(name="a step")
+    assert slept == [("chainlit.message", 0.001), ("chainlit.step", 0.001)]
+
+
+def test_a_chainlit_without_the_time_import_is_reported_not_patched(monkeypatch, caplog):
+    import chainlit.message
+
+    monkeypatch.delattr(chainlit.message, "time")
+    # Only the sleeps: the collector and asyncio of the test process stay as they are.
+    monkeypatch.setattr(runtime, "tune_garbage_collector", lambda: None)
+    monkeypatch.setattr(runtime, "restore_stock_asyncio", lambda: False)
+    with caplog.at_level(logging.ERROR, logger="gemini_chat"):
+        runtime.tune_runtime()
+    assert not hasattr(chainlit.message, "time")  # not invented
+    assert "chainlit.message no longer imports the time module" in caplog.text
+
+
+# --- openai: chunk parsing and request transform (llm.GeminiClient) ------------------------------
+
+# Chunks of real Gemini streams, verbatim (../shared/gemini-recordings: lite_stream 1 and 5,
+# thoughts_stream 1 and 4, empty_stop, g38_chunk).
+GEMINI_CHUNKS = [
+    '{"choices":[{"delta":{"content":"AI","role":"assistant"},"index":0}],"created":1758435793,"id":"0ZnPaL3SD4jmz7IP8Jzo0Ag","model":"gemini-2.5-flash-lite","object":"chat.completion.chunk","usage":{"completion_tokens":1,"prompt_tokens":12,"total_tokens":13}}',
+    '{"choices":[{"delta":{"content":"é cè)**: decisions\\n\\nYou could also use a slightly simpler version:\\n\\n**AI 学习数据，然后做决定。** (AI learns data, then makes decisions.)","role":"assistant"},"finish_reason":"stop","index":0}],"created":1758435793,"id":"0ZnPaL3SD4jmz7IP8Jzo0Ag","model":"gemini-2.5-flash-lite","object":"chat.completion.chunk","usage":{"completion_tokens":159,"prompt_tokens":12,"total_tokens":171}}',  # noqa: E501
+    '{"choices":[{"delta":{"content":"<thought>**Defining the Greeting**\\n\\nI\'ve determined the input, \\"你好,\\" is a basic greeting.\\n\\n\\n","extra_content":{"google":{"thought":true}},"role":"assistant"},"index":0}],"created":1752319190,"id":"1URyaLjuGKiqmtkPj86KuAI","model":"gemini-2.5-flash","object":"chat.completion.chunk"}',  # noqa: E501
+    '{"choices":[{"delta":{"content":"</thought>你好！有什么我可以帮助你的吗？","role":"assistant"},"finish_reason":"stop","index":0}],"created":1752319193,"id":"1URyaLjuGKiqmtkPj86KuAI","model":"gemini-2.5-flash","object":"chat.completion.chunk"}',
+    '{"choices":[{"delta":{"role":"assistant"},"finish_reason":"stop","index":0}],"created":1784482218,"id":"qg","model":"gemini-2.5-flash","object":"chat.completion.chunk","usage":{"completion_tokens":0,"prompt_tokens":5051,"total_tokens":5051}}',
+    '{"choices":[{"delta":{"content":"OK.","role":"assistant"},"index":0}],"created":1788373398,"id":"x","model":"gemini-3.8-flash","object":"chat.completion.chunk","usage":{"completion_tokens":2,"prompt_tokens":3,"total_tokens":71}}',
+]
+BASE_URL = "http://127.0.0.1:9/v1beta/openai/"
+
+
+def _sse(chunks: list[str]) -> bytes:
+    return "".join(f"data: {chunk}\n\n" for chunk in [*chunks, "[DONE]"]).encode()
+
+
+def _client(client_class: type, answer) -> openai.AsyncOpenAI:
+    transport = httpx2.MockTransport(answer)
+    return client_class(
+        api_key="k", base_url=BASE_URL, http_client=httpx2.AsyncClient(transport=transport)
+    )
+
+
+def _streaming(chunks: list[str], sent: list[bytes] | None = None):
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if sent is not None:
+            sent.append(request.content)
+        headers = {"content-type": "text/event-stream"}
+        return httpx2.Response(200, headers=headers, content=_sse(chunks))
+
+    return answer
+
+
+async def _stream(client: openai.AsyncOpenAI) -> list[ChatCompletionChunk]:
+    stream = await client.chat.completions.create(
+        model="gemini-3.8-flash", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    await client.close()
+    return chunks
+
+
+def _shape(value):
+    """A model's data, the fields it was given and its classes, all the way down."""
+    if isinstance(value, openai.BaseModel):
+        declared = type(value).model_fields
+        fields = {name: _shape(getattr(value, name)) for name in declared}
+        extra = {name: _shape(item) for name, item in (value.model_extra or {}).items()}
+        # Validation also counts extra keys as set, construction does not; dumps agree.
+        given = sorted(value.model_fields_set & declared.keys())
+        return (type(value).__name__, given, fields, extra)
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return (type(value).__name__, value)
+
+
+def test_openais_hooks_the_client_overrides_are_still_there():
+    # Every streamed chunk goes through the client's _process_response_data ...
+    hook = inspect.signature(openai.AsyncOpenAI._process_response_data)
+    assert [(p.name, p.kind) for p in hook.parameters.values()] == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("data", inspect.Parameter.KEYWORD_ONLY),
+        ("cast_to", inspect.Parameter.KEYWORD_ONLY),
+        ("response", inspect.Parameter.KEYWORD_ONLY),
+    ]
+    # ... requests go through client.chat.completions.create(messages=..., extra_body=...) ...
+    assert type(inspect.getattr_static(openai.AsyncOpenAI, "chat")) is functools.cached_property
+    assert type(inspect.getattr_static(AsyncChat, "completions")) is functools.cached_property
+    create = inspect.signature(AsyncCompletions.create).parameters
+    for name in ("messages", "extra_body"):
+        assert create[name].kind is inspect.Parameter.KEYWORD_ONLY
+    # ... and the client's overrides are the ones in effect.
+    client = GeminiClient(api_key="k", base_url=BASE_URL)
+    assert type(client.chat.completions) is _PlainMessagesCompletions
+
+
+async def test_gemini_chunks_take_the_fast_parse_and_read_exactly_as_openai_reads_them(
+    monkeypatch,
+):
+    fast_parses: list[dict] = []
+    validate = ChatCompletionChunk.model_validate
+
+    def counted(data, *args, **kwargs):
+        chunk = validate(data, *args, **kwargs)
+        fast_parses.append(data)  # validated: no fall-back to openai's way
+        return chunk
+
+    monkeypatch.setattr(ChatCompletionChunk, "model_validate", counted)
+    fast = await _stream(_client(GeminiClient, _streaming(GEMINI_CHUNKS)))
+    assert len(fast_parses) == len(GEMINI_CHUNKS)
+    fast_parses.clear()
+    stock = await _stream(_client(openai.AsyncOpenAI, _streaming(GEMINI_CHUNKS)))
+    assert fast_parses == []  # openai's own way: construct_type
+    assert [_shape(chunk) for chunk in fast] == [_shape(chunk) for chunk in stock]
+    assert [chunk.to_json() for chunk in fast] == [chunk.to_json() for chunk in stock]
+    for unset in (False, True):
+        dumps = [chunk.model_dump(exclude_unset=unset) for chunk in fast]
+        assert dumps == [chunk.model_dump(exclude_unset=unset) for chunk in stock]
+
+
+async def test_plain_messages_skip_openais_request_transform_and_send_the_same_bytes(monkeypatch):
+    import openai.resources.chat.completions.completions as completions_module
+
+    transformed: list = []
+    transform = completions_module.async_maybe_transform
+
+    async def spy(data, *args, **kwargs):
+        transformed.append(list(data["messages"]))
+        return await transform(data, *args, **kwargs)
+
+    monkeypatch.setattr(completions_module, "async_maybe_transform", spy)
+    fast_sent: list[bytes] = []
+    stock_sent: list[bytes] = []
+    await _stream(_client(GeminiClient, _streaming(GEMINI_CHUNKS[:1], fast_sent)))
+    await _stream(_client(openai.AsyncOpenAI, _streaming(GEMINI_CHUNKS[:1], stock_sent)))
+    assert transformed == [[], [{"role": "user", "content": "hi"}]]
+    assert fast_sent == stock_sent
+
+
+# --- openai-agents: the model's stream (llm.GeminiChatModel) -------------------------------------
+
+
+async def test_the_agents_sdk_streams_through_fetch_response_where_the_model_observes_it():
+    assert "stream" in inspect.signature(OpenAIChatCompletionsModel._fetch_response).parameters
+    client = _client(GeminiClient, _streaming([GEMINI_CHUNKS[0], GEMINI_CHUNKS[1]]))
+    agent = Agent(
+        name="a", model=GeminiChatModel(model="gemini-2.5-flash-lite", openai_client=client)
+    )
+    report = StreamReport()
+    token = current_report.set(report)
+    try:
+        result = Runner.run_streamed(agent, "hi", run_config=RunConfig(tracing_disabled=True))
+        async for _ in result.stream_events():
+            pass
+    finally:
+        current_report.reset(token)
+        await client.close()
+    assert report.chunks == 2
+    assert report.finish_reason == "stop"
+    assert "".join(report.received) == result.final_output
+
+
+# --- Chainlit's SQLAlchemy data layer (storage.ChatDataLayer) ------------------------------------
+
+
+def _parameters(function) -> list[tuple]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def test_each_data_layer_override_takes_what_chainlit_passes_to_its_method():
+    from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+
+    from gemini_chat.storage import ChatDataLayer
+
+    overrides = [
+        name
+        for name, value in vars(ChatDataLayer).items()
+        if callable(value) and name != "__init__" and hasattr(SQLAlchemyDataLayer, name)
+    ]
+    assert {"execute_sql", "create_step", "update_thread", "get_thread"} <= set(overrides)
+    pairs = {
+        name: (
+            _parameters(getattr(SQLAlchemyDataLayer, name)),
+            _parameters(vars(ChatDataLayer)[name]),
+        )
+        for name in overrides
+    }
+    mismatched = {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
+    assert mismatched == {}
+    # Called by name on the parent.
+    assert "conninfo" in inspect.signature(SQLAlchemyDataLayer.__init__).parameters
+    assert _parameters(SQLAlchemyDataLayer.clean_result)[1:] == [
+        ("obj", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty)
+    ]
+
+
+async def test_chainlits_writes_reach_the_layers_execute_sql_and_thread_check(
+    tmp_path, chainlit_context
+):
+    """The override of execute_sql (errors logged loudly) only works while Chainlit's methods
+    send their SQL through it, and the skipped thread look-up while create_step asks for the
+    thread with its id alone."""
+    from gemini_chat.schema import prepare_database
+    from gemini_chat.storage import ChatDataLayer
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/chats.db"
+    prepare_database(url)
+    layer = ChatDataLayer(url)
+    assert layer.engine is not None and layer.async_session is not None
+    queries: list[str] = []
+    thread_updates: list[tuple] = []
+    execute_sql, update_thread = layer.execute_sql, layer.update_thread
+
+    async def spy_sql(query, parameters):
+        queries.append(" ".join(query.split())[:30])
+        return await execute_sql(query=query, parameters=parameters)
+
+    async def spy_thread(*args, **kwargs):
+        thread_updates.append((args, kwargs))
+        return await update_thread(*args, **kwargs)
+
+    layer.execute_sql, layer.update_thread = spy_sql, spy_thread
+    import chainlit as cl
+
+    thread_id = str(uuid.uuid4())
+    step = {**cl.Message(content="hi").to_dict(), "threadId": thread_id}
+    step_id = step["id"]
+    await layer.create_step(step)
+    assert thread_updates == [((thread_id,), {})]
+    assert any(query.startswith("INSERT INTO steps") for query in queries)
+    assert (await layer.get_step(step_id))["id"] == step_id
+    await layer.engine.dispose()
+
+
+# --- Chainlit's feedback routes (ownership.FeedbackOwnership) ------------------------------------
+
+
+def test_chainlits_feedback_routes_are_the_two_the_guard_checks():
+    from chainlit.auth import get_current_user
+    from chainlit.auth.cookie import get_token_from_cookies
+    from chainlit.server import router
+    from chainlit.types import DeleteFeedbackRequest, Feedback, UpdateFeedbackRequest
+
+    routes = {
+        (method, route.path)
+        for route in router.routes
+        if "feedback" in getattr(route, "path", "").lower()
+        for method in getattr(route, "methods", ())
+    }
+    assert routes == {("PUT", "/feedback"), ("DELETE", "/feedback")}
+    assert "feedback" in UpdateFeedbackRequest.model_fields
+    assert "forId" in Feedback.__dataclass_fields__
+    assert "feedbackId" in DeleteFeedbackRequest.model_fields
+    assert list(inspect.signature(get_current_user).parameters) == ["token"]
+    assert list(inspect.signature(get_token_from_cookies).parameters) == ["cookies"]
