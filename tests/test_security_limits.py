@@ -366,3 +366,71 @@ def test_tokens_are_gemini_s_figure_when_it_reports_one_else_the_estimate():
     assert tokens_used(None, "rules", sent, "answer", reached=True) == estimate
     # Refused before any answer (a 429, a refused connection): nothing was spent.
     assert tokens_used(None, "rules", sent, "", reached=False) == 0
+
+
+# --- the counter against the database, in-process --------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_concurrent_messages_through_two_counters_never_pass_the_last_slot(database_url):
+    from gemini_chat.limits import Limits, UsageCounter
+    from gemini_chat.schema import upgrade_schema
+
+    await upgrade_schema(database_url)
+    limits = Limits(messages_per_minute=7, tokens_per_day=0)
+    counters = [UsageCounter(database_url, limits), UsageCounter(database_url, limits)]
+    try:
+
+        async def one(index: int) -> bool:
+            try:
+                await counters[index % 2].admit("alice")
+            except TooManyMessages:
+                return False
+            return True
+
+        admitted = await asyncio.gather(*(one(i) for i in range(200)))
+        assert sum(admitted) == 7
+        assert await usage_row(database_url, "alice") == (7, 7, 0)
+    finally:
+        for counter in counters:
+            await counter.close()
+
+
+async def test_the_minute_and_the_day_start_again(database_url):
+    from gemini_chat.limits import Limits, UsageCounter
+    from gemini_chat.schema import upgrade_schema
+
+    await upgrade_schema(database_url)
+    late = datetime(2026, 12, 1, 23, 59, 0, tzinfo=UTC).timestamp()
+    clock = Clock(late)
+    counter = UsageCounter(database_url, Limits(2, 100), clock=clock)
+    try:
+        first = await counter.admit("alice")
+        await counter.admit("alice")
+        with pytest.raises(TooManyMessages) as refused:
+            await counter.admit("alice")
+        assert refused.value.detail["wait"] == 60.0
+        clock.now += 59.5
+        with pytest.raises(TooManyMessages, match="in 1 second"):
+            await counter.admit("alice")
+        clock.now += 0.5  # the window is over (and it is midnight)
+        await counter.spend(first, 500)  # an answer that ended after midnight: yesterday's
+        assert await usage_row(database_url, "alice") == (2, 2, 500)
+        today = await counter.admit("alice")
+        assert today.day == "2026-12-02"
+        assert await usage_row(database_url, "alice") == (1, 1, 0)
+        await counter.spend(today, 150)
+        clock.now += 60
+        with pytest.raises(DailyTokensUsedUp, match="150 tokens today"):
+            await counter.admit("alice")
+        # Refusals are not counted.
+        assert await usage_row(database_url, "alice") == (1, 1, 150)
+    finally:
+        await counter.close()
