@@ -10,6 +10,7 @@ import chainlit as cl
 
 from gemini_chat.app import prepare_server
 from gemini_chat.chat import ChatController
+from gemini_chat.limits import build_usage_counter
 from gemini_chat.llm import build_backend, build_client, build_model
 
 # Settings from the environment and .env, the chat database (created or upgraded) and the login
@@ -22,7 +23,8 @@ settings = server.settings
 # Built once per process; without GEMINI_API_KEY nothing is built and nothing goes upstream.
 client = build_client(settings) if settings.api_key else None
 backend = build_backend(settings, build_model(settings, client)) if client else None
-controller = ChatController(settings, backend)
+# Per-user limits on messages and tokens, counted in the database (off in local mode by default).
+controller = ChatController(settings, backend, build_usage_counter(settings, server.access.local))
 
 
 @cl.on_app_shutdown

@@ -4,6 +4,7 @@ throttle that slows down repeated wrong passwords.
     uv run python -m gemini_chat.accounts add alice      # password read from standard input
     uv run python -m gemini_chat.accounts list
     uv run python -m gemini_chat.accounts remove alice
+    uv run python -m gemini_chat.accounts usage          # each user's use against the limits
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, Settings, load_settings
 from .schema import (
     StorageError,
     accounts,
@@ -147,6 +148,25 @@ def _read_password(stdin=sys.stdin) -> str:
     return stdin.readline().rstrip("\r\n")
 
 
+async def _usage_report(settings: Settings, names: list[str]) -> str:
+    from .limits import UsageCounter, describe_wait, limits_for, until_midnight, usage_table
+
+    limits = limits_for(settings, local=not names)
+    counter = UsageCounter(settings.database_url, limits)
+    try:
+        usage = await counter.usage(names)
+    finally:
+        await counter.close()
+    mode = "accounts mode" if names else "local mode"
+    resets = describe_wait(until_midnight(datetime.now(UTC)))
+    summary = (
+        f"Limits ({mode}): {limits.describe()}. Today's counts reset at 00:00 UTC, in {resets}."
+    )
+    if not usage:
+        return summary + "\nNothing used yet."
+    return summary + "\n\n" + usage_table(usage, limits)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gemini_chat.accounts",
@@ -158,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="list the users")
     remove = commands.add_parser("remove", help="remove a user (their chats stay stored)")
     remove.add_argument("name")
+    commands.add_parser("usage", help="each user's messages and tokens against the limits")
     args = parser.parse_args(argv)
 
     try:
@@ -182,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.command == "remove":
                     await store.remove(args.name)
                     return f"Removed {args.name!r}; their chats stay in the database."
+                if args.command == "usage":
+                    return await _usage_report(settings, await store.names())
                 return "\n".join(await store.names()) or "(no users: the app runs in local mode)"
             finally:
                 await store.close()

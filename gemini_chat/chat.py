@@ -23,6 +23,7 @@ from .config import Settings
 from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
 from .framework import after_resume_sent
 from .history import REPLY_MARKS, STOPPED_BEFORE_TEXT, History, history_from_steps
+from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
 from .live import LiveReply, live_replies
 from .llm import Backend
 from .runtime import idle_collector
@@ -84,16 +85,20 @@ def schedule_release(session, session_timeout: float) -> None:
     task.add_done_callback(_pending_releases.discard)
 
 
-# Background watches of gone sessions, kept referenced until they are done.
+# Background work (watches of gone sessions, usage being recorded), kept referenced until done.
 _pending_releases: set[asyncio.Task] = set()
 
 
 class ChatController:
-    """The handlers' logic; ``backend`` is None when no API key is configured."""
+    """The handlers' logic; ``backend`` is None when no API key is configured, ``usage`` when
+    no per-user limit is in force."""
 
-    def __init__(self, settings: Settings, backend: Backend | None) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend | None, usage: UsageCounter | None = None
+    ) -> None:
         self.settings = settings
         self.backend = backend
+        self.usage = usage
         # One per process: every streaming reply draws its socket updates from it.
         self.event_budget = EventBudget()
 
@@ -188,11 +193,16 @@ class ChatController:
         if message is None:  # an edit of a message Chainlit no longer knows
             return
         text = message.content or ""
+        admission: Admission | None = None
         try:
             check_input(text, self.settings)
             if self.backend is None:
                 raise MissingApiKey()
-        except (InputError, MissingApiKey) as refusal:
+            if self.usage is not None:
+                # Counted as it arrives, before it waits behind a reply: a burst is cut short
+                # at once, whichever chat or app instance it goes to.
+                admission = await self.usage.admit(self._user())
+        except (InputError, MissingApiKey, LimitRefusal) as refusal:
             logger.info("Refused a message without calling Gemini: %s", log_detail(refusal))
             await self._notice(str(refusal))
             return
@@ -208,12 +218,22 @@ class ChatController:
                     await watched.done.wait()
                 if conversation.history.rewind(message.id):
                     logger.info("An edited message: the history was rewound to it")
-                await self._turn(conversation, text, message.id)
+                await self._turn(conversation, text, message.id, admission)
         finally:
             conversation.tasks.discard(task)
             idle_collector.finished()
 
-    async def _turn(self, conversation: Conversation, text: str, message_id: str) -> None:
+    def _user(self) -> str:
+        user = cl.context.session.user
+        return user.identifier if user is not None else ""
+
+    async def _turn(
+        self,
+        conversation: Conversation,
+        text: str,
+        message_id: str,
+        admission: Admission | None = None,
+    ) -> None:
         backend = self.backend
         assert backend is not None
         reply = cl.Message(
@@ -237,12 +257,14 @@ class ChatController:
         stream = ReplyStream(backend, live.sink(), self.event_budget)
         items = conversation.history.request_items(text, self.settings.instructions)
         answer = ""
+        stopped = False
         try:
             answer = await stream.run(items)
             reply.content = answer
             await reply.send()
             conversation.history.record(text, answer, message_id)
         except asyncio.CancelledError:
+            stopped = True
             answer = stream.text
             await self._finish_partial(reply, answer, "stopped")
             conversation.history.record(text, answer, message_id)
@@ -254,8 +276,33 @@ class ChatController:
             await live.broadcast_message(await self._notice(str(failure)))
             return
         finally:
+            spending = self._spend(admission, stream, items, stopped)
             live_replies.end(live)
             await live.finish(answer)
+            if spending is not None:
+                # Done before the turn ends, so the next message sees it; shielded, so a
+                # second stop cannot lose what the reply cost.
+                await asyncio.shield(spending)
+
+    def _spend(
+        self, admission: Admission | None, stream: ReplyStream, items: list, stopped: bool
+    ) -> asyncio.Task | None:
+        """Start adding the turn's tokens to the user's day. A request stopped before any
+        answer may have been charged all the same; one refused before it is not."""
+        if admission is None or self.usage is None:
+            return None
+        report = stream.report
+        tokens = tokens_used(
+            report.total_tokens,
+            self.settings.instructions,
+            items,
+            stream.text,
+            reached=stopped or report.chunks > 0,
+        )
+        task = asyncio.create_task(self.usage.spend(admission, tokens))
+        _pending_releases.add(task)
+        task.add_done_callback(_pending_releases.discard)
+        return task
 
     async def _finish_partial(self, reply: cl.Message, text: str, status: str) -> None:
         """Keep what streamed on screen, visibly marked; the history gets the text alone.

@@ -95,6 +95,9 @@ class Settings:
     instructions: str = DEFAULT_INSTRUCTIONS
     history_token_budget: int = 32_000
     max_message_chars: int = 100_000
+    # Per-user limits (limits.py); None: the login mode's default, 0: no limit.
+    messages_per_minute: int | None = None
+    tokens_per_day: int | None = None
     connect_timeout: float = 10.0
     stall_timeout: float = 30.0
     max_retries: int = 2
@@ -128,6 +131,8 @@ ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("ASSISTANT_INSTRUCTIONS", _text, "instructions"),
     ("HISTORY_TOKEN_BUDGET", _whole_number(1), "history_token_budget"),
     ("MAX_MESSAGE_CHARS", _whole_number(1), "max_message_chars"),
+    ("USER_MESSAGES_PER_MINUTE", _whole_number(0), "messages_per_minute"),
+    ("USER_TOKENS_PER_DAY", _whole_number(0), "tokens_per_day"),
     ("GEMINI_CONNECT_TIMEOUT", _seconds(allow_zero=False), "connect_timeout"),
     ("GEMINI_STALL_TIMEOUT", _seconds(allow_zero=False), "stall_timeout"),
     ("GEMINI_MAX_RETRIES", _whole_number(0), "max_retries"),

@@ -58,6 +58,9 @@ class StreamReport:
     received: list[str] = field(default_factory=list)
     # Thought summaries Gemini sent inline in the text, taken out of it (not shown yet).
     thoughts: list[str] = field(default_factory=list)
+    # Tokens Gemini says the request cost (prompt, answer and thinking), over all attempts;
+    # None when no chunk carried usage.
+    total_tokens: int | None = None
 
 
 # Set around one run; the SDK copies the context into the run's task, so the model sees it.
@@ -76,6 +79,7 @@ class _ObservedStream:
         self._thoughts = ThoughtFilter()
         report.received = []  # a retried attempt starts over
         report.thoughts = self._thoughts.thoughts
+        self._tokens_before = report.total_tokens or 0  # earlier attempts cost tokens too
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         report = self._report
@@ -84,6 +88,10 @@ class _ObservedStream:
         chunks_before = report.chunks
         async for chunk in self._stream:
             report.chunks += 1
+            usage = getattr(chunk, "usage", None)
+            if usage is not None and usage.total_tokens:
+                # Cumulative on every chunk: the last one is the attempt's total.
+                report.total_tokens = self._tokens_before + usage.total_tokens
             for choice in chunk.choices or ():
                 if choice.finish_reason is not None:
                     report.finish_reason = choice.finish_reason

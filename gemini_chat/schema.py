@@ -129,6 +129,20 @@ app_settings = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
+# Each user's use, for the per-user limits (limits.py): one row per user, counted in one
+# statement per message. The minute window opens with the first message after the last one
+# closed (seconds since the epoch); the day is the UTC date its totals are for.
+user_usage = sa.Table(
+    "user_usage",
+    metadata,
+    sa.Column("identifier", sa.Text, primary_key=True),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("window_messages", sa.Integer, nullable=False),
+    sa.Column("day", sa.Text, nullable=False),
+    sa.Column("day_messages", sa.Integer, nullable=False),
+    sa.Column("day_tokens", sa.BigInteger, nullable=False),
+)
+
 
 class StorageError(Exception):
     """The database cannot be opened or prepared; the message is safe to print."""
