@@ -19,6 +19,8 @@ for _name in list(os.environ):
         "MAX_MESSAGE_CHARS",
         "DISCONNECT_GRACE_SECONDS",
         "STREAM_FLUSH_INTERVAL",
+        "USER_MESSAGES_PER_MINUTE",
+        "USER_TOKENS_PER_DAY",
     ):
         del os.environ[_name]
 os.environ["CHAINLIT_ENV_FILE"] = "/nonexistent/.env"
