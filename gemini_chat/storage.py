@@ -62,7 +62,7 @@ OWNER_QUERIES = {
 def bounded_user_message(step: dict[str, Any], limit: int) -> dict[str, Any]:
     """A user's message as stored. Text over ``limit`` is refused by the chat and sent nowhere,
     so only its start is kept, with a mark saying what happened; any other field too large for
-    what it is (a client may put anything in them) is left out."""
+    what it is (a client may put anything in them) is cut, or left out if it is not text."""
     step = dict(step)
     text = step.get("output") or ""
     if len(text) > limit:
@@ -74,7 +74,9 @@ def bounded_user_message(step: dict[str, Any], limit: int) -> dict[str, Any]:
     for key, value in step.items():
         if key == "output" or value is None:
             continue
-        if len(json.dumps(value, default=str)) > FIELD_CHARS:
+        if isinstance(value, str):
+            step[key] = value[:FIELD_CHARS]
+        elif len(json.dumps(value, default=str)) > FIELD_CHARS:
             step[key] = {} if key == "metadata" else None
     return step
 

@@ -693,3 +693,56 @@ async def test_a_login_and_a_session_of_different_users_act_for_nobody():
     assert alone == ownership.Actor("alice")
     assert mixed is None
     assert request_only == ownership.Actor("bob")
+
+
+async def test_a_write_never_moves_a_message_or_a_rating_even_between_ones_own_chats(
+    database_url,
+):
+    from chainlit.context import context_var
+    from chainlit.types import Feedback
+    from chainlit.user import User
+
+    from gemini_chat.schema import upgrade_schema
+    from gemini_chat.storage import ChatDataLayer
+
+    await upgrade_schema(database_url)
+    layer = ChatDataLayer(database_url, max_message_chars=1000)
+    bob = await layer.create_user(User(identifier="bob"))
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    message, other, rating = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    token = acting_as(bob)
+    await layer.create_step(step(message, first, "In the first chat"))
+    await layer.create_step(step(other, second, "In the second chat"))
+    await layer.upsert_feedback(Feedback(id=rating, forId=message, value=1, comment="Good"))
+    # The ownership check lets these through (all bob's); the statements themselves refuse.
+    await layer.create_step(step(message, second, "Moved"))
+    with pytest.raises(ValueError, match="not found"):
+        await layer.upsert_feedback(Feedback(id=rating, forId=other, value=0, comment="Moved"))
+    # A client may put anything in a message's other fields; nothing large is kept.
+    huge = step(str(uuid.uuid4()), second, "Short text")
+    huge.update(name="N" * 1_000_000, metadata={"junk": "J" * 1_000_000}, language="L" * 50_000)
+    await layer.create_step(huge)
+    context_var.reset(token)
+
+    rows = await query(database_url, 'SELECT "id", "threadId", "output" FROM steps')
+    assert sorted(tuple(map(str, r)) for r in rows) == sorted(
+        [
+            (message, first, "In the first chat"),
+            (other, second, "In the second chat"),
+            (huge["id"], second, "Short text"),
+        ]
+    )
+    assert [
+        tuple(map(str, r))
+        for r in await query(
+            database_url, 'SELECT "id", "forId", "value", "comment" FROM feedbacks'
+        )
+    ] == [(rating, message, "1", "Good")]
+    (stored,) = await query(
+        database_url,
+        'SELECT LENGTH("name") + LENGTH("language") + LENGTH(CAST("metadata" AS TEXT)) '
+        'FROM steps WHERE "id" = :i',
+        i=huge["id"],
+    )
+    assert stored[0] < 5_000
+    await layer.engine.dispose()
