@@ -13,10 +13,10 @@ from sqlalchemy.engine import make_url
 
 from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
 from .config import ConfigError, Settings, load_settings
-from .framework import install_stop_without_notice
+from .framework import install_stop_without_notice, install_user_note
 from .frontend import install_frontend
 from .logs import install_secret_filter, quiet_library_logs
-from .ownership import install_authenticated_user
+from .ownership import note_authenticated
 from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
 from .storage import ChatDataLayer
@@ -191,5 +191,5 @@ def prepare_server() -> Server:
     data_layer = ChatDataLayer(settings.database_url, settings.max_message_chars)
     current = Server(settings, data_layer, access)
     # The data layer checks every id against the user Chainlit authenticated (ownership.py).
-    install_authenticated_user()
+    install_user_note(note_authenticated)
     return current

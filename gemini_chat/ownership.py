@@ -3,8 +3,9 @@ inside the data layer, against the user Chainlit authenticated.
 
 The user is the one Chainlit itself authenticated, however they did it. Its routes and its
 socket connect both authenticate through ``chainlit.auth.authenticate_user`` (cookie or bearer
-token alike), which the app wraps to note the user for the rest of the request; on socket events
-Chainlit's own context holds the session's user. ``owner_checked`` wraps every public method of
+token alike), after which the app notes the user for the rest of the request
+(``framework.install_user_note``); on socket events Chainlit's own context holds the session's
+user. ``owner_checked`` wraps every public method of
 the data layer with the rule RULES names for it: each id the call carries must belong to that
 user, else the call does nothing and returns what "not found" returns. A method without a rule
 (one a later Chainlit adds) is refused outright, so nothing reaches the database unchecked.
@@ -50,22 +51,10 @@ _checked: contextvars.ContextVar[Actor | None] = contextvars.ContextVar(
 )
 
 
-def install_authenticated_user() -> None:
-    """Note the user whenever Chainlit authenticates one (HTTP routes and socket connect)."""
-    import chainlit.auth
-
-    authenticate = chainlit.auth.authenticate_user
-    if getattr(authenticate, "notes_user", False):
-        return  # a reload under `chainlit run -w`
-
-    @functools.wraps(authenticate)
-    async def authenticate_user(*args: Any, **kwargs: Any) -> Any:
-        user = await authenticate(*args, **kwargs)
-        _authenticated.set(actor_of(user))
-        return user
-
-    authenticate_user.notes_user = True  # type: ignore[attr-defined]
-    chainlit.auth.authenticate_user = authenticate_user
+def note_authenticated(user: Any) -> None:
+    """Record the user Chainlit has just authenticated, for the rest of the request or socket
+    connection (framework.install_user_note calls it)."""
+    _authenticated.set(actor_of(user))
 
 
 def acting_user() -> Actor | None:

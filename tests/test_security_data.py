@@ -746,3 +746,42 @@ async def test_a_write_never_moves_a_message_or_a_rating_even_between_ones_own_c
     )
     assert stored[0] < 5_000
     await layer.engine.dispose()
+
+
+async def test_after_a_reload_under_watch_chats_are_still_stored_and_rated(start_app_with, gemini):
+    # Chainlit keeps the data layer it made first across reloads: one made before the reload
+    # and one made after it must both learn who is asking.
+    for before_reload in (True, False):
+        app = start_app_with(watch=True)
+        url = f"sqlite+aiosqlite:///{app.directory}/chats.db"
+        chats = 2 if before_reload else 1
+        for chat in range(chats):
+            if chat == chats - 1:
+                (app.directory / "probe.py").write_text("")  # the watcher reloads the app
+                await eventually(
+                    lambda app=app: asyncio.sleep(0, "probe.py. Reloading app" in app.log()),
+                    what="the reload",
+                )
+            client = await ChatClient(app.url).connect()
+            await client.wait_for(client.assistant_messages, what="the welcome")
+            gemini.script(Reply("Answer."))
+            (reply,) = await client.ask("Stored?")
+            thread = await client.chat_thread()
+            await eventually(
+                lambda url=url, thread=thread: _rows_when(url, thread, 3), what="the chat stored"
+            )
+            status, body = await call(
+                app,
+                "PUT",
+                "/feedback",
+                {
+                    "sessionId": client.session_id,
+                    "feedback": {"forId": reply.parent_id, "value": 1},
+                },
+                client.headers,
+            )
+            await client.disconnect()
+            assert status == 200, (before_reload, chat, body)
+        assert await query(url, 'SELECT "value" FROM feedbacks') == [(1,)] * chats
+        assert "Refused" not in app.log()
+        app.stop()
