@@ -13,10 +13,10 @@ from sqlalchemy.engine import make_url
 
 from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
 from .config import ConfigError, Settings, load_settings
-from .framework import install_stop_without_notice
+from .framework import install_stop_without_notice, install_user_note
 from .frontend import install_frontend
 from .logs import install_secret_filter, quiet_library_logs
-from .ownership import FeedbackOwnership
+from .ownership import note_authenticated
 from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
 from .storage import ChatDataLayer
@@ -188,11 +188,8 @@ def prepare_server() -> Server:
             if secret
         )
     )
-    current = Server(settings, ChatDataLayer(settings.database_url), access)
-    if not getattr(app.state, "feedback_ownership", False):
-        try:
-            app.add_middleware(FeedbackOwnership, data_layer=current.data_layer)
-            app.state.feedback_ownership = True
-        except RuntimeError:
-            logger.debug("Server already started; the feedback guard was added at first start")
+    data_layer = ChatDataLayer(settings.database_url, settings.max_message_chars)
+    current = Server(settings, data_layer, access)
+    # The data layer checks every id against the user Chainlit authenticated (ownership.py).
+    install_user_note(note_authenticated)
     return current

@@ -6,6 +6,7 @@ checks that what it relies on is still there, so an upgrade that moves it fails 
 
 from __future__ import annotations
 
+import functools
 import logging
 
 logger = logging.getLogger("gemini_chat")
@@ -61,3 +62,34 @@ def after_resume_sent(emitter, action) -> None:
         return result
 
     emitter.resume_thread = resume_thread
+
+
+def install_user_note(note) -> None:
+    """Call ``note(user)`` each time Chainlit authenticates a user, in the request or socket
+    connection being authenticated.
+
+    Chainlit's routes depend on ``get_current_user`` (cookie, else bearer token) and its socket
+    connect calls it too; both reach ``chainlit.auth.authenticate_user``, looked up at call
+    time, which is wrapped here. The data layer learns who is asking from the note.
+
+    A reload under `chainlit run -w` imports the app's modules afresh, but Chainlit keeps the
+    data layer it made first, which may come from an earlier copy: every copy's note is called.
+    """
+    import chainlit.auth
+
+    notes = getattr(chainlit.auth.authenticate_user, "notes", None)
+    if notes is not None:
+        notes.append(note)
+        return
+    authenticate = chainlit.auth.authenticate_user
+    notes = [note]
+
+    @functools.wraps(authenticate)
+    async def authenticate_user(*args, **kwargs):
+        user = await authenticate(*args, **kwargs)
+        for each in notes:
+            each(user)
+        return user
+
+    authenticate_user.notes = notes  # type: ignore[attr-defined]
+    chainlit.auth.authenticate_user = authenticate_user

@@ -1,10 +1,14 @@
 """Chainlit's SQLAlchemy data layer, hardened.
 
-Changes to Chainlit's layer: ids that are not UUIDs are refused before any SQL (Chainlit
-concatenates stored thread ids into SQL text), a missing thread is "not found" rather than an
+Changes to Chainlit's layer: every id a client can name is checked against the logged-in user
+before any SQL (see ``ownership``: not a UUID, or another user's, and the call does nothing), and
+the writes themselves cannot cross users: a thread belongs to whoever first wrote to it, a step
+id that exists in another chat is not taken over (``ON CONFLICT ... WHERE`` the same thread), a
+rating is never moved to another message. A user's message over the size limit is stored as a
+short preview with a mark, not in full. A missing thread is "not found" rather than an
 exception, SQL errors are logged as errors instead of warnings, thread names are cut to a
 title's length, writes are applied in the order they were requested, and work nobody reads is
-skipped: a thread already known to exist is not looked up again before each message is stored.
+skipped: a thread known to be the caller's is not looked up again before each message is stored.
 
 The hooks' own "run" steps (``on_chat_start``, ``on_message``) are stored although the UI hides
 them: the frontend hangs an answer's copy and thumbs buttons on the run around it and rates
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import uuid
 from collections import OrderedDict
@@ -26,44 +31,74 @@ import sqlalchemy as sa
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from sqlalchemy.engine import make_url
 
+from .config import Settings
+from .ownership import Actor, checked_user, owner_checked
+from .schema import steps as steps_table
 from .schema import tune_sqlite
 
 logger = logging.getLogger("gemini_chat")
 
 TITLE_CHARS = 120
-KNOWN_THREADS = 10_000  # thread ids remembered as existing
+KNOWN_THREADS = 10_000  # thread owners (and deleted threads) remembered
+PREVIEW_CHARS = 200  # what is kept of a message over the size limit
+FIELD_CHARS = 2_000  # any other field of a user's message (name, metadata, ...)
+STEP_COLUMNS = frozenset(steps_table.c.keys())
 T = TypeVar("T")
 
+# The identifier of whoever owns a row of each kind ("" when the row has no owner).
+OWNER_QUERIES = {
+    "thread": 'SELECT "userIdentifier" AS owner FROM threads WHERE "id" = :id',
+    "step": 'SELECT t."userIdentifier" AS owner FROM steps s '
+    'LEFT JOIN threads t ON t."id" = s."threadId" WHERE s."id" = :id',
+    "feedback": 'SELECT t."userIdentifier" AS owner FROM feedbacks f '
+    'LEFT JOIN steps s ON s."id" = f."forId" LEFT JOIN threads t ON t."id" = s."threadId" '
+    'WHERE f."id" = :id',
+    "element": 'SELECT t."userIdentifier" AS owner FROM elements e '
+    'LEFT JOIN threads t ON t."id" = e."threadId" WHERE e."id" = :id',
+    "user": 'SELECT "identifier" AS owner FROM users WHERE "id" = :id',
+}
 
-def is_uuid(value: Any) -> bool:
-    if isinstance(value, uuid.UUID):
-        return True
-    if not isinstance(value, str) or len(value) != 36:
-        return False
-    try:
-        return str(uuid.UUID(value)) == value.lower()
-    except ValueError:
-        return False
+
+def bounded_user_message(step: dict[str, Any], limit: int) -> dict[str, Any]:
+    """A user's message as stored. Text over ``limit`` is refused by the chat and sent nowhere,
+    so only its start is kept, with a mark saying what happened; any other field too large for
+    what it is (a client may put anything in them) is cut, or left out if it is not text."""
+    step = dict(step)
+    text = step.get("output") or ""
+    if len(text) > limit:
+        logger.info("Storing a %d-character message as a preview: over the limit", len(text))
+        step["output"] = (
+            f"{text[:PREVIEW_CHARS]}…\n\n"
+            f"[message of {len(text):,} characters not sent: over the limit of {limit:,}]"
+        )
+    for key, value in step.items():
+        if key == "output" or value is None:
+            continue
+        if isinstance(value, str):
+            step[key] = value[:FIELD_CHARS]
+        elif len(json.dumps(value, default=str)) > FIELD_CHARS:
+            step[key] = {} if key == "metadata" else None
+    return step
 
 
-# Set while the current task holds the write lock, so nested writes (create_step calls
-# update_thread) do not wait for themselves.
+# Set while the current task holds the write lock, so nested writes do not wait for themselves.
 _holds_write_lock: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "holds_write_lock", default=False
 )
 
 
+@owner_checked
 class ChatDataLayer(SQLAlchemyDataLayer):
-    """Chainlit's SQLAlchemy data layer with ids checked, not-found handled, errors loud and
+    """Chainlit's SQLAlchemy data layer with owners checked, not-found handled, errors loud and
     writes in order.
 
     Chainlit fires each write as its own task. Without ordering, an edit's delete of a reply
-    could run before the reply's own insert (which first awaits a thread update) and the
-    deleted reply would come back. Tasks start in creation order and take this FIFO lock before
-    their first await, so writes land in the order Chainlit asked for them.
+    could run before the reply's own insert and the deleted reply would come back. Tasks start
+    in creation order and take this FIFO lock before their first await (the ownership check
+    runs inside it), so writes land in the order Chainlit asked for them.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_message_chars: int = Settings.max_message_chars) -> None:
         # Uploads are off, so there is no storage provider for elements; say so once, quietly.
         chainlit_logger = logging.getLogger("chainlit")
         level = chainlit_logger.level
@@ -75,14 +110,13 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
         tune_sqlite(self.engine)
         self.url = url
+        self.max_message_chars = max_message_chars
         self._write_lock = asyncio.Lock()
-        self._known_threads: OrderedDict[str, None] = OrderedDict()
-
-    def _remember_thread(self, thread_id: str) -> None:
-        self._known_threads[thread_id] = None
-        self._known_threads.move_to_end(thread_id)
-        if len(self._known_threads) > KNOWN_THREADS:
-            self._known_threads.popitem(last=False)
+        # Owners never change once a thread exists, so they can be remembered.
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        # Chats deleted by their owner: a late write (an answer still being written, the
+        # session saved at disconnect) must not bring them back as an empty chat.
+        self._deleted: OrderedDict[str, None] = OrderedDict()
 
     async def _in_order(self, write: Callable[[], Awaitable[T]]) -> T:
         if _holds_write_lock.get():
@@ -110,134 +144,145 @@ class ChatDataLayer(SQLAlchemyDataLayer):
                 logger.error("Storage error detail: %s", str(error).splitlines()[0][:300])
                 return None
 
-    # -- ids are checked before they reach SQL
+    # -- owners (used by the ownership check)
 
-    @staticmethod
-    def _refuse(kind: str, value: Any) -> None:
-        logger.warning("Refused a %s id that is not a UUID: %r", kind, str(value)[:80])
-
-    async def get_thread(self, thread_id: str):
-        if not is_uuid(thread_id):
-            self._refuse("thread", thread_id)
+    async def _owner_of(self, kind: str, value: str, cached: bool = True) -> str | None:
+        if kind == "thread" and cached and value in self._owners:
+            return self._owners[value]
+        rows = await self.execute_sql(OWNER_QUERIES[kind], {"id": value})
+        if rows is None or isinstance(rows, int):
+            return ""  # the database did not answer: nobody's
+        if not rows:
             return None
-        # In line with the writes: a chat reopened right after an answer must show it, and the
-        # answer's own write may still be queued.
-        parent = super().get_thread
-        return await self._in_order(lambda: parent(thread_id))
+        owner = rows[0].get("owner") or ""
+        if kind == "thread" and owner:
+            self._owners[value] = owner
+            self._owners.move_to_end(value)
+            if len(self._owners) > KNOWN_THREADS:
+                self._owners.popitem(last=False)
+        return owner
+
+    async def _claim_thread(self, thread_id: str, actor: Actor) -> bool:
+        """Make sure the thread exists and is ``actor``'s: a new thread is created as theirs in
+        one statement, so it never exists without its owner."""
+        if self._owners.get(thread_id) == actor.identifier:
+            return True
+        if thread_id in self._deleted:
+            logger.info("Not writing to a chat deleted meanwhile")
+            return False
+        user_id = actor.user_id
+        if user_id is None:
+            rows = await self.execute_sql(
+                'SELECT "id" FROM users WHERE "identifier" = :me', {"me": actor.identifier}
+            )
+            user_id = rows[0]["id"] if isinstance(rows, list) and rows else None
+        await self.execute_sql(
+            'INSERT INTO threads ("id", "createdAt", "userId", "userIdentifier") '
+            'VALUES (:id, :createdAt, :userId, :me) ON CONFLICT ("id") DO NOTHING',
+            {
+                "id": thread_id,
+                "createdAt": await self.get_current_timestamp(),
+                "userId": user_id,
+                "me": actor.identifier,
+            },
+        )
+        if await self._owner_of("thread", thread_id, cached=False) != actor.identifier:
+            logger.warning("Refused a write by %r to a chat of another user", actor.identifier)
+            return False
+        return True
+
+    # -- threads
 
     async def get_thread_author(self, thread_id: str) -> str:
         # Chainlit's ACL expects "" for a missing thread (404); the parent raises (500).
-        if not is_uuid(thread_id):
-            self._refuse("thread", thread_id)
-            return ""
-        result = await self.execute_sql(
-            'SELECT "userIdentifier" FROM threads WHERE "id" = :id', {"id": thread_id}
-        )
-        if isinstance(result, list) and result:
-            return result[0].get("userIdentifier") or ""
-        return ""
+        return await self._owner_of("thread", thread_id) or ""
 
     async def update_thread(
         self, thread_id: str, name=None, user_id=None, metadata=None, tags=None
     ):
-        if not is_uuid(thread_id):
-            self._refuse("thread", thread_id)
-            return None
         if name is not None:
             name = " ".join(str(name).split())[:TITLE_CHARS]
         if tags is not None and self._sqlite:
             tags = None  # SQLite cannot bind a list; the app does not tag threads
-        if (name, user_id, metadata, tags) == (None, None, None, None) and (
-            thread_id in self._known_threads
-        ):
-            return None  # Chainlit's "make sure the thread exists" before each step
-        parent = super().update_thread
-
-        async def update() -> None:
-            await parent(thread_id, name, user_id, metadata, tags)
-            self._remember_thread(thread_id)
-
-        return await self._in_order(update)
+        if not await self._claim_thread(thread_id, checked_user()):
+            return None
+        if (name, user_id, metadata, tags) == (None, None, None, None):
+            return None  # "make sure the thread exists": done
+        return await super().update_thread(thread_id, name, user_id, metadata, tags)
 
     async def delete_thread(self, thread_id: str):
-        if not is_uuid(thread_id):
-            self._refuse("thread", thread_id)
-            return None
-        self._known_threads.pop(thread_id, None)
-        parent = super().delete_thread
-        return await self._in_order(lambda: parent(thread_id))
+        self._owners.pop(thread_id, None)
+        self._deleted[thread_id] = None
+        if len(self._deleted) > KNOWN_THREADS:
+            self._deleted.popitem(last=False)
+        return await super().delete_thread(thread_id)
+
+    # -- steps
 
     async def create_step(self, step_dict):
-        if not (is_uuid(step_dict.get("id")) and is_uuid(step_dict.get("threadId"))):
-            self._refuse("step or thread", f"{step_dict.get('id')}/{step_dict.get('threadId')}")
-            return None
-        if step_dict.get("parentId") is not None and not is_uuid(step_dict["parentId"]):
-            step_dict = {**step_dict, "parentId": None}
-        parent = super().create_step
-        return await self._in_order(lambda: parent(step_dict))
+        return await self._write_step(step_dict)
 
     async def update_step(self, step_dict):
-        return await self.create_step(step_dict)
+        return await self._write_step(step_dict)
+
+    async def _write_step(self, step_dict: dict[str, Any]) -> None:
+        if not await self._claim_thread(step_dict["threadId"], checked_user()):
+            return
+        step = {key: value for key, value in step_dict.items() if key in STEP_COLUMNS}
+        if step.get("type") == "user_message":
+            step = bounded_user_message(step, self.max_message_chars)
+        if "showInput" in step:
+            step["showInput"] = str(step.get("showInput", "")).lower()
+        parameters = {
+            key: value
+            for key, value in step.items()
+            if value is not None and not (isinstance(value, dict) and not value)
+        }
+        parameters["metadata"] = json.dumps(step.get("metadata") or {})
+        parameters["generation"] = json.dumps(step.get("generation") or {})
+        if isinstance(parameters.get("modes"), dict):
+            parameters["modes"] = json.dumps(parameters["modes"])
+        columns = ", ".join(f'"{key}"' for key in parameters)
+        values = ", ".join(f":{key}" for key in parameters)
+        updates = ", ".join(f'"{key}" = :{key}' for key in parameters if key != "id")
+        # A step id that already exists in another chat is left alone: one chat's write never
+        # moves or rewrites another chat's message.
+        changed = await self.execute_sql(
+            f"INSERT INTO steps ({columns}) VALUES ({values}) "
+            f'ON CONFLICT ("id") DO UPDATE SET {updates} '
+            'WHERE steps."threadId" = excluded."threadId"',
+            parameters,
+        )
+        if changed == 0:
+            logger.warning("Refused a message whose id %s belongs to another chat", step["id"])
 
     async def delete_step(self, step_id: str):
-        if not is_uuid(step_id):
-            self._refuse("step", step_id)
-            return None
-        parent = super().delete_step
-        return await self._in_order(lambda: parent(step_id))
+        for query in (
+            'DELETE FROM feedbacks WHERE "forId" = :id',
+            'DELETE FROM elements WHERE "forId" = :id',
+            'DELETE FROM steps WHERE "id" = :id',
+        ):
+            await self.execute_sql(query, {"id": step_id})
 
-    async def get_step(self, step_id: str):
-        if not is_uuid(step_id):
-            self._refuse("step", step_id)
-            return None
-        return await super().get_step(step_id)
+    # -- ratings
 
     async def upsert_feedback(self, feedback):
-        if not is_uuid(feedback.forId) or (feedback.id and not is_uuid(feedback.id)):
-            self._refuse("feedback", feedback.forId)
-            raise ValueError("invalid feedback target")
-        if feedback.threadId is not None and not is_uuid(feedback.threadId):
-            feedback.threadId = None
-        parent = super().upsert_feedback
-        return await self._in_order(lambda: parent(feedback))
-
-    async def delete_feedback(self, feedback_id: str) -> bool:
-        if not is_uuid(feedback_id):
-            self._refuse("feedback", feedback_id)
-            return False
-        parent = super().delete_feedback
-        return await self._in_order(lambda: parent(feedback_id))
-
-    async def get_element(self, thread_id: str, element_id: str):
-        if not (is_uuid(thread_id) and is_uuid(element_id)):
-            self._refuse("element", element_id)
-            return None
-        return await super().get_element(thread_id, element_id)
-
-    # -- for the app
-
-    async def feedback_owner(self, feedback_id: str) -> str:
-        """The identifier of the user whose thread holds the rated message ("" if none)."""
-        if not is_uuid(feedback_id):
-            return ""
-        result = await self.execute_sql(
-            'SELECT t."userIdentifier" AS owner FROM feedbacks f JOIN steps s '
-            'ON f."forId" = s."id" JOIN threads t ON s."threadId" = t."id" WHERE f."id" = :id',
-            {"id": feedback_id},
+        feedback.id = feedback.id or str(uuid.uuid4())
+        # Stored with the rated step's own thread; an existing rating keeps its message.
+        changed = await self.execute_sql(
+            'INSERT INTO feedbacks ("id", "forId", "threadId", "value", "comment") '
+            'VALUES (:id, :forId, (SELECT "threadId" FROM steps WHERE "id" = :forId), '
+            ":value, :comment) "
+            'ON CONFLICT ("id") DO UPDATE SET "value" = excluded."value", '
+            '"comment" = excluded."comment" WHERE feedbacks."forId" = excluded."forId"',
+            {
+                "id": feedback.id,
+                "forId": feedback.forId,
+                "value": feedback.value,
+                "comment": feedback.comment,
+            },
         )
-        if isinstance(result, list) and result:
-            return result[0].get("owner") or ""
-        return ""
-
-    async def step_owner(self, step_id: str) -> str:
-        """The identifier of the user whose thread holds ``step_id`` ("" if none)."""
-        if not is_uuid(step_id):
-            return ""
-        result = await self.execute_sql(
-            'SELECT t."userIdentifier" AS owner FROM steps s JOIN threads t '
-            'ON s."threadId" = t."id" WHERE s."id" = :id',
-            {"id": step_id},
-        )
-        if isinstance(result, list) and result:
-            return result[0].get("owner") or ""
-        return ""
+        if changed != 1:
+            logger.warning("Refused rating %s: it belongs to another message", feedback.id)
+            raise ValueError("Message not found")
+        return feedback.id
