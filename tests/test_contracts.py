@@ -453,12 +453,11 @@ def test_each_data_layer_override_takes_what_chainlit_passes_to_its_method():
     ]
 
 
-async def test_chainlits_writes_reach_the_layers_execute_sql_and_thread_check(
+async def test_chainlits_reads_and_the_layers_writes_go_through_execute_sql(
     tmp_path, chainlit_context
 ):
-    """The override of execute_sql (errors logged loudly) only works while Chainlit's methods
-    send their SQL through it, and the skipped thread look-up while create_step asks for the
-    thread with its id alone."""
+    """The override of execute_sql (errors logged loudly) only works while SQL goes through it:
+    the layer's own step writes, and Chainlit's get_step that reads them back."""
     from gemini_chat.schema import prepare_database
     from gemini_chat.storage import ChatDataLayer
 
@@ -467,48 +466,23 @@ async def test_chainlits_writes_reach_the_layers_execute_sql_and_thread_check(
     layer = ChatDataLayer(url)
     assert layer.engine is not None and layer.async_session is not None
     queries: list[str] = []
-    thread_updates: list[tuple] = []
-    execute_sql, update_thread = layer.execute_sql, layer.update_thread
+    execute_sql = layer.execute_sql
 
     async def spy_sql(query, parameters):
         queries.append(" ".join(query.split())[:30])
         return await execute_sql(query=query, parameters=parameters)
 
-    async def spy_thread(*args, **kwargs):
-        thread_updates.append((args, kwargs))
-        return await update_thread(*args, **kwargs)
-
-    layer.execute_sql, layer.update_thread = spy_sql, spy_thread
     import chainlit as cl
 
+    # Writes are made for the logged-in user (gemini_chat/ownership.py): a stored one.
+    chainlit_context.session.user = await layer.create_user(cl.User(identifier="alice"))
+    layer.execute_sql = spy_sql
     thread_id = str(uuid.uuid4())
     step = {**cl.Message(content="hi").to_dict(), "threadId": thread_id}
     step_id = step["id"]
     await layer.create_step(step)
-    assert thread_updates == [((thread_id,), {})]
     assert any(query.startswith("INSERT INTO steps") for query in queries)
+    queries.clear()
     assert (await layer.get_step(step_id))["id"] == step_id
+    assert any(query.startswith("SELECT") for query in queries)
     await layer.engine.dispose()
-
-
-# --- Chainlit's feedback routes (ownership.FeedbackOwnership) ------------------------------------
-
-
-def test_chainlits_feedback_routes_are_the_two_the_guard_checks():
-    from chainlit.auth import get_current_user
-    from chainlit.auth.cookie import get_token_from_cookies
-    from chainlit.server import router
-    from chainlit.types import DeleteFeedbackRequest, Feedback, UpdateFeedbackRequest
-
-    routes = {
-        (method, route.path)
-        for route in router.routes
-        if "feedback" in getattr(route, "path", "").lower()
-        for method in getattr(route, "methods", ())
-    }
-    assert routes == {("PUT", "/feedback"), ("DELETE", "/feedback")}
-    assert "feedback" in UpdateFeedbackRequest.model_fields
-    assert "forId" in Feedback.__dataclass_fields__
-    assert "feedbackId" in DeleteFeedbackRequest.model_fields
-    assert list(inspect.signature(get_current_user).parameters) == ["token"]
-    assert list(inspect.signature(get_token_from_cookies).parameters) == ["cookies"]
