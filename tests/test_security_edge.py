@@ -619,3 +619,46 @@ async def test_login_cookies_are_secure_when_the_app_is_reached_over_https(accou
         request, app.url, "GET", "/", {"X-Forwarded-Proto": "https"}
     )
     assert page_cookies and all(re.search(r";\s*secure", c, re.I) for c in page_cookies)
+
+
+# --- contracts with uvicorn and Chainlit ----------------------------------------------------------
+
+
+def test_uvicorn_reads_the_trusted_proxies_where_the_app_checks_them(monkeypatch):
+    """`chainlit run` builds uvicorn's Config without forwarded_allow_ips, so uvicorn takes
+    FORWARDED_ALLOW_IPS from the environment, with the default the settings document."""
+    import inspect
+
+    import uvicorn
+    from chainlit.cli import run_chainlit
+
+    source = inspect.getsource(run_chainlit)
+    assert "uvicorn.Config(" in source and "forwarded_allow_ips" not in source
+    assert "proxy_headers" not in source  # uvicorn's default: on
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    assert uvicorn.Config(app=None).forwarded_allow_ips == load_settings({}).forwarded_allow_ips
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    assert uvicorn.Config(app=None).forwarded_allow_ips == "*"
+    assert uvicorn.Config(app=None).proxy_headers
+
+
+def test_chainlit_still_has_the_routes_the_edge_switches_off():
+    from chainlit.server import router
+
+    from gemini_chat.edge import switched_off
+
+    routes = {
+        (method, route.path)
+        for route in router.routes
+        for method in getattr(route, "methods", None) or ()
+    }
+    for method, path in [
+        ("POST", "/project/file"),
+        ("POST", "/mcp"),
+        ("DELETE", "/mcp"),
+        ("PUT", "/project/thread/share"),
+        ("GET", "/project/share/{thread_id}"),
+    ]:
+        assert (method, path) in routes, (method, path)
+        assert switched_off(method, path.replace("{thread_id}", "t1")), (method, path)
+    assert switched_off("POST", "/project/threads") is None
