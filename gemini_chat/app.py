@@ -13,7 +13,13 @@ from sqlalchemy.engine import make_url
 
 from .auth import Access, AccessError, prepare_access
 from .config import ConfigError, Settings, load_settings
-from .edge import EdgeRules, body_limit, install_edge, proxies_beyond_loopback
+from .edge import (
+    EdgeRules,
+    body_limit,
+    bound_websocket_messages,
+    install_edge,
+    proxies_beyond_loopback,
+)
 from .framework import install_stop_without_notice
 from .frontend import install_frontend
 from .logs import install_secret_filter, quiet_library_logs
@@ -66,6 +72,7 @@ def prepare_server() -> Server:
     # before anyone has logged in. A paste over the limit still fits (up to 6 times the limit
     # for plain text) and is refused politely in on_message.
     sio.eio.max_http_buffer_size = body_limit(settings.max_message_chars)
+    bound_websocket_messages(body_limit(settings.max_message_chars))
     install_frontend(app)
     install_stop_without_notice()
     if not settings.api_key:

@@ -334,6 +334,26 @@ async def _refuse(scope, receive, send, status: int, message: str) -> None:
     await _respond(send, status, message)
 
 
+def bound_websocket_messages(limit: int) -> None:
+    """Make uvicorn refuse a websocket message over ``limit`` bytes as it arrives.
+
+    uvicorn reads each whole message (up to its ``ws_max_size``, 16 MiB by default) before any
+    app sees it, login or not, and `chainlit run` builds uvicorn's Config without that setting:
+    the Config it builds gets ``limit`` instead (a contract tested in tests/test_security_edge.py).
+    """
+    import uvicorn
+
+    unbounded = getattr(uvicorn.Config, "unbounded", uvicorn.Config)
+
+    class Config(unbounded):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs.setdefault("ws_max_size", limit)
+            super().__init__(*args, **kwargs)
+
+    Config.unbounded = unbounded
+    uvicorn.Config = Config
+
+
 def install_edge(app, rules: Callable[[], EdgeRules | None]) -> None:
     """Put the edge in front of every middleware added before it; safe to call on a reload
     (`chainlit run -w` re-imports the app into a running server, where Starlette refuses new
