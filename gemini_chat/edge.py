@@ -215,6 +215,7 @@ class Edge:
         if scope["type"] != "http":
             return None
         if (reason := switched_off(scope["method"], path)) is not None:
+            logger.warning("Refused %s for %s: %s", scope["method"], path, reason)
             return 403, reason
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > rules.body_limit:
