@@ -1,4 +1,5 @@
-"""Server preparation: settings, safe logging, Chainlit's UI name and HTTP hardening."""
+"""Server preparation: settings, safe logging, Chainlit's UI name, the login mode and the HTTP edge
+(gemini_chat/edge.py) that enforces it."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from chainlit.config import config as chainlit_config
 from sqlalchemy.engine import make_url
 
-from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
+from .auth import Access, AccessError, prepare_access
 from .config import ConfigError, Settings, load_settings
+from .edge import (
+    EdgeRules,
+    body_limit,
+    bound_websocket_messages,
+    install_edge,
+    proxies_beyond_loopback,
+)
 from .framework import install_stop_without_notice, install_user_note
 from .frontend import install_frontend
 from .logs import install_secret_filter, quiet_library_logs
@@ -23,28 +30,7 @@ from .storage import ChatDataLayer
 
 logger = logging.getLogger("gemini_chat")
 
-# Model output is rendered as Markdown, and Markdown images load by themselves: an answer could
-# carry data out through an image URL. Images may only come from this server.
-SECURITY_HEADERS = (
-    (b"content-security-policy", b"img-src 'self' data: blob:; object-src 'none'; base-uri 'self'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-)
-
-
 LOCAL_MODE_CSS = "/public/local-mode.css"
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
-    """Same-origin requests and the configured origins may open the chat socket.
-
-    Chainlit turns socket.io's own origin check off, so without this any web page the user
-    visits could open a socket to a local chat and spend its Gemini quota."""
-    if origin is None or "*" in allowed:
-        return True  # not a browser (browsers always send Origin on these requests)
-    if origin.rstrip("/") in (o.rstrip("/") for o in allowed):
-        return True
-    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
 
 
 @dataclass
@@ -54,67 +40,11 @@ class Server:
     settings: Settings
     data_layer: ChatDataLayer
     access: Access
+    edge: EdgeRules
 
 
-# The server being prepared; the middleware reads the login mode from it on every request.
+# The server being prepared; the edge reads its rules from it on every request.
 current: Server | None = None
-
-
-class SecurityHeaders:
-    """ASGI middleware: SECURITY_HEADERS on every HTTP response, cross-site socket connections
-    refused, and in local mode every client that is not on this computer refused."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        client = (scope.get("client") or (None,))[0]
-        if current is not None and current.access.local and not is_loopback(client):
-            logger.warning("Refused %s: local mode serves loopback clients only", client)
-            await _refuse(scope, receive, send, LOCAL_ONLY_MESSAGE)
-            return
-        if "/ws/socket.io" in scope.get("path", ""):
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            allowed = list(chainlit_config.project.allow_origins or [])
-            if not origin_allowed(headers.get("origin"), headers.get("host"), allowed):
-                logger.warning("Refused a chat connection from origin %r", headers.get("origin"))
-                await _refuse(scope, receive, send, "Cross-origin connection refused.")
-                return
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers", [])
-                names = {name.lower() for name, _ in headers}
-                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in names]
-                if current is not None and current.access.local and _is_page(headers):
-                    extra += await current.access.page_login_headers(scope)
-                message = {**message, "headers": [*headers, *extra]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _is_page(headers) -> bool:
-    return any(
-        name.lower() == b"content-type" and value.startswith(b"text/html")
-        for name, value in headers
-    )
-
-
-async def _refuse(scope, receive, send, message: str) -> None:
-    if scope["type"] == "websocket":
-        await receive()  # the websocket.connect event
-        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
-        return
-    headers = [(b"content-type", b"text/plain; charset=utf-8")]
-    await send({"type": "http.response.start", "status": 403, "headers": headers})
-    await send({"type": "http.response.body", "body": message.encode()})
 
 
 def _exit(message: str) -> None:
@@ -138,18 +68,11 @@ def prepare_server() -> Server:
 
     from chainlit.server import app, sio
 
-    # A paste over the size limit must reach on_message to be refused politely; at socket.io's
-    # default 1 MB the connection would just drop. The limit counts characters, JSON may need
-    # up to 6 bytes for one (control characters), so leave room.
-    sio.eio.max_http_buffer_size = max(16_000_000, settings.max_message_chars * 6 + 65_536)
-    # `chainlit run -w` re-imports this module into a running server, where Starlette refuses
-    # new middleware; the flag lives on the app, which survives the reload.
-    if not getattr(app.state, "security_headers", False):
-        try:
-            app.add_middleware(SecurityHeaders)
-            app.state.security_headers = True
-        except RuntimeError:
-            logger.debug("Server already started; security headers were added at first start")
+    # No socket message larger than the longest allowed message can be: it is read whole
+    # before anyone has logged in. A paste over the limit still fits (up to 6 times the limit
+    # for plain text) and is refused politely in on_message.
+    sio.eio.max_http_buffer_size = body_limit(settings.max_message_chars)
+    bound_websocket_messages(body_limit(settings.max_message_chars))
     install_frontend(app)
     install_stop_without_notice()
     if not settings.api_key:
@@ -161,6 +84,12 @@ def prepare_server() -> Server:
         _exit(f"Database error: {error}")
     except AccessError as error:
         _exit(f"Login error: {error}")
+    if access.local and (beyond := proxies_beyond_loopback(settings.forwarded_allow_ips)):
+        _exit(
+            f"Login error: FORWARDED_ALLOW_IPS={settings.forwarded_allow_ips!r} lets "
+            f"{', '.join(beyond)} tell the app where a request came from, so anyone could pass "
+            "for this computer, which is all that local mode serves: remove it, or add accounts."
+        )
     # Local mode has nobody to log out (the page logs the local user in again at once), so its
     # user menu, which holds only "Logout", is hidden.
     if access.local and chainlit_config.ui.custom_css in (None, "", LOCAL_MODE_CSS):
@@ -188,8 +117,15 @@ def prepare_server() -> Server:
             if secret
         )
     )
+    edge = EdgeRules(
+        local=access.local,
+        body_limit=body_limit(settings.max_message_chars),
+        page_login=access.page_login_headers,
+    )
     data_layer = ChatDataLayer(settings.database_url, settings.max_message_chars)
-    current = Server(settings, data_layer, access)
+    current = Server(settings, data_layer, access, edge)
     # The data layer checks every id against the user Chainlit authenticated (ownership.py).
     install_user_note(note_authenticated)
+    # Added last, so it is the outermost: nothing reads a body or answers before its checks.
+    install_edge(app, lambda: current.edge if current else None)
     return current

@@ -55,6 +55,11 @@ def _database_url(value: str) -> str:
     return value
 
 
+def _address_list(value: str) -> str:
+    """A comma-separated list as uvicorn reads it, written one way."""
+    return ",".join(part.strip() for part in value.split(",") if part.strip())
+
+
 def _whole_number(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
@@ -106,6 +111,8 @@ class Settings:
     flush_interval: float = 0.04
     database_url: str = ""
     auth_secret: str | None = None
+    # Read by uvicorn itself (same variable, same default); the app checks it for local mode.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -141,6 +148,7 @@ ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("STREAM_FLUSH_INTERVAL", _seconds(allow_zero=True), "flush_interval"),
     ("DATABASE_URL", _database_url, "database_url"),
     ("CHAINLIT_AUTH_SECRET", _text, "auth_secret"),
+    ("FORWARDED_ALLOW_IPS", _address_list, "forwarded_allow_ips"),
 )
 
 

@@ -241,12 +241,10 @@ def test_repeated_wrong_passwords_are_slowed_down():
         ("192.0.2.7", False, True),
     ],
 )
-async def test_local_mode_serves_only_this_computer(client, local, allowed, monkeypatch):
-    from types import SimpleNamespace
+async def test_local_mode_serves_only_this_computer(client, local, allowed):
+    from gemini_chat.edge import Edge, EdgeRules
 
-    from gemini_chat import app as app_module
-
-    monkeypatch.setattr(app_module, "current", SimpleNamespace(access=SimpleNamespace(local=local)))
+    rules = EdgeRules(local=local)
     sent: list[dict] = []
 
     async def inner(scope, receive, send):
@@ -259,8 +257,14 @@ async def test_local_mode_serves_only_this_computer(client, local, allowed, monk
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "path": "/", "headers": [], "client": (client, 50000)}
-    await app_module.SecurityHeaders(inner)(scope, receive, send)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"host", b"localhost:8000")],
+        "client": (client, 50000),
+    }
+    await Edge(inner, lambda: rules)(scope, receive, send)
     status = sent[0]["status"]
     body = sent[1]["body"].decode()
     if allowed:
