@@ -11,7 +11,14 @@ from urllib.parse import urlsplit
 from chainlit.config import config as chainlit_config
 from sqlalchemy.engine import make_url
 
-from .auth import LOCAL_ONLY_MESSAGE, Access, AccessError, is_loopback, prepare_access
+from .auth import (
+    LOCAL_ONLY_MESSAGE,
+    Access,
+    AccessError,
+    install_login_guards,
+    is_loopback,
+    prepare_access,
+)
 from .config import ConfigError, Settings, load_settings
 from .framework import install_stop_without_notice
 from .frontend import install_frontend
@@ -157,6 +164,7 @@ def prepare_server() -> Server:
     try:
         prepare_database(settings.database_url)
         access = prepare_access(settings.database_url)
+        install_login_guards(access)
     except StorageError as error:
         _exit(f"Database error: {error}")
     except AccessError as error:
