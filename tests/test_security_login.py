@@ -399,3 +399,59 @@ def test_chainlit_contracts_the_login_guards_rely_on(monkeypatch):
     # The socket events the guard gates, and the session's handshake environment it reads.
     assert {"client_message", "edit_message", "connection_successful"} <= set(sio.handlers["/"])
     assert "environ" in WebsocketSession.__init__.__code__.co_varnames
+
+
+# --- without a server ----------------------------------------------------------------------------
+
+
+async def test_a_login_is_trusted_briefly_then_asked_again_and_refused_for_good(
+    tmp_path, monkeypatch
+):
+    from chainlit.auth import create_jwt
+    from chainlit.user import User
+
+    from gemini_chat.accounts import AccountStore
+    from gemini_chat.schema import prepare_database
+    from gemini_chat.tokens import Login, TokenRegistry, login_claim, read_login
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/chats.db"
+    prepare_database(url)
+    store = AccountStore(url)
+    await store.add("alice", "alice-password")
+    epoch = await store.verify("alice", "alice-password")
+    clock, monotonic = [1000.0], [0.0]
+    registry = TokenRegistry(
+        store.engine, lambda: 3600.0, clock=lambda: clock[0], monotonic=lambda: monotonic[0]
+    )
+    login = Login("alice", "t1", epoch, at=1000.0)
+    assert await registry.accepts(login)
+
+    await store.set_password("alice", "another password")
+    assert await registry.accepts(login)  # trusted for CHECK_SECONDS without asking
+    monotonic[0] += CHECK_SECONDS + 0.01
+    assert not await registry.accepts(login)
+
+    # A login lasts the token lifetime from the login itself, however often it is re-issued.
+    fresh = Login("alice", "t2", await store.verify("alice", "another password"), at=1000.0)
+    assert await registry.accepts(fresh)
+    clock[0] = 1000.0 + 3600 + 1
+    monotonic[0] += CHECK_SECONDS + 0.01
+    assert not await registry.accepts(fresh)
+
+    # Logged-out tokens are kept until they expire, then cleared at the next logout.
+    await registry.revoke(Login("alice", "t3", fresh.epoch, at=clock[0]))
+    await registry.revoke(Login("alice", "t3", fresh.epoch, at=clock[0]))  # twice: no error
+    clock[0] += 3600 + 1
+    await registry.revoke(Login("alice", "t4", fresh.epoch, at=clock[0]))
+    assert await query(url, "SELECT token_id FROM revoked_tokens") == [("t4",)]
+    await store.remove("alice")
+    assert await query(url, "SELECT token_id FROM revoked_tokens") == []
+    await store.close()
+
+    # Only tokens signed with the secret and carrying a login are read.
+    monkeypatch.setenv("CHAINLIT_AUTH_SECRET", SECRET)
+    signed = create_jwt(User(identifier="alice", metadata={"login": login_claim("e")}))
+    bare = create_jwt(User(identifier="alice", metadata={"provider": "password"}))
+    assert read_login(signed, SECRET).epoch == "e"
+    assert read_login(signed, "another secret of at least 32 bytes!!") is None
+    assert read_login(bare, SECRET) is None
