@@ -20,6 +20,7 @@ Chainlit, each a contract checked by tests/test_security_login.py:
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import os
@@ -242,13 +243,7 @@ async def _guarded_current_user(token: Any) -> Any:
         if not await _access.accepts(token):
             logger.warning("Refused a login token that has ended")
             return None
-    return await _chainlit_get_current_user(token=token)
-
-
-def _chainlit_get_current_user(token: Any):
-    import chainlit.auth
-
-    return chainlit.auth.get_current_user(token=token)
+    return await chainlit.auth.get_current_user(token=token)
 
 
 async def _http_current_user(
@@ -273,7 +268,8 @@ def _gate(handler):
     async def gated(sid, *args):
         if _access is not None and not await _access.socket_allowed(sid):
             return None
-        return await handler(sid, *args)
+        result = handler(sid, *args)
+        return await result if inspect.isawaitable(result) else result
 
     gated.login_gate = True  # type: ignore[attr-defined]
     gated.__wrapped__ = handler  # type: ignore[attr-defined]
@@ -288,6 +284,15 @@ def install_login_guards(access: Access) -> None:
     import chainlit.socket  # registers Chainlit's socket handlers
     from chainlit.server import app, sio
 
+    socket_auth = getattr(chainlit.socket, "get_current_user", None)
+    if socket_auth is not chainlit.auth.get_current_user and (
+        getattr(socket_auth, "__qualname__", None) != _guarded_current_user.__qualname__
+    ):
+        # Logins could not be ended over the socket: refuse to run rather than pretend.
+        raise AccessError(
+            "This Chainlit version authenticates chat connections in a way the app does not "
+            "know; install the version in uv.lock (uv sync)."
+        )
     _access = access
     app.dependency_overrides[chainlit.auth.get_current_user] = _http_current_user
     app.dependency_overrides[OAuth2PasswordRequestForm] = _login_form

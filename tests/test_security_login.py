@@ -373,6 +373,7 @@ def test_chainlit_contracts_the_login_guards_rely_on(monkeypatch):
     import chainlit.auth
     import chainlit.socket
     import jwt
+    from chainlit.emitter import BaseChainlitEmitter
     from chainlit.server import router, sio
     from chainlit.session import WebsocketSession
     from chainlit.user import User
@@ -396,9 +397,18 @@ def test_chainlit_contracts_the_login_guards_rely_on(monkeypatch):
     token = chainlit.auth.create_jwt(User(identifier="a", metadata={"login": {"id": "t"}}))
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
     assert claims["identifier"] == "a" and claims["metadata"]["login"] == {"id": "t"}
-    # The socket events the guard gates, and the session's handshake environment it reads.
+    # The socket events the guard gates; what it reads of a session and how it tells and
+    # closes one.
     assert {"client_message", "edit_message", "connection_successful"} <= set(sio.handlers["/"])
-    assert "environ" in WebsocketSession.__init__.__code__.co_varnames
+    names = {
+        name
+        for cls in WebsocketSession.__mro__
+        if "__init__" in vars(cls) and hasattr(vars(cls)["__init__"], "__code__")
+        for name in vars(cls)["__init__"].__code__.co_names
+    }
+    assert {"environ", "token", "socket_id"} <= names and hasattr(WebsocketSession, "to_clear")
+    assert hasattr(BaseChainlitEmitter, "send_step")
+    assert "to_clear" in chainlit.socket.disconnect.__code__.co_names
 
 
 # --- without a server ----------------------------------------------------------------------------
