@@ -119,12 +119,15 @@ class LoginThrottle:
     def failed(self, name: str, address: str, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         for key in self._keys(name, address):
-            self.failures[key] = (self._count(key, now) + 1, now)
+            count = self._count(key, now) + 1
+            self.failures.pop(key, None)  # to the end: the dict is kept oldest first
+            self.failures[key] = (count, now)
         self._prune(now)
 
     def succeeded(self, name: str, address: str, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         self.failures.pop(self._keys(name, address)[0], None)
+        self.known.pop((name.lower(), address), None)
         self.known[(name.lower(), address)] = now
         self._prune(now)
 
@@ -135,7 +138,7 @@ class LoginThrottle:
             for key, value in list(table.items()):
                 if now - (value[1] if isinstance(value, tuple) else value) > self.forget_after:
                     del table[key]
-            while len(table) > self.max_entries:  # oldest first: dicts keep insertion order
+            while len(table) > self.max_entries * 0.9:  # the least recently updated first
                 del table[next(iter(table))]
 
     async def attempt(self, name: str, address: str, check: Callable[[], Awaitable[T | None]]):
