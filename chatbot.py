@@ -50,6 +50,10 @@ else:
     async def password_auth_callback(username: str, password: str) -> cl.User | None:
         return await server.access.check_password(username, password)
 
+    @cl.on_logout
+    async def on_logout(request: Any, response: Any) -> dict:
+        return await server.access.logout(request)
+
 
 @cl.on_chat_start
 async def on_chat_start() -> None:

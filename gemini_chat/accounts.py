@@ -1,9 +1,10 @@
 """Login accounts: argon2-hashed passwords in the database, a command to manage them, and a
-throttle that slows down repeated wrong passwords.
+throttle that slows down password guessing.
 
     uv run python -m gemini_chat.accounts add alice      # password read from standard input
+    uv run python -m gemini_chat.accounts passwd alice   # likewise; ends alice's sessions
     uv run python -m gemini_chat.accounts list
-    uv run python -m gemini_chat.accounts remove alice
+    uv run python -m gemini_chat.accounts remove alice   # ends alice's sessions
     uv run python -m gemini_chat.accounts usage          # each user's use against the limits
 """
 
@@ -12,10 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -29,8 +33,13 @@ from .schema import (
     describe_url,
     prepare_database,
     prepare_engine_args,
+    revoked_tokens,
     run_blocking,
 )
+from .tokens import CHECK_SECONDS, new_epoch
+
+logger = logging.getLogger("gemini_chat")
+T = TypeVar("T")
 
 hasher = PasswordHasher()
 # Checked when the name is unknown, so a wrong name costs as long as a wrong password.
@@ -42,34 +51,135 @@ class AccountError(Exception):
     """A request about accounts that cannot be carried out; the message is safe to print."""
 
 
+@dataclass(frozen=True)
+class Rule:
+    """After ``free`` failures, each attempt waits ``base * 2**(failures - free)`` seconds, at
+    most ``cap``."""
+
+    free: int
+    base: float
+    cap: float
+
+    def delay(self, failures: int) -> float:
+        if failures < self.free:
+            return 0.0
+        return min(self.cap, self.base * 2 ** min(failures - self.free, 32))
+
+
 @dataclass
 class LoginThrottle:
-    """Slows down guessing: after ``free`` failures for a name, each attempt for it waits
-    ``base * 2**(extra failures)`` seconds, capped; a success clears the name's record."""
+    """Slows down password guessing, counting failures three ways:
 
-    free: int = 3
-    base: float = 1.0
-    cap: float = 30.0
+    - per name and client address (``pair``): the guesser's own delay, up to 30 s; a success
+      clears it;
+    - per client address, whatever the names (``address``): guessing many names from one
+      address is slowed the same way;
+    - per name, whatever the address (``name``): many addresses guessing one name each pay a
+      few seconds, at most ``name.cap``, so that the real user, from another address, never
+      waits longer than that; an address that logged in to the name before is exempt.
+
+    Attempts from one address are checked one at a time, each after its delay, so parallel
+    guesses wait as long as the same guesses one after another; beyond ``max_waiting`` queued
+    attempts an address is refused at once. Failures are forgotten ``forget_after`` seconds
+    after the last one. State is per process (see README)."""
+
+    pair: Rule = Rule(free=3, base=1.0, cap=30.0)
+    address: Rule = Rule(free=5, base=1.0, cap=30.0)
+    name: Rule = Rule(free=10, base=1.0, cap=2.0)
     forget_after: float = 900.0
-    failures: dict[str, tuple[int, float]] = field(default_factory=dict)
+    max_waiting: int = 10
+    max_entries: int = 100_000
+    clock: Callable[[], float] = time.monotonic
+    failures: dict[tuple[str, ...], tuple[int, float]] = field(default_factory=dict)
+    known: dict[tuple[str, str], float] = field(default_factory=dict)
+    _queues: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
+    _checking: dict[str, int] = field(default_factory=dict)
 
-    def delay_for(self, name: str, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        count, last = self.failures.get(name.lower(), (0, now))
-        if now - last > self.forget_after or count < self.free:
-            return 0.0
-        return min(self.cap, self.base * 2 ** (count - self.free))
+    @staticmethod
+    def _keys(name: str, address: str) -> tuple[tuple[str, ...], ...]:
+        name = name.lower()
+        return ("pair", name, address), ("address", address), ("name", name)
 
-    def failed(self, name: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        key = name.lower()
+    def _count(self, key: tuple[str, ...], now: float) -> int:
         count, last = self.failures.get(key, (0, now))
-        if now - last > self.forget_after:
-            count = 0
-        self.failures[key] = (count + 1, now)
+        return 0 if now - last > self.forget_after else count
 
-    def succeeded(self, name: str) -> None:
-        self.failures.pop(name.lower(), None)
+    def delay_for(self, name: str, address: str, now: float | None = None) -> float:
+        now = self.clock() if now is None else now
+        pair, by_address, by_name = self._keys(name, address)
+        delays = [
+            self.pair.delay(self._count(pair, now)),
+            self.address.delay(self._count(by_address, now)),
+        ]
+        if (name.lower(), address) not in self.known:
+            # Guesses being checked right now count too, so parallel ones pay as they should.
+            pending = self._checking.get(name.lower(), 0)
+            delays.append(self.name.delay(self._count(by_name, now) + pending))
+        return max(delays)
+
+    def failed(self, name: str, address: str, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        for key in self._keys(name, address):
+            count = self._count(key, now) + 1
+            self.failures.pop(key, None)  # to the end: the dict is kept oldest first
+            self.failures[key] = (count, now)
+        self._prune(now)
+
+    def succeeded(self, name: str, address: str, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        self.failures.pop(self._keys(name, address)[0], None)
+        self.known.pop((name.lower(), address), None)
+        self.known[(name.lower(), address)] = now
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        for table in (self.failures, self.known):
+            if len(table) <= self.max_entries:
+                continue
+            for key, value in list(table.items()):
+                if now - (value[1] if isinstance(value, tuple) else value) > self.forget_after:
+                    del table[key]
+            while len(table) > self.max_entries * 0.9:  # the least recently updated first
+                del table[next(iter(table))]
+
+    async def attempt(self, name: str, address: str, check: Callable[[], Awaitable[T | None]]):
+        """Run ``check`` (the password check, None for a failure) when this attempt's turn and
+        delay have come; None at once when the address has too many attempts waiting."""
+        lock, waiting = self._queues.get(address) or (asyncio.Lock(), 0)
+        if waiting >= self.max_waiting:
+            logger.warning("Refused a login attempt from %s: too many waiting", address)
+            return None
+        self._queues[address] = (lock, waiting + 1)
+        try:
+            async with lock:
+                delay = self.delay_for(name, address)
+                key = name.lower()
+                self._checking[key] = self._checking.get(key, 0) + 1
+                try:
+                    if delay:
+                        logger.warning(
+                            "Slowing down a login attempt for %r from %s by %.0fs",
+                            name,
+                            address,
+                            delay,
+                        )
+                        await asyncio.sleep(delay)
+                    result = await check()
+                finally:
+                    self._checking[key] -= 1
+                    if not self._checking[key]:
+                        del self._checking[key]
+                if result is None:
+                    self.failed(name, address)
+                else:
+                    self.succeeded(name, address)
+                return result
+        finally:
+            lock, waiting = self._queues[address]
+            if waiting == 1:
+                del self._queues[address]
+            else:
+                self._queues[address] = (lock, waiting - 1)
 
 
 class AccountStore:
@@ -92,13 +202,17 @@ class AccountStore:
             )
             return [row[0] for row in rows]
 
+    @staticmethod
+    async def _hash(password: str) -> str:
+        if len(password) < MIN_PASSWORD_CHARS:
+            raise AccountError(f"A password needs at least {MIN_PASSWORD_CHARS} characters.")
+        return await asyncio.to_thread(hasher.hash, password)
+
     async def add(self, name: str, password: str) -> None:
         name = name.strip()
         if not name or len(name) > 64 or any(c.isspace() for c in name):
             raise AccountError("A user name is 1 to 64 characters, without spaces.")
-        if len(password) < MIN_PASSWORD_CHARS:
-            raise AccountError(f"A password needs at least {MIN_PASSWORD_CHARS} characters.")
-        password_hash = await asyncio.to_thread(hasher.hash, password)
+        password_hash = await self._hash(password)
         async with self.engine.begin() as connection:
             exists = await connection.execute(
                 sa.select(accounts.c.identifier).where(accounts.c.identifier == name)
@@ -110,30 +224,67 @@ class AccountStore:
                     identifier=name,
                     password_hash=password_hash,
                     created_at=datetime.now(UTC).isoformat(),
+                    session_epoch=new_epoch(),
                 )
             )
 
+    async def set_password(self, name: str, password: str) -> None:
+        """A new password, and a new session epoch: every login of the account ends."""
+        password_hash = await self._hash(password)
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                accounts.update()
+                .where(accounts.c.identifier == name)
+                .values(password_hash=password_hash, session_epoch=new_epoch())
+            )
+            if result.rowcount == 0:
+                raise AccountError(f"There is no user {name!r}.")
+
     async def remove(self, name: str) -> None:
+        """Remove the account, which ends every login of it (its chats stay)."""
         async with self.engine.begin() as connection:
             result = await connection.execute(
                 accounts.delete().where(accounts.c.identifier == name)
             )
             if result.rowcount == 0:
                 raise AccountError(f"There is no user {name!r}.")
+            await connection.execute(
+                revoked_tokens.delete().where(revoked_tokens.c.identifier == name)
+            )
 
-    async def verify(self, name: str, password: str) -> bool:
+    async def verify(self, name: str, password: str) -> str | None:
+        """The account's session epoch if the password is right, else None. A wrong name costs
+        as long as a wrong password."""
         async with self.engine.connect() as connection:
             row = (
                 await connection.execute(
-                    sa.select(accounts.c.password_hash).where(accounts.c.identifier == name)
+                    sa.select(accounts.c.password_hash, accounts.c.session_epoch).where(
+                        accounts.c.identifier == name
+                    )
                 )
             ).first()
         stored = row[0] if row else _DUMMY_HASH
         try:
             await asyncio.to_thread(hasher.verify, stored, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
-        return row is not None
+            return None
+        if row is None:
+            return None
+        return row[1] or await self._first_epoch(name)
+
+    async def _first_epoch(self, name: str) -> str | None:
+        # Accounts made before logins could be ended have no epoch yet: draw one, once.
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                accounts.update()
+                .where(accounts.c.identifier == name, accounts.c.session_epoch.is_(None))
+                .values(session_epoch=new_epoch())
+            )
+            return (
+                await connection.execute(
+                    sa.select(accounts.c.session_epoch).where(accounts.c.identifier == name)
+                )
+            ).scalar_one_or_none()
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -175,8 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="add a user; the password is read from standard input")
     add.add_argument("name")
+    passwd = commands.add_parser(
+        "passwd",
+        help="change a user's password (read from standard input); ends all their sessions",
+    )
+    passwd.add_argument("name")
     commands.add_parser("list", help="list the users")
-    remove = commands.add_parser("remove", help="remove a user (their chats stay stored)")
+    remove = commands.add_parser(
+        "remove", help="remove a user, ending all their sessions (their chats stay stored)"
+    )
     remove.add_argument("name")
     commands.add_parser("usage", help="each user's messages and tokens against the limits")
     args = parser.parse_args(argv)
@@ -184,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         prepare_database(settings.database_url)
-        password = _read_password() if args.command == "add" else ""
+        password = _read_password() if args.command in ("add", "passwd") else ""
 
         async def run() -> str:
             store = AccountStore(settings.database_url)
@@ -200,9 +358,19 @@ def main(argv: list[str] | None = None) -> int:
                             "logs in."
                         )
                     return note
+                if args.command == "passwd":
+                    await store.set_password(args.name, password)
+                    return (
+                        f"Changed the password of {args.name!r}; all their sessions have ended "
+                        f"(within {CHECK_SECONDS:.0f} s on a running app)."
+                    )
                 if args.command == "remove":
                     await store.remove(args.name)
-                    return f"Removed {args.name!r}; their chats stay in the database."
+                    return (
+                        f"Removed {args.name!r}; all their sessions have ended (within "
+                        f"{CHECK_SECONDS:.0f} s on a running app), their chats stay in the "
+                        "database."
+                    )
                 if args.command == "usage":
                     return await _usage_report(settings, await store.names())
                 return "\n".join(await store.names()) or "(no users: the app runs in local mode)"
@@ -220,4 +388,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["AccountError", "AccountStore", "LoginThrottle", "describe_url", "main"]
+__all__ = ["AccountError", "AccountStore", "LoginThrottle", "Rule", "describe_url", "main"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from chainlit.config import config as chainlit_config
 from sqlalchemy.engine import make_url
 
-from .auth import Access, AccessError, prepare_access
+from .auth import Access, AccessError, install_login_guards, prepare_access
 from .config import ConfigError, Settings, load_settings
 from .edge import (
     EdgeRules,
@@ -80,6 +80,7 @@ def prepare_server() -> Server:
     try:
         prepare_database(settings.database_url)
         access = prepare_access(settings.database_url)
+        install_login_guards(access)
     except StorageError as error:
         _exit(f"Database error: {error}")
     except AccessError as error:

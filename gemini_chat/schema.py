@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -119,6 +121,19 @@ accounts = sa.Table(
     sa.Column("identifier", sa.Text, primary_key=True),
     sa.Column("password_hash", sa.Text, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
+    # Random, replaced when the password changes: a login token names the epoch it was issued
+    # in, so changing it ends every session of the account at once.
+    sa.Column("session_epoch", sa.Text),
+)
+
+# Tokens ended by logging out, kept until they would have expired anyway.
+revoked_tokens = sa.Table(
+    "revoked_tokens",
+    metadata,
+    sa.Column("token_id", sa.Text, primary_key=True),
+    sa.Column("identifier", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("revoked_tokens_expires_at", "expires_at"),
 )
 
 # Values the app keeps for itself, such as the signing secret of local mode.
@@ -235,10 +250,48 @@ def run_blocking(make: Callable[[], Awaitable[T]]) -> T:
     return result["value"]
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file of an SQLite database URL; None for PostgreSQL or an in-memory database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
+def make_private(url: str) -> None:
+    """SQLite files readable by their owner only: they hold every chat, the password hashes
+    and, in local mode, the signing secret. A new database file is created 0600 (SQLite gives
+    its -wal and -shm files the database file's mode); existing ones are tightened."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # it exists, or its directory does not: SQLite reports that clearly
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+                logger.warning(
+                    "Database file %s was readable by other users (%o); now %o",
+                    name,
+                    mode,
+                    mode & 0o700,
+                )
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            logger.warning("Could not restrict the database file %s: %s", name, error)
+
+
 def prepare_database(url: str) -> None:
     """Create or upgrade the schema; raise StorageError with a printable message."""
     try:
+        make_private(url)
         changes = run_blocking(lambda: upgrade_schema(url))
+        make_private(url)  # -wal and -shm files made before the database file was tightened
     except (SQLAlchemyError, OSError) as error:
         detail = str(getattr(error, "orig", None) or error).splitlines()[0]
         raise StorageError(f"cannot open the database {describe_url(url)}: {detail}") from None

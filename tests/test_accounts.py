@@ -7,6 +7,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import uuid
@@ -14,7 +15,7 @@ import uuid
 import pytest
 import socketio
 
-from gemini_chat.accounts import LoginThrottle
+from gemini_chat.accounts import LoginThrottle, Rule
 from gemini_chat.auth import LOCAL_ONLY_MESSAGE
 from tests.chat_client import ChatClient
 from tests.conftest import ROOT, guarded_env
@@ -219,16 +220,51 @@ async def test_a_missing_chat_is_not_found(database_url, start_app_with):
 
 
 def test_repeated_wrong_passwords_are_slowed_down():
-    throttle = LoginThrottle(free=3, base=1.0, cap=30.0)
+    throttle = LoginThrottle()
     delays = []
     for attempt in range(9):
-        delays.append(throttle.delay_for("Alice", now=100.0 + attempt))
-        throttle.failed("alice", now=100.0 + attempt)
+        delays.append(throttle.delay_for("Alice", "192.0.2.1", now=100.0 + attempt))
+        throttle.failed("alice", "192.0.2.1", now=100.0 + attempt)
+    # By name and address: 3 free, then doubling up to 30 s (the address's own count agrees).
     assert delays == [0, 0, 0, 1, 2, 4, 8, 16, 30]
-    assert throttle.delay_for("mallory", now=110.0) == 0  # per name
-    assert throttle.delay_for("alice", now=110.0 + 900 + 1) == 0  # forgotten after a while
-    throttle.succeeded("ALICE")
-    assert throttle.delay_for("alice", now=111.0) == 0
+    # Another name from the same address pays the address's count: 5 free, then doubling.
+    assert throttle.delay_for("mallory", "192.0.2.1", now=110.0) == 16
+    # Another address guessing alice pays only the name's count, and at most 2 s.
+    assert throttle.delay_for("alice", "198.51.100.7", now=110.0) == 0
+    for n in range(12):
+        throttle.failed("alice", f"203.0.113.{n}", now=111.0)
+    assert throttle.delay_for("alice", "198.51.100.7", now=112.0) == 2
+    # Forgotten a while after the last failure.
+    assert throttle.delay_for("alice", "192.0.2.1", now=111.0 + 900 + 1) == 0
+    # A success clears the guesser's own count and exempts that address from the name's.
+    throttle.succeeded("ALICE", "198.51.100.7", now=113.0)
+    assert throttle.delay_for("alice", "198.51.100.7", now=114.0) == 0
+    assert throttle.delay_for("alice", "192.0.2.1", now=114.0) == 30
+
+
+async def test_parallel_attempts_from_one_address_are_checked_one_at_a_time():
+    throttle = LoginThrottle(pair=Rule(free=3, base=0.01, cap=1.0), max_waiting=4)
+    checking = 0
+    most = 0
+
+    async def wrong_password():
+        nonlocal checking, most
+        checking += 1
+        most = max(most, checking)
+        await asyncio.sleep(0.01)
+        checking -= 1
+        return None
+
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(throttle.attempt("alice", "192.0.2.1", wrong_password) for _ in range(6))
+    )
+    assert results == [None] * 6
+    assert most == 1  # one at a time
+    assert time.monotonic() - started >= 4 * 0.01 + 0.01  # four checks, the 4th after 0.01 s
+    # The 5th and 6th were refused at once, unchecked: four failures are counted.
+    assert throttle.delay_for("alice", "192.0.2.1") == 0.02
+    assert throttle._queues == {}
 
 
 @pytest.mark.parametrize(
