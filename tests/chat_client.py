@@ -174,8 +174,10 @@ class ChatClient:
 
     # -- actions
 
-    async def send(self, text: str) -> str:
-        message_id = str(uuid.uuid4())
+    async def send(self, text: str, message_id: str | None = None) -> str:
+        """Send ``text`` as the frontend does; the frontend chooses the message's id (a hostile
+        client may choose any)."""
+        message_id = message_id or str(uuid.uuid4())
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         step = {
             "id": message_id,

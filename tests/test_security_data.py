@@ -232,20 +232,6 @@ async def test_rating_another_users_message_is_refused_however_the_caller_logs_i
 # --- 2. a client-chosen message id ----------------------------------------------------------------
 
 
-async def send_with_id(client: ChatClient, message_id: str, text: str) -> None:
-    """What the frontend sends for a new message, with an id of the sender's choosing."""
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    step = {
-        "id": message_id,
-        "threadId": "",
-        "name": "User",
-        "type": "user_message",
-        "output": text,
-        "createdAt": now,
-    }
-    await client.sio.emit("client_message", {"message": step, "fileReferences": None})
-
-
 async def test_a_message_id_taken_from_another_users_chat_never_changes_it(
     database_url, start_app_with, gemini
 ):
@@ -258,7 +244,7 @@ async def test_a_message_id_taken_from_another_users_chat_never_changes_it(
     for stolen, answer in [(world.question, "Answer one."), (world.run, "Answer two.")]:
         gemini.script(Reply(answer))
         bob.mark()
-        await send_with_id(bob, stolen, "Bob's text under a stolen id")
+        await bob.send("Bob's text under a stolen id", message_id=stolen)
         await bob.wait_idle()
         # What bob sees: his message answered as any other (it is just not stored).
         assert any(m.content == answer for m in bob.assistant_messages())
