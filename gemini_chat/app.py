@@ -73,7 +73,7 @@ def prepare_server() -> Server:
     # for plain text) and is refused politely in on_message.
     sio.eio.max_http_buffer_size = body_limit(settings.max_message_chars)
     bound_websocket_messages(body_limit(settings.max_message_chars))
-    install_frontend(app)
+    install_frontend(app, settings.max_message_chars)
     install_stop_without_notice()
     if not settings.api_key:
         logger.warning("GEMINI_API_KEY is not set: the chat will explain how to set it")

@@ -153,15 +153,22 @@ def local_only(html: str) -> str:
     return OTHER_HOST_LINK.sub("", html)
 
 
-def install_html_rewrite() -> None:
-    """Make Chainlit's index route serve the page without links to other hosts."""
+def with_page_settings(html: str, max_message_chars: int) -> str:
+    """The page with what public/gemini-chat.js needs to know of the server's settings."""
+    meta = f'<meta name="gemini-chat:max-message-chars" content="{int(max_message_chars)}">'
+    return html.replace("</head>", f"{meta}\n</head>", 1)
+
+
+def install_html_rewrite(max_message_chars: int) -> None:
+    """Make Chainlit's index route serve the page without links to other hosts, and with the
+    longest message the chat takes (the page refuses a longer one before sending it)."""
     import chainlit.server as server
 
     original = getattr(server.get_html_template, "__wrapped__", server.get_html_template)
 
     @functools.wraps(original)
     def get_html_template(root_path):
-        return local_only(original(root_path))
+        return with_page_settings(local_only(original(root_path)), max_message_chars)
 
     server.get_html_template = get_html_template
     if "get_html_template" not in server.serve.__code__.co_names:
@@ -182,12 +189,12 @@ def install_html_rewrite() -> None:
         )
 
 
-def install_frontend(app) -> None:
+def install_frontend(app, max_message_chars: int) -> None:
     """Serve the patched bundle and the local-only page; safe to call again on a reload."""
     from chainlit.config import config
     from chainlit.server import build_dir
 
-    install_html_rewrite()
+    install_html_rewrite(max_message_chars)
     routes = app.router.routes
     routes[:] = [route for route in routes if getattr(route, "name", None) != ROUTE_NAME]
     bundle = load_bundle(build_dir)

@@ -162,3 +162,101 @@
 
   window.geminiChat = { remarkPlugins: remarkPlugins, mathRules: mathRules };
 })();
+
+// A message longer than the chat takes is refused here, before it is sent: the text stays in
+// the box to be shortened, and a paste many times the limit never meets the server's socket
+// limit (which would drop the connection). The server refuses the same messages on its side.
+(function () {
+  "use strict";
+
+  function limit() {
+    var meta = document.querySelector('meta[name="gemini-chat:max-message-chars"]');
+    var value = meta ? parseInt(meta.getAttribute("content"), 10) : NaN;
+    return isNaN(value) ? null : value;
+  }
+
+  function characters(text) {
+    var count = 0;
+    for (var _ of text) count++; // code points, as the server counts them
+    return count;
+  }
+
+  function notice(composer, text) {
+    var box = document.getElementById("gemini-chat-too-long");
+    if (!box) {
+      box = document.createElement("div");
+      box.id = "gemini-chat-too-long";
+      box.setAttribute("role", "alert");
+      box.style.cssText =
+        "margin:0 0 6px 0;padding:6px 10px;border-radius:8px;font-size:14px;" +
+        "background:#fef2f2;color:#991b1b;";
+    }
+    box.textContent = text;
+    var anchor = composer.closest("#message-composer") || composer.parentElement;
+    if (box.parentElement !== anchor.parentElement) {
+      anchor.parentElement.insertBefore(box, anchor);
+    }
+  }
+
+  function clear() {
+    var box = document.getElementById("gemini-chat-too-long");
+    if (box) box.remove();
+  }
+
+  // True (and the user told why) when the composer's text is over the limit.
+  function refused() {
+    var composer = document.getElementById("chat-input");
+    var max = limit();
+    if (!composer || max === null || composer.value.length <= max) {
+      clear();
+      return false;
+    }
+    var length = characters(composer.value);
+    if (length <= max) {
+      clear();
+      return false;
+    }
+    notice(
+      composer,
+      "Your message is " + length.toLocaleString("en-US") + " characters long; the limit is " +
+        max.toLocaleString("en-US") + ". Shorten it or split it into several messages. " +
+        "Nothing was sent."
+    );
+    return true;
+  }
+
+  function stop(event) {
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    event.stopPropagation();
+  }
+
+  // Capture listeners on the document run before React's, which sit on the app's root.
+  document.addEventListener(
+    "keydown",
+    function (event) {
+      if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+      if (!event.target || event.target.id !== "chat-input") return;
+      if (refused()) stop(event);
+    },
+    true
+  );
+  document.addEventListener(
+    "click",
+    function (event) {
+      var button = event.target && event.target.closest && event.target.closest("#chat-submit");
+      if (button && refused()) stop(event);
+    },
+    true
+  );
+  document.addEventListener(
+    "input",
+    function (event) {
+      if (event.target && event.target.id === "chat-input") {
+        var max = limit();
+        if (max === null || event.target.value.length <= max) clear();
+      }
+    },
+    true
+  );
+})();

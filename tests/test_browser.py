@@ -439,3 +439,26 @@ async def test_local_mode_loads_without_a_failed_request_and_offers_no_logout(ap
         await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
         assert failed == [] and errors == []
         await browser.close()
+
+
+async def test_a_message_over_the_limit_is_refused_in_the_page_and_kept_in_the_box(page, gemini):
+    composer = page.locator("#chat-input")
+    # Seven times the limit: more than the server's socket would take.
+    huge = "x" * 700_000
+    await composer.fill(huge)
+    await composer.press("Enter")
+    alert = page.locator("#gemini-chat-too-long")
+    await alert.wait_for(timeout=10_000)
+    assert "700,000 characters long; the limit is 100,000" in await alert.inner_text()
+    assert len(await composer.input_value()) == 700_000  # nothing lost
+    await page.locator("#chat-submit").click()
+    assert await alert.is_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "too-long.png")
+    # Shortened, it goes, on the same connection, and the notice is gone.
+    gemini.script(Reply("Short enough."))
+    await composer.fill("A shorter question")
+    assert await alert.count() == 0
+    await composer.press("Enter")
+    await page.get_by_text("Short enough.").wait_for(timeout=15_000)
+    assert len(gemini.requests) == 1

@@ -350,8 +350,8 @@ def test_installing_twice_keeps_one_route_and_one_wrapper(monkeypatch):
     original = getattr(server.get_html_template, "__wrapped__", server.get_html_template)
     monkeypatch.setattr(server, "get_html_template", original)
     app = Starlette()
-    install_frontend(app)
-    install_frontend(app)  # `chainlit run -w` prepares the server again
+    install_frontend(app, 100_000)
+    install_frontend(app, 100_000)  # `chainlit run -w` prepares the server again
     assert [r.name for r in app.router.routes].count(ROUTE_NAME) == 1
     assert app.router.routes[0].name == ROUTE_NAME
     assert server.get_html_template.__wrapped__ is original
