@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def wait_until_serving(server: AppServer, timeout: float = 60.0) -> None:
             with urllib.request.urlopen(server.url + "/health", timeout=1) as response:
                 if response.status == 200:
                     return
-        except OSError:
+        except (OSError, http.client.HTTPException):
+            # Not up yet; or, while it is not, another test's server answered on a port
+            # recently handed out to this one.
             pass
         # The child process offers no event to wait on; poll its health endpoint.
         time.sleep(0.1)

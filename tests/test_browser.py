@@ -377,7 +377,9 @@ async def test_dialogs_speak_of_chats_and_say_what_really_happens(page, gemini):
 
 
 async def test_an_error_notice_has_no_copy_or_thumbs_buttons(page, gemini):
-    gemini.script(Reply(chunks=["Half an ", "answer"], ending="drop"))
+    # Paced, so the text is read before the connection is reset (a reset can discard what the
+    # client had received but not yet read); the last, empty piece is the one at risk.
+    gemini.script(Reply(chunks=["Half an ", "answer", ""], delay=0.3, ending="drop"))
     await type_and_send(page, "Tell me everything")
     notice = page.locator(".step", has=page.get_by_text("connection to Gemini", exact=False))
     await notice.last.wait_for(timeout=15_000)

@@ -217,8 +217,12 @@ async def test_the_page_requests_nothing_from_another_host(browser, app, gemini)
     # The formula is styled by KaTeX's stylesheet, in KaTeX's own font, loaded from the app.
     formula = last_step(page, "assistant_message").locator(".katex")
     await formula.wait_for(timeout=5_000)
-    font = await formula.evaluate("n => getComputedStyle(n).fontFamily")
-    assert font.startswith("KaTeX_Main"), font
+    # Polled in the page: React may re-render the answer (and replace the node) meanwhile.
+    await page.wait_for_function(
+        """() => [...document.querySelectorAll('.katex')].some(
+               n => n.isConnected && getComputedStyle(n).fontFamily.startsWith('KaTeX_Main'))""",
+        timeout=10_000,
+    )
     await page.wait_for_function(LOADED, arg="KaTeX_Main", timeout=5_000)
     assert any("KaTeX_Main" in url for url in fetched())
     assert elsewhere() == [], "requests to other hosts"
