@@ -50,6 +50,9 @@ async def page(app, chromium_path):
 async def type_and_send(page, text: str) -> None:
     composer = page.locator("#chat-input")
     await composer.fill(text)
+    # As a person waits for the send button: until the previous task has ended (shortly after
+    # its answer shows), the button is Stop and Enter sends nothing.
+    await page.locator("#chat-submit").wait_for(timeout=15_000)
     await composer.press("Enter")
 
 
