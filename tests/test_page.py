@@ -10,6 +10,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.async_api import expect
 
 from tests.fake_gemini import Reply
 from tests.test_browser import ARTIFACTS, CHROMIUM_FLAGS, chromium_path, type_and_send
@@ -115,8 +116,8 @@ async def test_formulas_render_with_katex_and_prices_stay_text(browser, app, gem
     assert await answer.locator(".katex").count() == 4
     assert await answer.locator(".katex-display").count() == 2
     # The TeX source is not shown as text; KaTeX's hidden MathML copy is styled away.
-    mathml = answer.locator(".katex-mathml").first
-    assert await mathml.evaluate("n => getComputedStyle(n).position") == "absolute"
+    # The answer is drawn again when it ends, so the style is read with retries on the node shown.
+    await expect(answer.locator(".katex-mathml").first).to_have_css("position", "absolute")
     visible_text = await answer.evaluate(
         """n => { const c = n.cloneNode(true);
                   c.querySelectorAll('.katex').forEach(k => k.remove());
