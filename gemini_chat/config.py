@@ -60,6 +60,20 @@ def _address_list(value: str) -> str:
     return ",".join(part.strip() for part in value.split(",") if part.strip())
 
 
+def _name_list(value: str) -> tuple[str, ...]:
+    """A comma-separated list of names (model ids), blanks and repeats dropped, order kept."""
+    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
+def _flag(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _whole_number(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
@@ -94,10 +108,14 @@ class Settings:
 
     api_key: str | None = None
     model: str = DEFAULT_MODEL
+    # The models a user may pick per chat; empty: every chat model Gemini lists.
+    models: tuple[str, ...] = ()
     base_url: str = GOOGLE_OPENAI_ENDPOINT
     assistant_name: str = "Gemini"
     welcome: str = "Hello! I'm Gemini. Ask me anything."
     instructions: str = DEFAULT_INSTRUCTIONS
+    # Ask Gemini for thought summaries and show them above each answer.
+    show_thoughts: bool = True
     history_token_budget: int = 32_000
     max_message_chars: int = 100_000
     # Per-user limits (limits.py); None: the login mode's default, 0: no limit.
@@ -132,10 +150,12 @@ class Settings:
 ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("GEMINI_API_KEY", _text, "api_key"),
     ("GEMINI_MODEL", _text, "model"),
+    ("GEMINI_MODELS", _name_list, "models"),
     ("GEMINI_BASE_URL", _url, "base_url"),
     ("ASSISTANT_NAME", _text, "assistant_name"),
     ("ASSISTANT_WELCOME", _text, "welcome"),
     ("ASSISTANT_INSTRUCTIONS", _text, "instructions"),
+    ("SHOW_THOUGHTS", _flag, "show_thoughts"),
     ("HISTORY_TOKEN_BUDGET", _whole_number(1), "history_token_budget"),
     ("MAX_MESSAGE_CHARS", _whole_number(1), "max_message_chars"),
     ("USER_MESSAGES_PER_MINUTE", _whole_number(0), "messages_per_minute"),

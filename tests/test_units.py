@@ -69,11 +69,23 @@ def test_openai_api_key_is_never_taken_for_the_gemini_key():
         ("MAX_MESSAGE_CHARS", "0"),
         ("GEMINI_MAX_RETRIES", "-1"),
         ("GEMINI_STALL_TIMEOUT", "inf"),
+        ("SHOW_THOUGHTS", "sometimes"),
     ],
 )
 def test_bad_values_raise_an_error_naming_the_variable(variable, value):
     with pytest.raises(ConfigError, match=variable):
         load_settings({variable: value})
+
+
+def test_model_lists_and_switches_are_read_as_written():
+    settings = load_settings(
+        {"GEMINI_MODELS": " gemini-3.8-flash, ,gemini-3.5-flash,gemini-3.8-flash"}
+    )
+    assert settings.models == ("gemini-3.8-flash", "gemini-3.5-flash")
+    assert load_settings({}).models == ()
+    assert load_settings({}).show_thoughts is True
+    assert load_settings({"SHOW_THOUGHTS": "off"}).show_thoughts is False
+    assert load_settings({"SHOW_THOUGHTS": "TRUE"}).show_thoughts is True
 
 
 def test_dotenv_file_is_read_and_the_environment_wins(tmp_path: Path, monkeypatch):
