@@ -28,6 +28,7 @@ from .live import LiveReply, live_replies
 from .llm import Backend
 from .runtime import idle_collector
 from .streaming import EventBudget, ReplyStream
+from .thinking import ThinkingStep
 
 logger = logging.getLogger("gemini_chat")
 
@@ -254,7 +255,14 @@ class ChatController:
             task=asyncio.current_task(),
         )
         live_replies.start(live)
-        stream = ReplyStream(backend, live.sink(), self.event_budget)
+        thinking = (
+            ThinkingStep(
+                live, self.settings.flush_interval, self.event_budget, self.settings.assistant_name
+            )
+            if self.settings.show_thoughts
+            else None
+        )
+        stream = ReplyStream(backend, live.sink(), self.event_budget, thinking)
         items = conversation.history.request_items(text, self.settings.instructions)
         answer = ""
         stopped = False

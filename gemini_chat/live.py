@@ -32,6 +32,8 @@ class Viewer:
 
     session: WebsocketSession
     history: History
+    # Steps this viewer was shown as streaming (its snapshot, or a stream_start since).
+    shown: set[str] = field(default_factory=set)
 
     @property
     def emitter(self) -> ChainlitEmitter:
@@ -52,6 +54,8 @@ class LiveReply:
     # Sessions gone from their socket: id -> the socket they had (a reconnect changes it).
     departed: dict[str, str | None] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # The answer's thinking step (gemini_chat/thinking.py) once its first thought came.
+    thinking: cl.Step | None = None
 
     def sink(self) -> Callable[[str], Awaitable[None]]:
         """Where the reply's text goes: the asking session, then every viewer."""
@@ -66,11 +70,28 @@ class LiveReply:
 
         return write
 
-    def snapshot(self) -> dict[str, Any]:
-        """The reply as a stored step would show it, with the text written so far."""
-        step = self.reply.to_dict()
-        step["streaming"] = True
-        return step
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The thinking step, if any, and the reply, as stored steps would show them, with the
+        text written so far."""
+        steps = [self.thinking.to_dict()] if self.thinking is not None else []
+        steps.append({**self.reply.to_dict(), "streaming": True})
+        return steps
+
+    async def stream_thinking(self, step: cl.Step, piece: str) -> None:
+        """A piece of the thinking step, for the asking session and the viewers."""
+        # Viewers attached during the await below get this piece in their snapshot.
+        targets = list(self.viewers)
+        await step.stream_token(piece)
+        for viewer in targets:
+            if step.id in viewer.shown:
+                await _quietly(viewer.emitter.send_token(step.id, piece))
+            else:
+                viewer.shown.add(step.id)
+                await _quietly(viewer.emitter.stream_start(step.to_dict()))
+
+    async def finish_thinking(self, step: cl.Step) -> None:
+        for viewer in list(self.viewers):
+            await _quietly(viewer.emitter.update_step(step.to_dict()))
 
     def attach(self, session: WebsocketSession, history: History) -> Viewer:
         viewer = Viewer(session, history)
@@ -148,9 +169,11 @@ class LiveReplies:
         if live is None or live.origin is session:
             return False
         steps = thread.setdefault("steps", [])
-        steps[:] = [s for s in steps if s.get("id") != live.reply.id]
-        steps.append(live.snapshot())
-        live.attach(session, history)
+        snapshot = live.snapshot()
+        ids = {step["id"] for step in snapshot}
+        steps[:] = [s for s in steps if s.get("id") not in ids]
+        steps.extend(snapshot)
+        live.attach(session, history).shown.update(ids)
         logger.info("A reopened chat follows the answer it is writing")
         return True
 

@@ -8,6 +8,7 @@ tests/test_contracts.py fails when one of them moves.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -33,7 +34,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from .config import Settings
 from .errors import MalformedResponse, classify, log_detail
-from .thoughts import ThoughtFilter
+from .thoughts import ThoughtFilter, move_inline_thought
 
 logger = logging.getLogger("gemini_chat")
 
@@ -56,7 +57,8 @@ class StreamReport:
     # The text of the current attempt as it came off the wire. When a stream fails, the SDK
     # drops deltas it had parsed but not yet handed out; this is where they can be recovered.
     received: list[str] = field(default_factory=list)
-    # Thought summaries Gemini sent inline in the text, taken out of it (not shown yet).
+    # Thought summaries of the current attempt as they came off the wire, inline in the text or
+    # as ``reasoning_content``: the thoughts the SDK may drop on a failure, as ``received``.
     thoughts: list[str] = field(default_factory=list)
     # Tokens Gemini says the request cost (prompt, answer and thinking), over all attempts;
     # None when no chunk carried usage.
@@ -70,7 +72,8 @@ current_report: ContextVar[StreamReport | None] = ContextVar("gemini_stream_repo
 class _ObservedStream:
     """Wraps openai's AsyncStream to note the finish reason, which the SDK hides when some text
     came first (a ``content_filter`` after text would otherwise look like a normal answer), and
-    to take Gemini's inline thought summaries out of the answer text before the SDK sees it."""
+    to move Gemini's inline thought summaries out of the answer text into ``reasoning_content``
+    before the SDK sees them (see gemini_chat/thoughts.py)."""
 
     def __init__(self, stream: Any, report: StreamReport) -> None:
         self._stream = stream
@@ -78,13 +81,14 @@ class _ObservedStream:
         self.response = getattr(stream, "response", None)
         self._thoughts = ThoughtFilter()
         report.received = []  # a retried attempt starts over
-        report.thoughts = self._thoughts.thoughts
+        report.thoughts = []
         self._tokens_before = report.total_tokens or 0  # earlier attempts cost tokens too
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         report = self._report
         received = report.received
         thoughts = self._thoughts
+        thought_text = report.thoughts
         chunks_before = report.chunks
         async for chunk in self._stream:
             report.chunks += 1
@@ -96,10 +100,14 @@ class _ObservedStream:
                 if choice.finish_reason is not None:
                     report.finish_reason = choice.finish_reason
                 delta = choice.delta
-                if delta is not None and delta.content:
-                    thoughts.strip(delta)
+                if delta is None:
+                    continue
+                if delta.content:
+                    move_inline_thought(delta, thoughts.strip(delta))
                     if delta.content:
                         received.append(delta.content)
+                if delta.model_extra and (reasoning := delta.model_extra.get("reasoning_content")):
+                    thought_text.append(reasoning)
             yield chunk
         content_type = self.response.headers.get("content-type", "") if self.response else ""
         if report.chunks == chunks_before and not content_type.startswith("text/event-stream"):
@@ -246,18 +254,44 @@ def build_retry_policy(settings: Settings):
     return policy
 
 
+def with_thinking_config(model_settings: ModelSettings, **fields: Any) -> ModelSettings:
+    """``model_settings`` with ``fields`` added to Gemini's ``thinking_config`` (keeping what is
+    already there, e.g. ``include_thoughts``), e.g. ``with_thinking_config(s,
+    thinking_level="low")``. The one place that knows where Gemini reads it.
+
+    Gemini's compatible endpoint takes its own options in a request field named ``extra_body``
+    (``{"extra_body": {"google": {"thinking_config": {...}}}}`` on the wire); openai's
+    ``extra_body`` argument merges its keys into the request, hence the double name. The SDK's
+    ``ModelSettings.resolve`` replaces ``extra_body`` whole, so changes are merged here.
+    """
+    body = dict(model_settings.extra_body or {})  # type: ignore[arg-type]
+    wire = dict(body.get("extra_body") or {})
+    google = dict(wire.get("google") or {})
+    google["thinking_config"] = {**(google.get("thinking_config") or {}), **fields}
+    wire["google"] = google
+    body["extra_body"] = wire
+    return dataclasses.replace(model_settings, extra_body=body)
+
+
+def build_model_settings(settings: Settings) -> ModelSettings:
+    """Retries, and thought summaries when they are shown (``SHOW_THOUGHTS``): asked for only
+    then, since Gemini thinks either way and the summaries cost streaming."""
+    model_settings = ModelSettings(
+        retry=ModelRetrySettings(
+            max_retries=settings.max_retries, policy=build_retry_policy(settings)
+        )
+    )
+    if settings.show_thoughts:
+        model_settings = with_thinking_config(model_settings, include_thoughts=True)
+    return model_settings
+
+
 def build_run_config(settings: Settings, model: Any) -> RunConfig:
     # Tracing would export to OpenAI's servers (needing an OpenAI account); keep it off globally
     # so nothing ever tries, and so the Gemini key is never handed to an exporter.
     set_tracing_disabled(True)
     return RunConfig(
-        model=model,
-        tracing_disabled=True,
-        model_settings=ModelSettings(
-            retry=ModelRetrySettings(
-                max_retries=settings.max_retries, policy=build_retry_policy(settings)
-            )
-        ),
+        model=model, tracing_disabled=True, model_settings=build_model_settings(settings)
     )
 
 

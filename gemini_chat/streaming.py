@@ -1,4 +1,9 @@
-"""Streaming one reply: run the agent, coalesce its text deltas, surface failures as ChatError."""
+"""Streaming one reply: run the agent, coalesce its text deltas, surface failures as ChatError.
+
+The model's thought summary, when one streams and something is there to show it, goes to a
+``ThoughtSink`` (gemini_chat/thinking.py): every thought delta until the answer's first text,
+then the sink is told the answer has begun, or how the reply ended without one.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from agents import Runner
 
@@ -16,6 +21,19 @@ from .llm import Backend, StreamReport, current_report
 logger = logging.getLogger("gemini_chat")
 
 TextSink = Callable[[str], Awaitable[Any]]
+
+# The SDK's event for a piece of reasoning (``delta.reasoning_content``, and Gemini's inline
+# thoughts moved there by gemini_chat/thoughts.py).
+THOUGHT_DELTA = "response.reasoning_summary_text.delta"
+ANSWER_DELTA = "response.output_text.delta"
+
+
+class ThoughtSink(Protocol):
+    async def add(self, text: str) -> None: ...
+
+    async def close(self, outcome: Literal["answered", "stopped", "failed"]) -> None:
+        """The thinking is over: the answer began, or the reply ended (stopped, failed) before
+        it; safe to call more than once, and when nothing was added."""
 
 
 # Socket events per second the server spends on streaming text, all replies together. One event
@@ -108,9 +126,17 @@ class Coalescer:
 class ReplyStream:
     """One streamed reply. ``text`` always holds exactly the model text received so far."""
 
-    def __init__(self, backend: Backend, sink: TextSink, budget: EventBudget | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        sink: TextSink,
+        budget: EventBudget | None = None,
+        thoughts: ThoughtSink | None = None,
+    ) -> None:
         self.backend = backend
         self.parts: list[str] = []
+        self.thoughts = thoughts
+        self.thought_parts: list[str] = []
         self.budget = budget or EventBudget()
         self.coalescer = Coalescer(sink, backend.settings.flush_interval, self.budget)
         self.report = StreamReport()
@@ -139,23 +165,35 @@ class ReplyStream:
         finally:
             current_report.reset(token)
         self.budget.streaming += 1
+        thoughts = self.thoughts
+        outcome: Literal["answered", "stopped", "failed"] = "answered"
         try:
             async for event in result.stream_events():
-                if (
-                    event.type == "raw_response_event"
-                    and event.data.type == "response.output_text.delta"
-                ):
+                if event.type != "raw_response_event":
+                    continue
+                kind = event.data.type
+                if kind == ANSWER_DELTA:
                     delta = event.data.delta
                     if delta:
+                        if thoughts is not None and not self.parts:
+                            await thoughts.close("answered")
                         self.parts.append(delta)
                         await self.coalescer.add(delta)
+                elif kind == THOUGHT_DELTA and thoughts is not None:
+                    delta = event.data.delta
+                    if delta and not self.parts:
+                        self.thought_parts.append(delta)
+                        await thoughts.add(delta)
         except asyncio.CancelledError:
             # Cancelled in our own loop body (e.g. while writing to the socket) the SDK would
             # keep generating in the background: cancel it explicitly so the upstream closes.
+            outcome = "stopped"
             result.cancel()
             raise
         except Exception as error:
+            outcome = "failed"
             result.cancel()
+            await self._recover_dropped_thoughts()
             await self._recover_dropped_text()
             failure = classify(
                 error,
@@ -167,6 +205,9 @@ class ReplyStream:
             raise failure from error
         finally:
             self.budget.streaming -= 1
+            if thoughts is not None:
+                # Shielded: a second stop must not leave the step saying it is still thinking.
+                await asyncio.shield(thoughts.close(outcome))
             await self.coalescer.close()
         self._check_finish()
         return self.text
@@ -182,8 +223,21 @@ class ReplyStream:
         shown = self.text
         if len(received) > len(shown) and received.startswith(shown):
             rest = received[len(shown) :]
+            if self.thoughts is not None and not self.parts:
+                await self.thoughts.close("answered")
             self.parts.append(rest)
             await self.coalescer.add(rest)
+
+    async def _recover_dropped_thoughts(self) -> None:
+        """As ``_recover_dropped_text``, for a thought summary the answer had not yet followed."""
+        if self.thoughts is None or self.parts:
+            return
+        received = "".join(self.report.thoughts)
+        shown = "".join(self.thought_parts)
+        if len(received) > len(shown) and received.startswith(shown):
+            rest = received[len(shown) :]
+            self.thought_parts.append(rest)
+            await self.thoughts.add(rest)
 
     def _check_finish(self) -> None:
         reason = self.report.finish_reason

@@ -153,6 +153,14 @@ class Reply:
     usage: bool = True  # some real streams carry no usage at all
     # What happens after ``chunks`` were sent: "finish", "drop", "stall", "malformed", "error".
     ending: str = "finish"
+    # A thought summary streamed before the answer, one piece a chunk, only when the request
+    # asks for it (extra_body.google.thinking_config.include_thoughts), as Gemini does: "inline"
+    # in ``content`` between <thought> tags, flagged extra_content.google.thought (the
+    # thoughts_stream recording), or as ``reasoning_content`` (other compatible servers).
+    thoughts: list[str] | None = None
+    thought_shape: str = "inline"
+    # Deltas sent as they are instead of text (e.g. a tool call), the last with the finish.
+    raw: list[dict[str, Any]] | None = None
 
     def pieces(self, request: RecordedRequest) -> list[str]:
         if self.chunks is not None:
@@ -163,6 +171,29 @@ class Reply:
             (text for role, text in reversed(request.conversation) if role == "user"), ""
         )
         return split_tokens(f"Echo: {last_user}")
+
+
+def asks_for_thoughts(body: dict[str, Any]) -> bool:
+    """True when the request asks for thought summaries, where Gemini reads it."""
+    google = (body.get("extra_body") or {}).get("google") or {}
+    return (google.get("thinking_config") or {}).get("include_thoughts") is True
+
+
+def thought_deltas(reply: Reply, request: RecordedRequest) -> list[dict[str, Any]]:
+    """The deltas of ``reply``'s thought summary for ``request`` (none unless asked)."""
+    if not reply.thoughts or not asks_for_thoughts(request.body):
+        return []
+    if reply.thought_shape == "reasoning_content":
+        return [{"reasoning_content": piece, "role": "assistant"} for piece in reply.thoughts]
+    flag = {"google": {"thought": True}}
+    return [
+        {
+            "content": ("<thought>" if i == 0 else "") + piece,
+            "extra_content": flag,
+            "role": "assistant",
+        }
+        for i, piece in enumerate(reply.thoughts)
+    ]
 
 
 BENCH = re.compile(r"^bench (\d+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)$")
@@ -576,6 +607,22 @@ class FakeGemini:
         start = time.monotonic() + reply.first_delay
         chunk_id = f"gemini-{uuid.uuid4().hex[:12]}"
         usage = {"thinking": reply.thinking_tokens, "usage": reply.usage}
+        thoughts = thought_deltas(reply, recorded)
+        for index, delta in enumerate(thoughts):
+            await self._pause(request, start + index * reply.delay - time.monotonic())
+            chunk = _chunk(chunk_id, model, "", None, prompt_tokens, 0, **usage, delta=delta)
+            await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
+        start += len(thoughts) * reply.delay
+        if reply.raw is not None:
+            for index, delta in enumerate(reply.raw):
+                last = index == len(reply.raw) - 1
+                finish = reply.finish_reason if last else None
+                chunk = _chunk(chunk_id, model, "", finish, prompt_tokens, 1, **usage, delta=delta)
+                await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
+            pieces = []
+        elif thoughts and reply.thought_shape == "inline":
+            # The summary ends with "</thought>" at the start of the first answer text.
+            pieces = ["</thought>" + pieces[0], *pieces[1:]] if pieces else ["</thought>"]
         for index, piece in enumerate(pieces):
             await self._pause(request, start + index * reply.delay - time.monotonic())
             last = index == len(pieces) - 1
@@ -595,7 +642,7 @@ class FakeGemini:
                 503, "UNAVAILABLE", "The model is overloaded. Please try again later."
             )
             await self._write(request, response, f"data: {json.dumps(error[0])}\n\n")
-        if reply.ending == "finish" and not pieces:
+        if reply.ending == "finish" and not pieces and reply.raw is None:
             chunk = _chunk(chunk_id, model, "", reply.finish_reason, prompt_tokens, 0, **usage)
             await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
         await self._write(request, response, "data: [DONE]\n\n")
@@ -638,13 +685,14 @@ def _chunk(
     sent: int,
     thinking: int = 0,
     usage: bool = True,
+    delta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One chunk as Gemini sends it (lite_stream, g38_chunk, empty_stop): a non-final chunk has
-    no ``finish_reason`` key, an empty answer is a role-only delta."""
-    choice: dict[str, Any] = {
-        "delta": {"content": text, "role": "assistant"} if text else {"role": "assistant"},
-        "index": 0,
-    }
+    no ``finish_reason`` key, an empty answer is a role-only delta; ``delta`` replaces the
+    text's delta (a thought)."""
+    if delta is None:
+        delta = {"content": text, "role": "assistant"} if text else {"role": "assistant"}
+    choice: dict[str, Any] = {"delta": delta, "index": 0}
     if finish is not None:
         choice["finish_reason"] = finish
     chunk: dict[str, Any] = {
