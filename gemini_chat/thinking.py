@@ -34,11 +34,22 @@ def thought_for(seconds: float) -> str:
     return f"Thought for {max(1, round(seconds))} s"
 
 
-def just_before(created_at: str) -> str:
-    """A Chainlit timestamp one millisecond before ``created_at``: a chat loads its steps in
-    creation order, and the step must sort above the answer, which was stamped first."""
-    moment = datetime.fromisoformat(created_at.removesuffix("Z")) - timedelta(milliseconds=1)
-    return moment.isoformat() + "Z"
+def _moment(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.removesuffix("Z"))
+
+
+def stamp_between(earlier: str | None, later: str) -> str:
+    """A Chainlit timestamp between two others (at most a millisecond before ``later``).
+
+    A chat loads its steps in creation order and drops a step whose parent it has not met yet:
+    the thinking step must sort after its run (``earlier``) and before the answer (``later``),
+    which was stamped first.
+    """
+    end = _moment(later)
+    start = end - timedelta(milliseconds=1)
+    if earlier is not None:
+        start = max(start, _moment(earlier))
+    return (start + (end - start) / 2).isoformat(timespec="microseconds") + "Z"
 
 
 class ThinkingStep:
@@ -75,7 +86,9 @@ class ThinkingStep:
             default_open=True,
             auto_collapse=True,
         )
-        step.created_at = just_before(reply.created_at or utc_now())
+        run = cl.context.current_step
+        run_stamp = run.created_at if run is not None and run.id == reply.parent_id else None
+        step.created_at = stamp_between(run_stamp, reply.created_at or utc_now())
         step.start = utc_now()
         self.live.thinking = step
         return step

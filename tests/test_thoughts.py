@@ -27,7 +27,7 @@ from gemini_chat.llm import (
     with_thinking_config,
 )
 from gemini_chat.streaming import Coalescer, ReplyStream
-from gemini_chat.thinking import just_before, thought_for
+from gemini_chat.thinking import stamp_between, thought_for
 from gemini_chat.thoughts import ThoughtFilter, move_inline_thought, reasoning_of
 from tests.chat_client import ChatClient
 from tests.db import query
@@ -87,8 +87,12 @@ def test_strip_returns_each_deltas_thought_also_when_tags_split():
 def test_step_titles_and_order():
     assert thought_for(0.2) == "Thought for 1 s"
     assert thought_for(4.4) == "Thought for 4 s"
-    assert just_before("2026-12-01T12:00:00.000500Z") == "2026-12-01T11:59:59.999500Z"
-    assert just_before("2026-12-01T12:00:00Z") < "2026-12-01T12:00:00Z"
+    # After the run, before the answer, in Chainlit's format.
+    assert stamp_between(None, "2026-12-01T12:00:00.001000Z") == "2026-12-01T12:00:00.000500Z"
+    assert (
+        stamp_between("2026-12-01T12:00:00.000100Z", "2026-12-01T12:00:00.000300Z")
+        == "2026-12-01T12:00:00.000200Z"
+    )
 
 
 # --- what is asked for ------------------------------------------------------------------------
@@ -377,6 +381,12 @@ async def test_a_reopened_chat_shows_the_step_and_sends_no_thought_to_the_model(
     (step,) = thought_steps(again)
     assert step["output"] == "".join(THOUGHTS)
     assert step["name"].startswith("Thought for")
+    # The page builds the chat in this order and drops a step met before its parent: the step
+    # must load after its run and before its answer.
+    loaded = next(d for n, d in again.events if n == "resume_thread")["steps"]
+    order = [s["id"] for s in loaded]
+    reply = next(s for s in loaded if s["type"] == "assistant_message" and s["output"] == ANSWER)
+    assert order.index(step["parentId"]) < order.index(step["id"]) < order.index(reply["id"])
     gemini.script(Reply("Beavers build dams."))
     await again.ask("And beavers?")
     second = (await gemini.arrived(2))[1]
