@@ -21,6 +21,8 @@ class Reply:
     done_at: float | None = None
     text: str = ""
     stream_events: int = 0  # stream_start + stream_token events for the reply
+    thought_events: int = 0  # the same for its thinking step, when one streams
+    reply_id: str | None = None
 
 
 @dataclass
@@ -74,7 +76,12 @@ class BrowserChat:
             if event == "stream_start" and data.get("type") == "assistant_message":
                 reply.stream_events += 1
                 reply.first_token_at = reply.first_token_at or now
+                reply.reply_id = data["id"]
                 reply.text = data.get("output", "")
+            elif event == "stream_start":
+                reply.thought_events += 1
+            elif event == "stream_token" and data["id"] != reply.reply_id:
+                reply.thought_events += 1
             elif event == "stream_token":
                 reply.stream_events += 1
                 reply.first_token_at = reply.first_token_at or now

@@ -319,6 +319,20 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
                 (tokens / (reply.done_at - reply.sent_at), (cpu_seconds(app.pid) - cpu) / tokens)
             )
             results["events_per_5000_token_reply"] = reply.stream_events
+        # The same reply after as many pieces of thought summary (SHOW_THOUGHTS is on): the
+        # thinking step's text is batched like the answer's, so it adds a few socket events.
+        (chat,) = await driver.open_chats(1)
+        cpu = cpu_seconds(app.pid)
+        await driver.one(chat, f"bench {tokens} 0 0 {tokens}")
+        reply = chat.reply
+        await chat.close()
+        assert reply.text == expected_text(tokens), "app reply with thoughts not intact"
+        results["thinking_reply"] = {
+            "pieces_per_s": 2 * tokens / (reply.done_at - reply.sent_at),
+            "cpu_us_per_piece": (cpu_seconds(app.pid) - cpu) / (2 * tokens) * 1e6,
+            "answer_events": reply.stream_events,
+            "thought_events": reply.thought_events,
+        }
         results["long_reply"] = {
             name: {
                 "tokens_per_s": statistics.median(rate for rate, _ in values),
@@ -487,6 +501,17 @@ def verdicts(r: dict) -> list[tuple[str, str, bool]]:
     return rows
 
 
+def thinking_lines(t: dict | None) -> list[str]:
+    if t is None:
+        return []
+    events = f"{t['answer_events']} + {t['thought_events']}"
+    rate = f"{t['pieces_per_s']:.0f}, {t['cpu_us_per_piece']:.0f}"
+    return [
+        f"{'  after 5,000 thought pieces':34}{'':>28}{events:>14}",
+        f"{'  thought+answer pieces/s, CPU (us)':34}{'':>28}{rate:>14}",
+    ]
+
+
 def render(r: dict) -> str:
     first, long = r["first_token_ms"], r["long_reply"]
     lines = [
@@ -501,6 +526,7 @@ def render(r: dict) -> str:
         f"{'CPU per token (us)':34}{long['bare']['cpu_us_per_token']:>14.0f}"
         f"{long['sdk']['cpu_us_per_token']:>14.0f}{long['app']['cpu_us_per_token']:>14.0f}",
         f"{'socket events per 5,000-token reply':34}{'':>28}{r['events_per_5000_token_reply']:>14}",
+        *thinking_lines(r.get("thinking_reply")),
         "",
         "SDK: the Agents SDK alone, stock client, one Agent. SDK+: the Agents SDK alone on the",
         "app's client (GeminiClient) with an agent copy per run. app: the app, through socket.io.",

@@ -10,8 +10,10 @@ inside an open stream, ``finish_reason: content_filter``, and 400 "Unknown name"
 fields Gemini does not know. ``recording(NAME)`` replays one real response byte for byte.
 
 Each request takes the next scripted behaviour (``server.script(...)``) or, when none is queued,
-echoes the last user message; a last message ``bench TOKENS DELAY FIRST_DELAY`` streams TOKENS
-pieces ``" tN"`` DELAY seconds apart after FIRST_DELAY seconds (the benchmark's load). Every
+echoes the last user message; a last message ``bench TOKENS DELAY FIRST_DELAY [THOUGHTS]`` streams
+TOKENS pieces ``" tN"`` DELAY seconds apart after FIRST_DELAY seconds (the benchmark's load),
+after THOUGHTS pieces of thought summary when the request asks for thoughts (as Gemini streams
+them: ``Reply.thoughts``). Every
 request is recorded so tests assert on exactly what the app sent. The server runs its own event
 loop in a thread, so tests on any loop (or none) can use it.
 """
@@ -196,7 +198,7 @@ def thought_deltas(reply: Reply, request: RecordedRequest) -> list[dict[str, Any
     ]
 
 
-BENCH = re.compile(r"^bench (\d+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)$")
+BENCH = re.compile(r"^bench (\d+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)(?: (\d+))?$")
 
 
 def bench_tokens(count: int) -> list[str]:
@@ -204,13 +206,17 @@ def bench_tokens(count: int) -> list[str]:
 
 
 def bench_reply(request: RecordedRequest) -> Reply | None:
-    """The benchmark's request: "bench TOKENS DELAY FIRST_DELAY" as the last user message."""
+    """The benchmark's request: "bench TOKENS DELAY FIRST_DELAY [THOUGHTS]" as last message."""
     last_user = next((t for role, t in reversed(request.conversation) if role == "user"), "")
     match = BENCH.match(last_user)
     if not match:
         return None
     count, delay, first_delay = int(match[1]), float(match[2]), float(match[3])
-    return Reply(chunks=bench_tokens(count), delay=delay, first_delay=first_delay)
+    # An optional fourth number: pieces of thought summary first, when the request asks.
+    thoughts = [f" r{i}" for i in range(int(match[4]))] if match[4] else None
+    return Reply(
+        chunks=bench_tokens(count), delay=delay, first_delay=first_delay, thoughts=thoughts
+    )
 
 
 @dataclass

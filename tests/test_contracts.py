@@ -2,7 +2,8 @@
 
 gemini_chat patches or subclasses private parts of its dependencies: nest_asyncio's changes to
 asyncio and Chainlit's constructor sleeps (runtime.py), openai's chunk parsing and request
-transform (llm.py), openai-agents' ``_fetch_response`` (llm.py), Chainlit's SQLAlchemy data layer
+transform (llm.py), openai-agents' ``_fetch_response`` (llm.py) and its reading of
+``reasoning_content`` (thoughts.py), Chainlit's SQLAlchemy data layer
 (storage.py) and its feedback routes (ownership.py). Each test here names one of them and fails
 when an upgrade of Chainlit, openai, openai-agents, nest_asyncio or Python moves it, instead of
 the app silently losing a fix or its speed. pyproject.toml bounds those packages to the releases
@@ -417,6 +418,31 @@ async def test_the_agents_sdk_streams_through_fetch_response_where_the_model_obs
     assert report.chunks == 2
     assert report.finish_reason == "stop"
     assert "".join(report.received) == result.final_output
+
+
+async def test_the_agents_sdk_streams_reasoning_content_set_on_a_delta_as_reasoning_events():
+    """thoughts.move_inline_thought sets ``reasoning_content`` on a parsed delta (an extra field
+    of openai's model); openai-agents' Chat Completions stream handler must read it there and
+    stream it as ``response.reasoning_summary_text.delta``, which streaming.ReplyStream shows."""
+    from gemini_chat.streaming import ANSWER_DELTA, THOUGHT_DELTA
+
+    client = _client(GeminiClient, _streaming([GEMINI_CHUNKS[2], GEMINI_CHUNKS[3]]))
+    agent = Agent(name="a", model=GeminiChatModel(model="gemini-2.5-flash", openai_client=client))
+    report = StreamReport()
+    token = current_report.set(report)
+    kinds: dict[str, list[str]] = {THOUGHT_DELTA: [], ANSWER_DELTA: []}
+    try:
+        result = Runner.run_streamed(agent, "hi", run_config=RunConfig(tracing_disabled=True))
+        async for event in result.stream_events():
+            if event.type == "raw_response_event" and event.data.type in kinds:
+                kinds[event.data.type].append(event.data.delta)
+    finally:
+        current_report.reset(token)
+        await client.close()
+    thought = json.loads(GEMINI_CHUNKS[2])["choices"][0]["delta"]["content"]
+    assert kinds[THOUGHT_DELTA] == [thought.removeprefix("<thought>")]
+    assert kinds[ANSWER_DELTA] == ["你好！有什么我可以帮助你的吗？"]
+    assert report.thoughts == kinds[THOUGHT_DELTA]
 
 
 # --- Chainlit's SQLAlchemy data layer (storage.ChatDataLayer) ------------------------------------

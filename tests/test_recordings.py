@@ -11,8 +11,9 @@ read (check GEMINI_BASE_URL), with nothing retried or kept in the history. Their
 flag on plain answer text) also serve the thought filter's tests below.
 
 thoughts_stream carries Gemini's thought summary inline in ``content`` between ``<thought>`` and
-``</thought>``. Until the chat can show thinking, the summary is neither shown as answer text nor
-sent back in the history: the user sees the answer after the closing tag, and only that.
+``</thought>``. The summary is neither shown as answer text nor sent back in the history: the
+answer is the text after the closing tag, and only that (the summary has a step of its own,
+tested in test_thoughts.py).
 """
 
 from __future__ import annotations
