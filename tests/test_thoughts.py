@@ -278,6 +278,12 @@ async def test_a_tool_calls_thought_signature_goes_back_with_the_call(gemini):
 # --- the real app ------------------------------------------------------------------------------
 
 
+def is_thinking_step(step: dict[str, Any]) -> bool:
+    meta = step.get("metadata")
+    meta = json.loads(meta) if isinstance(meta, str) and meta else meta or {}
+    return meta.get("kind") == "thoughts"
+
+
 def thought_steps(client: ChatClient) -> list[dict[str, Any]]:
     """The thinking steps the page was sent, as it holds them (by id, tokens applied)."""
     steps: dict[str, dict[str, Any]] = {}
@@ -289,9 +295,7 @@ def thought_steps(client: ChatClient) -> list[dict[str, Any]]:
             steps[data["id"]]["output"] += data["token"]
         elif name == "resume_thread":
             for step in data.get("steps", []):
-                meta = step.get("metadata")
-                meta = json.loads(meta) if isinstance(meta, str) and meta else meta or {}
-                if meta.get("kind") == "thoughts":
+                if is_thinking_step(step):
                     steps[step["id"]] = dict(step)
     return list(steps.values())
 
@@ -396,6 +400,42 @@ async def test_a_reopened_chat_shows_the_step_and_sends_no_thought_to_the_model(
         ("user", "And beavers?"),
     ]
     await again.disconnect()
+
+
+async def test_a_tab_opened_while_thinking_shows_the_thoughts_so_far_then_the_rest(app, gemini):
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages)
+    ideas = [f"idea {i}. " for i in range(40)]
+    gemini.script(Reply(ANSWER, thoughts=ideas, delay=0.08))
+    client.mark()
+    await client.send("Think it over")
+    thread_id = await client.chat_thread()
+    await client.wait_for(
+        lambda: any("idea 5." in s["output"] for s in thought_steps(client)), what="thinking"
+    )
+
+    second = await ChatClient(app.url, headers=client.headers).connect(thread_id=thread_id)
+    loaded = await second.wait_for(
+        lambda: next((d for n, d in second.events if n == "resume_thread"), None),
+        what="the chat as loaded",
+    )
+    at_open = next(s for s in loaded["steps"] if is_thinking_step(s))
+    assert at_open["name"] == "Thinking…" and "idea 5." in at_open["output"]
+    assert "idea 39." not in at_open["output"]
+
+    def finished() -> bool:
+        steps = thought_steps(second)
+        return bool(steps) and steps[0]["name"].startswith("Thought for")
+
+    await second.wait_for(finished, timeout=20, what="the finished step in the second tab")
+    (step,) = thought_steps(second)
+    assert step["output"] == "".join(ideas)  # every piece exactly once
+    await second.wait_for(
+        lambda: any(m.content == ANSWER for m in second.assistant_messages()), what="the answer"
+    )
+    await client.wait_idle()
+    await second.disconnect()
+    await client.disconnect()
 
 
 async def test_stop_while_thinking_leaves_a_finished_step(chat, gemini):

@@ -15,12 +15,13 @@ from tests.test_browser import (
     CHROMIUM_FLAGS,
     answer_buttons,
     chromium_path,
+    eventually,
     page,
     type_and_send,
 )
-from tests.test_page import last_step
+from tests.test_page import browser, last_step, open_chat
 
-__all__ = ["chromium_path", "page"]  # fixtures, used by name
+__all__ = ["browser", "chromium_path", "page"]  # fixtures, used by name
 
 pytestmark = pytest.mark.browser
 
@@ -55,7 +56,8 @@ async def above(page, upper, lower) -> bool:
     return top is not None and bottom is not None and top["y"] + top["height"] <= bottom["y"]
 
 
-async def test_thoughts_show_live_fold_above_the_answer_and_stay_after_reload(page, gemini):
+async def test_thoughts_show_live_fold_above_the_answer_and_stay_after_reload(browser, app, gemini):
+    page = await open_chat(browser, app, permissions=["clipboard-read", "clipboard-write"])
     gemini.script(Reply(ANSWER, thoughts=THOUGHTS, delay=0.4))
     await type_and_send(page, "Why do otters hold hands?")
 
@@ -101,6 +103,15 @@ async def test_thoughts_show_live_fold_above_the_answer_and_stay_after_reload(pa
     await expect(thinking_step(page).get_by_text(THOUGHT_TEXT, exact=False)).to_be_visible()
     await expect(answer).to_have_text(ANSWER)
     await screenshot(page, "thought-after-reload.png")
+    # The answer's copy button copies the answer alone.
+    reply = page.locator('.step[data-step-type="assistant_message"]').last
+    await reply.locator("button:not(.message-content button)").first.click()
+
+    async def copied() -> bool:
+        # The page writes the clipboard asynchronously after the click.
+        return await page.evaluate("navigator.clipboard.readText()") == ANSWER
+
+    await eventually(copied, what="the answer alone in the clipboard")
 
     # The model was asked for thoughts, and the next turn sends none back.
     gemini.script(Reply("Beavers build dams."))
