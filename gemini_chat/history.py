@@ -87,7 +87,8 @@ def history_from_steps(steps: list[dict[str, Any]], token_budget: int) -> Histor
 
     A turn is a user message and the reply the app marked as answering it (metadata ``for``);
     welcome and error notices carry other kinds and are skipped, as are thinking steps (not
-    messages: thoughts are never sent back) and a user message whose reply never came. Marks added on screen to stopped or cut-off replies are removed again.
+    messages: thoughts are never sent back) and a user message whose reply never came. Marks
+    added on screen to stopped or cut-off replies are removed again.
     """
     users: dict[str, str] = {}
     order: list[str] = []

@@ -198,7 +198,8 @@ class ReplyStream:
             failure = classify(
                 error,
                 model=self.backend.settings.model,
-                text_so_far=self.text,
+                # Thoughts count: Gemini was reached and had begun, the line dropped after.
+                text_so_far=self.text or "".join(self.report.thoughts),
                 stall_seconds=self.backend.settings.stall_timeout,
             )
             self._log(failure, error)

@@ -77,7 +77,7 @@ class ChatClient:
     def _apply(self, name: str, data: Any) -> None:
         if name in ("new_message", "update_message", "stream_start"):
             if data.get("type") not in SHOWN_TYPES:
-                return  # run steps of the hooks: hidden in the browser (cot = "hidden")
+                return  # hook run steps (never drawn) and thinking steps (not messages)
             message = self.messages.get(data["id"])
             tokens = message.tokens if message else 0
             self.messages[data["id"]] = ShownMessage(

@@ -471,6 +471,8 @@ async def test_a_drop_while_thinking_says_so_in_the_step_and_the_notice(chat, ge
     gemini.script(Reply(chunks=[], thoughts=THOUGHTS, delay=0.1, ending="drop"))
     replies = await chat.ask("Think and fail")
     assert [m.is_error for m in replies] == [True]
+    # Gemini was reached and had begun: not "couldn't reach Gemini".
+    assert "dropped before the answer was complete" in replies[0].content
     (step,) = thought_steps(chat)
     assert step["name"] == "Thinking cut off"
     assert step["output"] == "".join(THOUGHTS)

@@ -145,6 +145,31 @@ async def test_stop_while_thinking_leaves_the_step_saying_so_also_after_reload(p
     assert await thinking_step(page).get_by_text("Step 99 of", exact=False).count() == 0
 
 
+async def test_a_dropped_connection_while_thinking_shows_the_step_cut_off_and_a_notice(
+    page, gemini
+):
+    # Thoughts as other compatible servers send them (reasoning_content), then the line drops.
+    gemini.script(
+        Reply(chunks=[], thoughts=THOUGHTS, thought_shape="reasoning_content", ending="drop")
+    )
+    await type_and_send(page, "Why do otters hold hands?")
+    await expect(step_title(page)).to_have_text("Thinking cut off", timeout=15_000)
+    await page.get_by_text("connection to Gemini", exact=False).wait_for(timeout=15_000)
+    await step_title(page).click()
+    await expect(thinking_step(page).get_by_text(THOUGHT_TEXT, exact=False)).to_be_visible()
+    # No thought leaked into a message: only the welcome and the notice are messages.
+    messages = page.locator('.step[data-step-type="assistant_message"]')
+    assert await messages.count() == 2
+    assert await messages.filter(has_text="mustelids").count() == 0
+    await screenshot(page, "thinking-cut-off.png")
+    # The next message works, and nothing of the failed turn is sent.
+    gemini.script(Reply("Recovered."))
+    await type_and_send(page, "Try again")
+    await page.get_by_text("Recovered.").wait_for(timeout=15_000)
+    second = (await gemini.arrived(2))[1]
+    assert second.conversation[1:] == [("user", "Try again")]
+
+
 async def test_with_show_thoughts_off_no_step_is_shown_and_none_asked_for(
     start_app_with, chromium_path, gemini
 ):
