@@ -95,6 +95,50 @@ def test_step_titles_and_order():
     )
 
 
+# --- the fake, against the recording ----------------------------------------------------------
+
+
+def fake_deltas(gemini, body: dict[str, Any]) -> list[dict[str, Any]]:
+    import urllib.request
+
+    request = urllib.request.Request(
+        gemini.base_url + "chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {DEFAULT_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        events = response.read().decode().split("\n\n")
+    data = [e.removeprefix("data: ") for e in events if e.strip()]
+    return [json.loads(d)["choices"][0]["delta"] for d in data if d != "[DONE]"]
+
+
+def test_the_fake_streams_thoughts_as_the_recording_does_and_only_when_asked(gemini):
+    recorded = [
+        json.loads(e.removeprefix("data: "))["choices"][0]["delta"]
+        for e in recording("thoughts_stream").body.decode().split("\n\n")
+        if e.strip() and e.strip() != "data: [DONE]"
+    ]
+    body = {
+        "model": "gemini-3.8-flash",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": True,
+    }
+    gemini.script(Reply(ANSWER, thoughts=THOUGHTS), Reply(ANSWER, thoughts=THOUGHTS))
+    asked = fake_deltas(gemini, {**body, **INCLUDE})
+    # Same shape: thought deltas flagged, the first opening the tag, the first answer delta
+    # closing it, unflagged; the same keys on each kind of delta.
+    assert [sorted(d) for d in asked[:2]] == [sorted(d) for d in recorded[:2]]
+    assert sorted(asked[len(THOUGHTS)]) == sorted(recorded[-1])
+    assert asked[0]["content"] == "<thought>" + THOUGHTS[0]
+    assert asked[len(THOUGHTS)]["content"].startswith("</thought>")
+    joined = "".join(d.get("content", "") for d in asked)
+    assert joined == "<thought>" + "".join(THOUGHTS) + "</thought>" + ANSWER
+    # Not asked: the answer alone, no flag anywhere.
+    plain = fake_deltas(gemini, body)
+    assert "".join(d.get("content", "") for d in plain) == ANSWER
+    assert not any("extra_content" in d or "reasoning_content" in d for d in plain)
+
+
 # --- what is asked for ------------------------------------------------------------------------
 
 
