@@ -86,6 +86,9 @@ async def test_thoughts_show_live_fold_above_the_answer_and_stay_after_reload(br
     await expect(thinking_step(page).get_by_text(THOUGHT_TEXT, exact=False)).to_be_visible()
     bold = thinking_step(page).get_by_text("Weighing the question", exact=True)
     await expect(bold).to_have_css("font-weight", re.compile(r"^[6-9]00$"))
+    # Unfolded all the way (its last line is no longer clipped) before the picture.
+    last_line = thinking_step(page).get_by_text("A short answer will do.")
+    await expect(last_line).to_be_in_viewport(ratio=1)
     await screenshot(page, "thought-open.png")
 
     # Reloaded: still there, folded, above its answer, which keeps copy and thumbs.
@@ -102,6 +105,7 @@ async def test_thoughts_show_live_fold_above_the_answer_and_stay_after_reload(br
     await step_title(page).click()
     await expect(thinking_step(page).get_by_text(THOUGHT_TEXT, exact=False)).to_be_visible()
     await expect(answer).to_have_text(ANSWER)
+    await expect(last_line).to_be_in_viewport(ratio=1)
     await screenshot(page, "thought-after-reload.png")
     # The answer's copy button copies the answer alone.
     reply = page.locator('.step[data-step-type="assistant_message"]').last
