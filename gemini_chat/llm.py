@@ -8,6 +8,8 @@ tests/test_contracts.py fails when one of them moves.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -33,6 +35,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from .config import Settings
 from .errors import MalformedResponse, classify, log_detail
+from .preferences import Preferences, chat_model_settings, combined_instructions
 from .thoughts import ThoughtFilter
 
 logger = logging.getLogger("gemini_chat")
@@ -263,17 +266,51 @@ def build_run_config(settings: Settings, model: Any) -> RunConfig:
 
 @dataclass(frozen=True)
 class Backend:
-    """Everything a turn needs from the model side, built once."""
+    """Everything a turn needs from the model side, built once; ``for_chat`` gives one chat's
+    version of it (its model, temperature, instructions and thinking level)."""
 
     settings: Settings
     agent: Agent
     run_config: RunConfig
+    # The one client every chat's model shares, and those models by name.
+    client: AsyncOpenAI | None = None
+    models: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def model_named(self, name: str) -> Any:
+        if name == self.settings.model or self.client is None:
+            return self.run_config.model
+        model = self.models.get(name)
+        if model is None:
+            model = self.models[name] = GeminiChatModel(model=name, openai_client=self.client)
+        return model
+
+    def for_chat(self, preferences: Preferences) -> Backend:
+        model = self.model_named(preferences.model)
+        # A shallow copy, like each run's (streaming.py): Agent's own clone() re-validates.
+        agent = copy.copy(self.agent)
+        agent.model = model
+        agent.instructions = combined_instructions(
+            self.settings.instructions, preferences.instructions
+        )
+        run_config = dataclasses.replace(
+            self.run_config,
+            model=model,
+            model_settings=chat_model_settings(self.run_config.model_settings, preferences),
+        )
+        settings = dataclasses.replace(self.settings, model=preferences.model)
+        return Backend(settings, agent, run_config, self.client, self.models)
 
 
-def build_backend(settings: Settings, model: Any | None = None) -> Backend | None:
-    """The model side for ``settings``; None when no key is configured (nothing may go out)."""
+def build_backend(
+    settings: Settings, model: Any | None = None, client: AsyncOpenAI | None = None
+) -> Backend | None:
+    """The model side for ``settings``; None when no key is configured (nothing may go out).
+    With ``client``, chats may use other models than ``settings.model``, through it."""
     if model is None:
         if not settings.api_key:
             return None
-        model = build_model(settings)
-    return Backend(settings, build_agent(settings, model), build_run_config(settings, model))
+        client = client or build_client(settings)
+        model = build_model(settings, client)
+    return Backend(
+        settings, build_agent(settings, model), build_run_config(settings, model), client
+    )
