@@ -364,7 +364,11 @@ def panel_widgets(preferences: Preferences, choices: Sequence[str]) -> list[Any]
                 label="Thinking",
                 items=items,
                 initial_value=preferences.thinking_level or MODEL_DEFAULT,
-                description=f"How much {preferences.model} thinks before it answers.",
+                # The panel is sent again once a change is confirmed, not while it is edited.
+                description=(
+                    f"The levels {preferences.model} takes (another model's show once it is "
+                    "confirmed)."
+                ),
             )
         )
     widgets.append(
