@@ -388,14 +388,12 @@ def panel_widgets(preferences: Preferences, choices: Sequence[str]) -> list[Any]
 
 
 async def show_panel(preferences: Preferences, choices: Sequence[str]) -> None:
-    """Send the settings panel showing ``preferences``. Chainlit's session copy of the values
-    (which it writes into the thread at every disconnect, and which it fills with whatever a
-    client sends before the app is asked) is set to these checked values too."""
+    """Send the settings panel showing ``preferences``. Sending it also resets Chainlit's session
+    copy of the values (which Chainlit fills with whatever a client sends before the app is
+    asked, and writes into the thread at every disconnect) to these checked ones."""
     from chainlit.chat_settings import ChatSettings
-    from chainlit.context import context
 
     await ChatSettings(panel_widgets(preferences, choices)).send()
-    context.session.chat_settings = preferences.panel_values()
 
 
 def stored_in(thread: dict[str, Any]) -> Any:

@@ -402,6 +402,41 @@ async def thread_metadata(app, thread_id: str, key: str) -> dict | None:
     return metadata if key in metadata else None
 
 
+async def test_a_second_tab_closing_later_does_not_bring_old_settings_back(app, chat, gemini):
+    """Chainlit copies a resumed chat's metadata into the session and writes it back when the
+    tab goes: a tab opened before a change must not undo it when it closes."""
+    await next_panel(chat, 0)
+    await change(chat, {"temperature": 0.5})
+    await chat.ask("Hello")
+    thread_id = await chat.chat_thread()
+    await eventually(lambda: stored_preferences(app, thread_id), what="stored settings")
+    await chat.disconnect()
+
+    first = await ChatClient(app.url, headers=dict(chat.headers)).connect(thread_id=thread_id)
+    second = await ChatClient(app.url, headers=dict(chat.headers)).connect(thread_id=thread_id)
+    assert shown(await next_panel(second, 0))["temperature"] == 0.5
+    await next_panel(first, 0)
+    await change(first, {"temperature": 1.5})
+
+    async def changed() -> bool:
+        return (await stored_preferences(app, thread_id))["temperature"] == 1.5
+
+    await eventually(changed, what="the change stored")
+    await first.disconnect()
+    await second.disconnect()
+
+    # Both tabs' session copies are written into the chat when they go: the second one's last.
+    async def second_written() -> bool:
+        metadata = await thread_metadata(app, thread_id, "id")
+        return metadata is not None and metadata["id"] == second.session_id
+
+    await eventually(second_written, what="the second tab's copy written")
+    assert (await stored_preferences(app, thread_id))["temperature"] == 1.5
+    third = await ChatClient(app.url, headers=dict(chat.headers)).connect(thread_id=thread_id)
+    assert shown(await next_panel(third, 0))["temperature"] == 1.5
+    await third.disconnect()
+
+
 async def test_a_thinking_level_the_model_refuses_is_never_sent(chat, gemini):
     await next_panel(chat, 0)
     # Chosen for 3.8 Flash, which answers 400 to "minimal": refused.
