@@ -135,7 +135,14 @@ class ChatController:
             metadata={"kind": "welcome"},
         ).send()
         conversation.preferences = defaults(self.settings)
-        await show_panel(conversation.preferences, await self.catalog.choices())
+        # Sent once Gemini's model list is known, without holding up the start: until the hook
+        # returns, the page shows the chat as busy.
+        offer = asyncio.create_task(self._offer_panel(conversation.preferences))
+        _pending_releases.add(offer)
+        offer.add_done_callback(_pending_releases.discard)
+
+    async def _offer_panel(self, preferences: Preferences) -> None:
+        await show_panel(preferences, await self.catalog.choices())
 
     async def resume(self, thread: dict) -> None:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
