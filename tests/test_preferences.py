@@ -248,11 +248,15 @@ def database(app) -> str:
     return f"sqlite+aiosqlite:///{app.directory}/chats.db"
 
 
-async def stored_preferences(app, thread_id: str):
-    rows = await query(database(app), 'SELECT "metadata" FROM threads WHERE "id" = :t', t=thread_id)
-    if not rows or not rows[0][0]:
-        return None
-    return json.loads(rows[0][0]).get("preferences")
+async def metadata_of(url: str, thread_id: str) -> dict:
+    """A thread's metadata: JSON text on SQLite, a dict on PostgreSQL."""
+    rows = await query(url, 'SELECT "metadata" FROM threads WHERE "id" = :t', t=thread_id)
+    value = rows[0][0] if rows else None
+    return json.loads(value) if isinstance(value, str) else value or {}
+
+
+async def stored_preferences(app, thread_id: str, url: str | None = None):
+    return (await metadata_of(url or database(app), thread_id)).get("preferences")
 
 
 def thinking_config(request) -> dict:
@@ -337,6 +341,34 @@ async def test_a_chats_settings_reach_gemini_exactly_and_come_back_on_resume(app
     await resumed.disconnect()
 
 
+async def test_settings_are_stored_and_restored_on_both_stores(
+    database_url, start_app_with, gemini
+):
+    app = start_app_with(DATABASE_URL=database_url)
+    client = await ChatClient(app.url).connect()
+    await next_panel(client, 0)
+    await change(client, CHOSEN)
+    await client.ask("Hello")
+    thread_id = await client.chat_thread()
+    stored = await eventually(
+        lambda: stored_preferences(app, thread_id, database_url), what="stored settings"
+    )
+    assert stored["model"] == "gemini-3.5-flash" and stored["thinking_level"] == "minimal"
+    await client.disconnect()
+    # After a restart too, the chat comes back with them.
+    app.stop()
+    restarted = start_app_with(DATABASE_URL=database_url)
+    resumed = ChatClient(restarted.url, headers=dict(client.headers))
+    await resumed.connect(thread_id=thread_id)
+    assert shown(await next_panel(resumed, 0)) == CHOSEN
+    await resumed.ask("Again")
+    request = (await gemini.arrived(2))[-1]
+    assert (request.body["model"], request.body["temperature"]) == ("gemini-3.5-flash", 0.3)
+    assert thinking_config(request) == {"thinking_level": "minimal"}
+    assert request.messages[0]["content"].endswith(SEPARATOR + "Answer in French.")
+    await resumed.disconnect()
+
+
 async def test_a_chat_without_settings_sends_only_the_defaults(chat, gemini):
     await chat.ask("Hi")
     request = (await gemini.arrived(1))[0]
@@ -397,8 +429,7 @@ async def test_bad_settings_are_refused_in_the_chat_and_nothing_changes(app, cha
 
 
 async def thread_metadata(app, thread_id: str, key: str) -> dict | None:
-    rows = await query(database(app), 'SELECT "metadata" FROM threads WHERE "id" = :t', t=thread_id)
-    metadata = json.loads(rows[0][0]) if rows and rows[0][0] else {}
+    metadata = await metadata_of(database(app), thread_id)
     return metadata if key in metadata else None
 
 
