@@ -526,3 +526,28 @@ async def test_the_operator_narrows_the_models_offered(start_app_with, gemini):
         "gemini-3.5-flash",
     ]
     await client.disconnect()
+
+
+async def test_settings_sent_in_another_users_chat_are_stored_nowhere(
+    database_url, start_app_with, gemini
+):
+    """Bob's session names alice's chat (its id is all he needs to send): his settings and his
+    message reach Gemini as his own, and alice's chat gets none of them."""
+    from tests.test_security_data import alice_rows, two_users
+
+    world = await two_users(database_url, start_app_with, gemini)
+    before = await alice_rows(world)
+    bob = ChatClient(world.app.url, headers=world.cookie(world.bob_token))
+    # Chainlit lets him in (the chat is not found for him) and starts a new chat under that id.
+    await bob.connect(thread_id=world.thread)
+    await next_panel(bob, 0)
+    await change(bob, {"model": "gemini-3.5-flash", "instructions": "Bob was here."})
+    await bob.ask("Bob's message")
+    await change(bob, {"temperature": 0.1})
+    await bob.disconnect()
+    requests = await gemini.arrived(2)
+    assert requests[-1].body["model"] == "gemini-3.5-flash"
+    metadata = await metadata_of(world.url, world.thread)
+    assert "preferences" not in metadata
+    assert "Bob was here." not in json.dumps(metadata)
+    assert await alice_rows(world) == before
