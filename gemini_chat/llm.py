@@ -286,17 +286,16 @@ class Backend:
 
     def for_chat(self, preferences: Preferences) -> Backend:
         model = self.model_named(preferences.model)
-        # A shallow copy, like each run's (streaming.py): Agent's own clone() re-validates.
+        # Shallow copies, like each run's agent (streaming.py): dataclasses.replace() would run
+        # RunConfig's checks, which resolve its type hints (about 1 ms a turn).
         agent = copy.copy(self.agent)
         agent.model = model
         agent.instructions = combined_instructions(
             self.settings.instructions, preferences.instructions
         )
-        run_config = dataclasses.replace(
-            self.run_config,
-            model=model,
-            model_settings=chat_model_settings(self.run_config.model_settings, preferences),
-        )
+        run_config = copy.copy(self.run_config)
+        run_config.model = model
+        run_config.model_settings = chat_model_settings(self.run_config.model_settings, preferences)
         settings = dataclasses.replace(self.settings, model=preferences.model)
         return Backend(settings, agent, run_config, self.client, self.models)
 
