@@ -208,7 +208,16 @@ async def test_the_catalog_lists_once_and_falls_back_on_the_default(gemini):
     no_client = ModelCatalog(None, settings)
     assert await no_client.choices() == ("gemini-3.8-flash",)
 
+    # A failure is asked again after retry_after, a list after ttl.
+    gemini.model_list_fault = internal_error()
+    retrying = ModelCatalog(build_client(settings), settings, ttl=0, retry_after=0)
+    assert await retrying.choices() == ("gemini-3.8-flash",)
     gemini.model_list_fault = None
+    assert await retrying.choices() == CHOICES
+    listings = len(gemini.model_listings)
+    assert await retrying.choices() == CHOICES
+    assert len(gemini.model_listings) == listings + 1
+
     narrowed = Settings(
         api_key=DEFAULT_KEY,
         base_url=gemini.base_url,

@@ -143,6 +143,8 @@ async def test_instructions_over_the_limit_are_refused_with_a_notice(page, gemin
         "Your chat settings were not changed: the instructions are 8,001 characters long; "
         "the limit is 8,000. The previous settings still apply."
     )
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "settings-refused.png")
     # The panel shows the values still in force, and Gemini gets those.
     await expect_panel_shows(page, "gemini-3.8-flash", "1", "Model default", "Be brief.")
     await close_panel(page)
