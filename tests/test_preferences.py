@@ -192,8 +192,14 @@ def test_each_model_is_built_once_and_shares_the_client():
 
 
 async def test_the_catalog_lists_once_and_falls_back_on_the_default(gemini):
+    clients = []
+
+    def make_client(settings):  # closed at the end, with their connections
+        clients.append(client := build_client(settings))
+        return client
+
     settings = Settings(api_key=DEFAULT_KEY, base_url=gemini.base_url)
-    catalog = ModelCatalog(build_client(settings), settings)
+    catalog = ModelCatalog(make_client(settings), settings)
     assert await catalog.choices() == CHOICES
     assert await catalog.choices() == CHOICES
     listings = gemini.model_listings
@@ -203,14 +209,14 @@ async def test_the_catalog_lists_once_and_falls_back_on_the_default(gemini):
 
     for fault in (internal_error(), Reset(), Reply(first_delay=3)):
         gemini.model_list_fault = fault
-        failing = ModelCatalog(build_client(settings), settings, timeout=1)
+        failing = ModelCatalog(make_client(settings), settings, timeout=1)
         assert await failing.choices() == ("gemini-3.8-flash",)
     no_client = ModelCatalog(None, settings)
     assert await no_client.choices() == ("gemini-3.8-flash",)
 
     # A failure is asked again after retry_after, a list after ttl.
     gemini.model_list_fault = internal_error()
-    retrying = ModelCatalog(build_client(settings), settings, ttl=0, retry_after=0)
+    retrying = ModelCatalog(make_client(settings), settings, ttl=0, retry_after=0)
     assert await retrying.choices() == ("gemini-3.8-flash",)
     gemini.model_list_fault = None
     assert await retrying.choices() == CHOICES
@@ -223,10 +229,12 @@ async def test_the_catalog_lists_once_and_falls_back_on_the_default(gemini):
         base_url=gemini.base_url,
         models=("gemini-3.5-flash", "gemini-9-unknown", "text-embedding-004"),
     )
-    assert await ModelCatalog(build_client(narrowed), narrowed).choices() == (
+    assert await ModelCatalog(make_client(narrowed), narrowed).choices() == (
         "gemini-3.8-flash",
         "gemini-3.5-flash",
     )
+    for client in clients:
+        await client.close()
 
 
 # --- through the real app -----------------------------------------------------------------------
