@@ -22,7 +22,7 @@ settings = server.settings
 # OpenAIChatCompletionsModel, an Agent and a RunConfig (tracing off, one retry layer).
 # Built once per process; without GEMINI_API_KEY nothing is built and nothing goes upstream.
 client = build_client(settings) if settings.api_key else None
-backend = build_backend(settings, build_model(settings, client)) if client else None
+backend = build_backend(settings, build_model(settings, client), client) if client else None
 # Per-user limits on messages and tokens, counted in the database (off in local mode by default).
 controller = ChatController(settings, backend, build_usage_counter(settings, server.access.local))
 
@@ -68,6 +68,11 @@ async def on_chat_resume(thread: Any) -> None:
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
     await controller.handle(message)
+
+
+@cl.on_settings_update
+async def on_settings_update(values: dict) -> None:
+    await controller.update_settings(values)
 
 
 @cl.on_stop

@@ -26,6 +26,19 @@ from .history import REPLY_MARKS, STOPPED_BEFORE_TEXT, History, history_from_ste
 from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
 from .live import LiveReply, live_replies
 from .llm import Backend
+from .preferences import (
+    METADATA_KEY,
+    ModelCatalog,
+    Preferences,
+    SettingsRefused,
+    apply_change,
+    defaults,
+    restored,
+    show_on_resume,
+    show_panel,
+    store,
+    stored_in,
+)
 from .runtime import idle_collector
 from .streaming import EventBudget, ReplyStream
 from .thinking import ThinkingStep
@@ -49,6 +62,10 @@ class Conversation:
     """Per-chat state kept in ``cl.user_session``."""
 
     history: History
+    # This chat's model, temperature, instructions and thinking level (preferences.py).
+    preferences: Preferences | None = None
+    # Chosen before the chat's first message, when there was no stored chat to write them to.
+    preferences_unsaved: bool = False
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task] = field(default_factory=set)
     disconnect_watch: asyncio.Task | None = None
@@ -102,11 +119,14 @@ class ChatController:
         self.usage = usage
         # One per process: every streaming reply draws its socket updates from it.
         self.event_budget = EventBudget()
+        # The models a chat may use, listed by Gemini once for all chats.
+        self.catalog = ModelCatalog(backend.client if backend else None, settings)
 
     # -- lifecycle
 
     async def start(self) -> None:
-        cl.user_session.set(SESSION_KEY, Conversation(History(self.settings.history_token_budget)))
+        conversation = Conversation(History(self.settings.history_token_budget))
+        cl.user_session.set(SESSION_KEY, conversation)
         if self.backend is None:
             await self._notice(str(MissingApiKey()))
             return
@@ -115,12 +135,31 @@ class ChatController:
             author=self.settings.assistant_name,
             metadata={"kind": "welcome"},
         ).send()
+        conversation.preferences = defaults(self.settings)
+        # Sent once Gemini's model list is known, without holding up the start: until the hook
+        # returns, the page shows the chat as busy.
+        offer = asyncio.create_task(self._offer_panel(conversation.preferences))
+        _pending_releases.add(offer)
+        offer.add_done_callback(_pending_releases.discard)
+
+    async def _offer_panel(self, preferences: Preferences) -> None:
+        await show_panel(preferences, await self.catalog.choices())
 
     async def resume(self, thread: dict) -> None:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
         copy of the old session is not trusted for that)."""
         history = history_from_steps(thread.get("steps") or [], self.settings.history_token_budget)
-        cl.user_session.set(SESSION_KEY, Conversation(history))
+        conversation = Conversation(history)
+        cl.user_session.set(SESSION_KEY, conversation)
+        # Chainlit restored the whole metadata as the session's, and writes it back at every
+        # disconnect: without this, a tab closing later would put back the preferences it
+        # started with. The stored preferences are written by update_settings only.
+        user_sessions.get(cl.context.session.id, {}).pop(METADATA_KEY, None)
+        if self.backend is not None:
+            choices = await self.catalog.choices()
+            conversation.preferences = restored(stored_in(thread), self.settings, choices)
+            await show_panel(conversation.preferences, choices)
+            show_on_resume(thread, conversation.preferences)
         logger.info("Resumed a chat with %d earlier turn(s)", len(history.turns))
         # An answer still being written in this chat (the page was reloaded, or the chat opened
         # in another tab): show it as it is and follow it live; the composer waits for it.
@@ -188,6 +227,40 @@ class ChatController:
             logger.info("Every tab of a chat gone: stopping its answer")
             live.task.cancel()
 
+    # -- its settings
+
+    async def update_settings(self, values: dict) -> None:
+        """The settings panel was confirmed (or a client sent values): keep them if every one
+        passes, else say why in the chat and show the previous ones again."""
+        if self.backend is None:
+            cl.context.session.chat_settings = {}  # no panel without a key: nothing to keep
+            return
+        conversation = self.conversation()
+        current = conversation.preferences or defaults(self.settings)
+        choices = await self.catalog.choices()
+        try:
+            changed = apply_change(current, values, choices)
+        except SettingsRefused as refusal:
+            logger.info("Refused a settings change: %s", log_detail(refusal))
+            await self._notice(str(refusal))
+            await show_panel(current, choices)
+            return
+        conversation.preferences = changed
+        # Sent again: another model may take other thinking levels.
+        await show_panel(changed, choices)
+        await self._store_preferences(conversation)
+        logger.info("Chat settings changed: model %s", changed.model)
+
+    async def _store_preferences(self, conversation: Conversation) -> None:
+        session = cl.context.session
+        if not session.has_first_interaction:
+            # Chainlit stores a chat from its first message; written then (handle).
+            conversation.preferences_unsaved = True
+            return
+        conversation.preferences_unsaved = False
+        if conversation.preferences is not None:
+            await store(session.thread_id, conversation.preferences)
+
     # -- a message
 
     async def handle(self, message: cl.Message | None) -> None:
@@ -195,6 +268,8 @@ class ChatController:
             return
         text = message.content or ""
         admission: Admission | None = None
+        if self.conversation().preferences_unsaved:  # the chat is being stored now
+            await self._store_preferences(self.conversation())
         try:
             check_input(text, self.settings)
             if self.backend is None:
@@ -235,8 +310,8 @@ class ChatController:
         message_id: str,
         admission: Admission | None = None,
     ) -> None:
-        backend = self.backend
-        assert backend is not None
+        assert self.backend is not None
+        backend = self.backend.for_chat(conversation.preferences or defaults(self.settings))
         reply = cl.Message(
             content="",
             author=self.settings.assistant_name,
@@ -263,7 +338,7 @@ class ChatController:
             else None
         )
         stream = ReplyStream(backend, live.sink(), self.event_budget, thinking)
-        items = conversation.history.request_items(text, self.settings.instructions)
+        items = conversation.history.request_items(text, backend.agent.instructions)
         answer = ""
         stopped = False
         try:

@@ -8,6 +8,7 @@ tests/test_contracts.py fails when one of them moves.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -34,6 +35,12 @@ from openai.types.chat import ChatCompletionChunk
 
 from .config import Settings
 from .errors import MalformedResponse, classify, log_detail
+from .preferences import (
+    Preferences,
+    chat_model_settings,
+    combined_instructions,
+    with_thinking_config,
+)
 from .thoughts import ThoughtFilter, move_inline_thought
 
 logger = logging.getLogger("gemini_chat")
@@ -254,25 +261,6 @@ def build_retry_policy(settings: Settings):
     return policy
 
 
-def with_thinking_config(model_settings: ModelSettings, **fields: Any) -> ModelSettings:
-    """``model_settings`` with ``fields`` added to Gemini's ``thinking_config`` (keeping what is
-    already there, e.g. ``include_thoughts``), e.g. ``with_thinking_config(s,
-    thinking_level="low")``. The one place that knows where Gemini reads it.
-
-    Gemini's compatible endpoint takes its own options in a request field named ``extra_body``
-    (``{"extra_body": {"google": {"thinking_config": {...}}}}`` on the wire); openai's
-    ``extra_body`` argument merges its keys into the request, hence the double name. The SDK's
-    ``ModelSettings.resolve`` replaces ``extra_body`` whole, so changes are merged here.
-    """
-    body = dict(model_settings.extra_body or {})  # type: ignore[arg-type]
-    wire = dict(body.get("extra_body") or {})
-    google = dict(wire.get("google") or {})
-    google["thinking_config"] = {**(google.get("thinking_config") or {}), **fields}
-    wire["google"] = google
-    body["extra_body"] = wire
-    return dataclasses.replace(model_settings, extra_body=body)
-
-
 def build_model_settings(settings: Settings) -> ModelSettings:
     """Retries, and thought summaries when they are shown (``SHOW_THOUGHTS``): asked for only
     then, since Gemini thinks either way and the summaries cost streaming."""
@@ -297,17 +285,50 @@ def build_run_config(settings: Settings, model: Any) -> RunConfig:
 
 @dataclass(frozen=True)
 class Backend:
-    """Everything a turn needs from the model side, built once."""
+    """Everything a turn needs from the model side, built once; ``for_chat`` gives one chat's
+    version of it (its model, temperature, instructions and thinking level)."""
 
     settings: Settings
     agent: Agent
     run_config: RunConfig
+    # The one client every chat's model shares, and those models by name.
+    client: AsyncOpenAI | None = None
+    models: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def model_named(self, name: str) -> Any:
+        if name == self.settings.model or self.client is None:
+            return self.run_config.model
+        model = self.models.get(name)
+        if model is None:
+            model = self.models[name] = GeminiChatModel(model=name, openai_client=self.client)
+        return model
+
+    def for_chat(self, preferences: Preferences) -> Backend:
+        model = self.model_named(preferences.model)
+        # Shallow copies, like each run's agent (streaming.py): dataclasses.replace() would run
+        # RunConfig's checks, which resolve its type hints (about 1 ms a turn).
+        agent = copy.copy(self.agent)
+        agent.model = model
+        agent.instructions = combined_instructions(
+            self.settings.instructions, preferences.instructions
+        )
+        run_config = copy.copy(self.run_config)
+        run_config.model = model
+        run_config.model_settings = chat_model_settings(self.run_config.model_settings, preferences)
+        settings = dataclasses.replace(self.settings, model=preferences.model)
+        return Backend(settings, agent, run_config, self.client, self.models)
 
 
-def build_backend(settings: Settings, model: Any | None = None) -> Backend | None:
-    """The model side for ``settings``; None when no key is configured (nothing may go out)."""
+def build_backend(
+    settings: Settings, model: Any | None = None, client: AsyncOpenAI | None = None
+) -> Backend | None:
+    """The model side for ``settings``; None when no key is configured (nothing may go out).
+    With ``client``, chats may use other models than ``settings.model``, through it."""
     if model is None:
         if not settings.api_key:
             return None
-        model = build_model(settings)
-    return Backend(settings, build_agent(settings, model), build_run_config(settings, model))
+        client = client or build_client(settings)
+        model = build_model(settings, client)
+    return Backend(
+        settings, build_agent(settings, model), build_run_config(settings, model), client
+    )

@@ -62,6 +62,7 @@ class ChatClient:
             "task_end",
             "first_interaction",
             "resume_thread",
+            "chat_settings",
         ):
             self.sio.on(name, self._handler(name))
 

@@ -54,6 +54,18 @@ KNOWN_MODELS = frozenset(
         "gemini-3.1-flash-lite",
     }
 )
+# Models Gemini lists beside its chat models (embeddings, images, video, speech, AQA): an
+# app offering them for chat would get errors.
+OTHER_LISTED_MODELS = (
+    "text-embedding-004",
+    "gemini-embedding-001",
+    "imagen-4.0-generate-001",
+    "veo-3.0-generate-preview",
+    "gemini-2.5-flash-preview-tts",
+    "aqa",
+)
+# Models that answer 400 to the thinking level "minimal".
+NO_MINIMAL_THINKING = frozenset({"gemini-3.7-flash", "gemini-3.8-flash"})
 # Fields Gemini's endpoint accepts; anything else is refused the way Gemini refuses it.
 ACCEPTED_FIELDS = frozenset(
     {
@@ -423,6 +435,27 @@ def high_demand() -> Fail:
     )
 
 
+def thinking_refused(message: str) -> Fail:
+    return Fail(400, error_body(400, "INVALID_ARGUMENT", message))
+
+
+def thinking_refusal(body: dict[str, Any]) -> Fail | None:
+    """Gemini's 400 for a thinking config it does not take: ``reasoning_effort`` beside
+    ``extra_body.google.thinking_config``, or "minimal" for a model without it."""
+    extra = body.get("extra_body")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    config = google.get("thinking_config") if isinstance(google, dict) else None
+    if not isinstance(config, dict):
+        return None
+    if "reasoning_effort" in body:
+        return thinking_refused(
+            "reasoning_effort and extra_body.google.thinking_config cannot both be set."
+        )
+    if config.get("thinking_level") == "minimal" and body.get("model") in NO_MINIMAL_THINKING:
+        return thinking_refused("Thinking level MINIMAL is not supported for this model.")
+    return None
+
+
 def unknown_field(name: str) -> Fail:
     return Fail(
         400,
@@ -455,6 +488,10 @@ class FakeGemini:
         self.api_key = api_key
         self.models = frozenset(models)
         self.requests: list[RecordedRequest] = []
+        # GET /models: each listing asked for, and the behaviour that replaces the list (a Fail
+        # or a Reset; a Reply delays it by its first_delay) until reset.
+        self.model_listings: list[RecordedRequest] = []
+        self.model_list_fault: Behaviour | None = None
         self._script: deque[Behaviour] = deque()
         self._changed = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -496,6 +533,7 @@ class FakeGemini:
         asyncio.set_event_loop(self._loop)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/{prefix:.*}chat/completions", self._handle)
+        app.router.add_get("/{prefix:.*}models", self._list_models)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
@@ -514,6 +552,8 @@ class FakeGemini:
         with self._changed:
             self._script.clear()
             self.requests.clear()
+            self.model_listings.clear()
+            self.model_list_fault = None
 
     @property
     def pending(self) -> int:
@@ -562,6 +602,48 @@ class FakeGemini:
         finally:
             recorded.finished.set()
 
+    def wait_for_model_listings(self, count: int, timeout: float = 10.0) -> list[RecordedRequest]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.model_listings) >= count, timeout):
+                raise AssertionError(
+                    f"expected {count} model listing(s), got {len(self.model_listings)}"
+                )
+            return list(self.model_listings)
+
+    async def _list_models(self, request: web.Request) -> web.StreamResponse:
+        """Gemini's model list on the compatible endpoint: an OpenAI list object whose ids
+        carry the ``models/`` prefix, non-chat models included."""
+        recorded = RecordedRequest(body={}, headers=dict(request.headers), path=request.path)
+        with self._changed:
+            self.model_listings.append(recorded)
+            fault = self.model_list_fault
+            self._changed.notify_all()
+        try:
+            if request.headers.get("Authorization", "") != f"Bearer {self.api_key}":
+                fault = invalid_key()
+            if isinstance(fault, Reply):
+                await self._pause(request, fault.first_delay)
+            elif isinstance(fault, Reset):
+                _reset(request)
+                raise ClientGone
+            elif isinstance(fault, Fail):
+                return web.json_response(fault.body, status=fault.status)
+            names = [*sorted(self.models), *OTHER_LISTED_MODELS]
+            return web.json_response(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": f"models/{name}", "object": "model", "owned_by": "google"}
+                        for name in names
+                    ],
+                }
+            )
+        except ClientGone:
+            recorded.disconnected.set()
+            return web.Response(status=499)
+        finally:
+            recorded.finished.set()
+
     async def _respond(
         self, request: web.Request, recorded: RecordedRequest, behaviour: Behaviour | None
     ) -> web.StreamResponse:
@@ -572,6 +654,8 @@ class FakeGemini:
             behaviour = unknown_field(unknown[0])
         elif recorded.body.get("model") not in self.models:
             behaviour = unknown_model(str(recorded.body.get("model")))
+        elif refusal := thinking_refusal(recorded.body):
+            behaviour = refusal
         behaviour = behaviour or bench_reply(recorded) or Reply()
 
         if isinstance(behaviour, Reset):

@@ -91,3 +91,32 @@ def test_the_local_page_login_uses_chainlits_own_token_and_cookie_helpers():
     assert list(inspect.signature(set_auth_cookie).parameters) == ["request", "response", "token"]
     assert list(inspect.signature(create_jwt).parameters) == ["data"]
     assert callable(get_token_from_cookies) and callable(decode_jwt)
+
+
+def test_a_resumed_chats_metadata_becomes_its_session_and_goes_back_at_disconnect():
+    """preferences: chat.resume drops the stored preferences from the session Chainlit built
+    from the thread's metadata, because Chainlit writes that session back into the thread when
+    the tab goes (a tab opened earlier would put old values back)."""
+    resume = inspect.getsource(chainlit.socket.resume_thread)
+    assert "user_sessions[session.id] = metadata.copy()" in resume
+    assert "session.chat_settings = chat_settings" in resume
+    disconnect = inspect.getsource(chainlit.socket.disconnect)
+    assert "persist_user_session(session.thread_id, session.to_persistable())" in disconnect
+    from chainlit.session import WebsocketSession
+
+    persistable = inspect.getsource(WebsocketSession.to_persistable)
+    assert 'user_session["chat_settings"] = self.chat_settings' in persistable
+
+
+def test_chainlit_keeps_a_clients_settings_before_asking_the_app_and_the_panel_resets_them():
+    """preferences: a change from the panel lands in session.chat_settings unchecked, then
+    on_settings_update runs; show_panel's ChatSettings.send() puts the checked values back."""
+    source = inspect.getsource(chainlit.socket.change_settings)
+    assert source.index("context.session.chat_settings[key] = value") < source.index(
+        "config.code.on_settings_update(settings)"
+    )
+    from chainlit.chat_settings import ChatSettings
+
+    send = inspect.getsource(ChatSettings.send)
+    assert "context.emitter.set_chat_settings(settings)" in send
+    assert "self.settings()" in send

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -355,7 +356,8 @@ async def test_the_thought_summary_streams_into_its_own_step_and_never_into_the_
 
     (step,) = thought_steps(chat)
     assert step["output"] == "".join(THOUGHTS)
-    assert step["name"] == "Thought for 1 s"
+    # The seconds themselves are thought_for's (tested above); a loaded machine may take 2.
+    assert re.fullmatch(r"Thought for \d+ s", step["name"])
     assert step["type"] == "llm"
     assert step["end"] and step["defaultOpen"] and step["autoCollapse"]
     # In the answer's run, above it: sent first, stamped earlier.
@@ -390,7 +392,7 @@ async def test_the_thought_summary_streams_into_its_own_step_and_never_into_the_
     rows = await eventually(lambda: _with_two_replies(stored), what="the stored steps")
     shown = [(r[0], r[1], r[2]) for r in rows if "Ask me anything" not in r[2]]
     assert shown == [
-        ("llm", "Thought for 1 s", "".join(THOUGHTS)),
+        ("llm", step["name"], "".join(THOUGHTS)),
         ("assistant_message", "Gemini", ANSWER),
         ("assistant_message", "Gemini", "Beavers build dams."),
     ]
