@@ -328,6 +328,9 @@ class ChatController:
         if continued is not None and continued.reply is not None:
             reply, prefix = continued.reply, continued.text
             reply.content = prefix
+            # Stored again when it ends: Chainlit's send() writes a message only once, and the
+            # data layer's write of an existing message updates it.
+            reply.persisted = False
             if continued.notice is not None:
                 await continued.notice.remove()  # the answer goes on: no longer cut off
             items = history.request_items(CONTINUE_PROMPT, self.settings.instructions)
