@@ -195,14 +195,18 @@ class Answers:
             await self.offer(last)
 
 
-async def show_usage(message_id: str, usage: TokenUsage) -> None:
-    await cl.Action(
+async def show_usage(message_id: str, usage: TokenUsage, replace: bool = False) -> None:
+    """The usage line under a message; ``replace`` the one it has (a continued answer)."""
+    line = cl.Action(
         name=USAGE,
         payload={},
         label=usage.line(),
         tooltip=usage.explanation(),
         id=f"{USAGE_ID}{message_id}",
-    ).send(for_id=message_id)
+    )
+    if replace:
+        await line.remove()  # the page removes an action by its id
+    await line.send(for_id=message_id)
 
 
 async def set_aside(last: LastAnswer) -> None:

@@ -402,7 +402,7 @@ class ChatController:
             shown = reply if answer or stopped else None
             holder = shown or notice
             if usage is not None and holder is not None:
-                await show_usage(holder.id, usage)
+                await show_usage(holder.id, usage, replace=continued is not None)
             await conversation.answers.offer(
                 LastAnswer(
                     text,

@@ -274,7 +274,7 @@
     LINES + "{cursor:default;font-size:12px;font-weight:400;height:auto;padding:0 6px;" +
     "font-variant-numeric:tabular-nums;opacity:1 !important;}" +
     LINES.replace(/"\]/g, '"]:hover') + "{background:transparent;}" +
-    'button[id^="gemini-total-"]{border-left:1px solid currentColor;border-radius:0;' +
+    'button[id^="gemini-total-"]:not(:first-child){border-left:1px solid hsl(var(--border));border-radius:0;' +
     "padding-left:8px;margin-left:2px;}";
   document.head.appendChild(style);
 })();

@@ -134,6 +134,11 @@ async def test_a_cut_off_answer_continues_in_place_and_the_history_holds_it_whol
     assert chat.messages[cut.id].content == "The start of it and the end."
     assert notice.id not in chat.messages
     await offered(chat, cut.id, "regenerate")
+    # One usage line for the answer, its two parts added up (the fake counts each request's
+    # words as its prompt, a piece as a token, and 66 thinking tokens).
+    prompts = [sum(len(t.split()) for _, t in r.conversation) for r in (asked, continuing)]
+    usage = [a["label"] for a in chat.actions_on(cut.id) if a["id"].startswith("gemini-usage-")]
+    assert usage == [f"{sum(prompts)} in · 4 out · 132 thinking"]
     assert "continue" not in [a["name"] for a in chat.actions_on(cut.id)]
 
     await chat.ask("Thanks")
@@ -142,11 +147,14 @@ async def test_a_cut_off_answer_continues_in_place_and_the_history_holds_it_whol
         ("assistant", "The start of it and the end."),
         ("user", "Thanks"),
     ]
-    rows = await stored_replies(app, await chat.chat_thread(), 2)
-    assert [(text, meta["status"]) for text, meta in rows] == [
-        ("The start of it and the end.", "complete"),
-        ("Next.", "complete"),
-    ]
+    thread_id = await chat.chat_thread()
+    expected = [("The start of it and the end.", "complete"), ("Next.", "complete")]
+
+    async def stored():
+        rows = await stored_replies(app, thread_id, 2)
+        return [(text, meta.get("status")) for text, meta in rows] == expected
+
+    await _eventually(stored, what="the continued answer stored whole, the notice gone")
 
 
 async def test_an_error_notice_offers_regenerate_which_asks_again(chat, gemini):
