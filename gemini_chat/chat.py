@@ -198,6 +198,7 @@ class ChatController:
         emitter = cl.context.emitter
         await emitter.task_start()  # the page shows Stop, as for a message
         idle_collector.started()
+        began = False
         try:
             admission: Admission | None = None
             if self.usage is not None:
@@ -209,6 +210,7 @@ class ChatController:
                     await conversation.answers.offer(last)
                     return
             async with conversation.turn_lock:
+                began = True
                 if continuing:
                     await self._turn(
                         conversation, last.user_text, last.user_message_id, admission, last
@@ -221,7 +223,10 @@ class ChatController:
                 async with cl.Step(name="on_message", type="run", parent_id=last.user_message_id):
                     await self._turn(conversation, last.user_text, last.user_message_id, admission)
         except asyncio.CancelledError:
-            pass  # stopped: the turn has marked its answer
+            # Stopped: the turn has marked its answer; stopped before it began (waiting for
+            # the database), the last answer is offered again as it was.
+            if not began:
+                await conversation.answers.offer(last)
         finally:
             idle_collector.finished()
             await emitter.task_end()

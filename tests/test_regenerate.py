@@ -248,3 +248,34 @@ async def test_another_users_session_cannot_be_clicked_in(start_app_with, gemini
     assert status == 401
     assert len(gemini.requests) == 1
     await alice.disconnect()
+
+
+async def test_continue_is_offered_again_after_a_reload_and_continues_the_stored_answer(
+    app, chat, gemini
+):
+    gemini.script(
+        Reply(chunks=["Part one", " and"], finish_reason="length", prompt_tokens=40),
+        Reply(chunks=[" part two."], prompt_tokens=50),
+    )
+    [cut, notice] = await chat.ask("Go")
+    thread_id = await chat.chat_thread()
+    await offered(chat, notice.id, "continue")
+    await chat.disconnect()
+
+    reopened = ChatClient(app.url, headers=dict(chat.headers))
+    await reopened.connect(thread_id=thread_id)
+    cont = await offered(reopened, notice.id, "continue")
+    await click(reopened, cont)
+    await reopened.wait_idle()
+    asked, continuing = await gemini.arrived(2)
+    assert continuing.conversation == [
+        *asked.conversation,
+        ("assistant", "Part one and"),
+        ("user", CONTINUE_PROMPT),
+    ]
+    assert reopened.messages[cut.id].content == "Part one and part two."
+    assert notice.id not in reopened.messages
+    # The usage stored with the cut answer and the continuation's are added up.
+    usage = [a["label"] for a in reopened.actions_on(cut.id) if a["id"].startswith("gemini-usage-")]
+    assert usage == ["90 in · 3 out · 132 thinking"]
+    await reopened.disconnect()

@@ -147,16 +147,18 @@ async def test_each_answer_shows_its_usage_and_the_last_one_the_chats_total(app,
     assert _lines(chat, first.id) == ["1,234 in · 56 out · 789 thinking"]
 
     thread_id = await chat.chat_thread()
-    stored = await _eventually(
-        lambda: query(
+
+    async def both_stored():
+        rows = await query(
             _database(app),
             'SELECT "output", "metadata" FROM steps WHERE "threadId" = :t AND '
             "\"type\" = 'assistant_message' AND \"output\" IN ('First.', 'Second.') "
             'ORDER BY "createdAt"',
             t=thread_id,
-        ),
-        what="the stored answers",
-    )
+        )
+        return rows if len(rows) == 2 else None
+
+    stored = await _eventually(both_stored, what="the stored answers")
     assert [(text, json.loads(meta)["usage"]) for text, meta in stored] == [
         ("First.", {"in": 1234, "out": 56, "thinking": 789}),
         ("Second.", {"in": 2000, "out": 10, "thinking": 0}),
