@@ -279,3 +279,27 @@ async def test_continue_is_offered_again_after_a_reload_and_continues_the_stored
     usage = [a["label"] for a in reopened.actions_on(cut.id) if a["id"].startswith("gemini-usage-")]
     assert usage == ["90 in · 3 out · 132 thinking"]
     await reopened.disconnect()
+
+
+async def test_an_answer_asked_again_counts_towards_the_users_limits(start_app_with, gemini):
+    app = start_app_with(USER_MESSAGES_PER_MINUTE="1")
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome")
+    gemini.script(Reply("Only one."))
+    [answer] = await client.ask("hello")
+    first = await offered(client, answer.id, "regenerate")
+    await click(client, first)
+    await client.wait_idle()
+    notice = client.assistant_messages()[-1]
+    assert notice.is_error and "You've sent 1 message in the last minute" in notice.content
+    assert len(gemini.requests) == 1
+    # Nothing was lost: the answer is as it was, and still offers Regenerate.
+    assert client.messages[answer.id].content == "Only one."
+    await client.wait_for(
+        lambda: (
+            [a["id"] for a in client.actions_on(answer.id) if a["name"] == "regenerate"]
+            not in ([], [first["id"]])
+        ),
+        what="Regenerate offered again",
+    )
+    await client.disconnect()
