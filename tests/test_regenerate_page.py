@@ -3,6 +3,8 @@ view; a cut-off answer offers Continue, and goes on in place."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from playwright.async_api import expect
 
@@ -83,3 +85,22 @@ async def test_a_cut_off_answer_offers_continue_and_goes_on(browser, app, gemini
     await screenshot(page, "continued.png")
     continuing = (await gemini.arrived(2))[-1]
     assert continuing.conversation[-2] == ("assistant", "The list: one, two,")
+
+
+async def test_stop_ends_a_regenerated_answer(browser, app, gemini):
+    page = await open_chat(browser, app)
+    gemini.script(
+        Reply("First take."), Reply(chunks=[f"again{i} " for i in range(200)], delay=0.05)
+    )
+    await type_and_send(page, "Once more")
+    old = page.locator(ANSWERS, has_text="First take.").last
+    await old.get_by_role("button", name="Regenerate").click()
+    await page.get_by_text("again3", exact=False).wait_for(timeout=15_000)
+    await page.locator("#stop-button").click()
+    await page.get_by_text("— stopped").wait_for(timeout=10_000)
+    await expect(page.get_by_text("again199", exact=False)).to_have_count(0)
+    # The stopped answer is the last one: it can be asked again.
+    stopped = page.locator(ANSWERS, has_text="again0").last
+    await expect(stopped.get_by_role("button", name="Regenerate")).to_be_visible(timeout=10_000)
+    request = (await gemini.arrived(2))[-1]
+    assert await asyncio.to_thread(request.disconnected.wait, 10)
