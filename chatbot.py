@@ -8,6 +8,7 @@ from typing import Any
 
 import chainlit as cl
 
+from gemini_chat.actions import CONTINUE, REGENERATE, USAGE
 from gemini_chat.app import prepare_server
 from gemini_chat.chat import ChatController
 from gemini_chat.limits import build_usage_counter
@@ -83,3 +84,18 @@ async def on_stop() -> None:
 @cl.on_chat_end
 async def on_chat_end() -> None:
     await controller.end()
+
+
+@cl.action_callback(REGENERATE)
+async def on_regenerate(action: cl.Action) -> None:
+    await controller.regenerate(action)
+
+
+@cl.action_callback(CONTINUE)
+async def on_continue(action: cl.Action) -> None:
+    await controller.continue_answer(action)
+
+
+@cl.action_callback(USAGE)
+async def on_usage(action: cl.Action) -> None:
+    """The usage lines are drawn as actions; clicking one does nothing."""

@@ -19,15 +19,31 @@ from chainlit.session import WebsocketSession
 from chainlit.user_session import user_sessions
 from chainlit.utils import utc_now
 
+from .actions import CONTINUE_PROMPT, Answers, LastAnswer, set_aside, show_usage
 from .config import Settings
-from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
+from .errors import (
+    AnswerTruncated,
+    ChatError,
+    EmptyMessage,
+    InputError,
+    MessageTooLong,
+    MissingApiKey,
+    log_detail,
+)
 from .framework import after_resume_sent
-from .history import REPLY_MARKS, STOPPED_BEFORE_TEXT, History, history_from_steps
+from .history import (
+    PROMPT_KEY,
+    REPLY_MARKS,
+    STOPPED_BEFORE_TEXT,
+    History,
+    estimate_request,
+    history_from_steps,
+)
 from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
 from .live import LiveReply, live_replies
 from .llm import Backend
+from .preferences import METADATA_KEY as PREFERENCES_KEY
 from .preferences import (
-    METADATA_KEY,
     ModelCatalog,
     Preferences,
     SettingsRefused,
@@ -42,6 +58,8 @@ from .preferences import (
 from .runtime import idle_collector
 from .streaming import EventBudget, ReplyStream
 from .thinking import ThinkingStep
+from .usage import METADATA_KEY as USAGE_KEY
+from .usage import TokenUsage
 
 logger = logging.getLogger("gemini_chat")
 
@@ -69,6 +87,7 @@ class Conversation:
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task] = field(default_factory=set)
     disconnect_watch: asyncio.Task | None = None
+    answers: Answers = field(default_factory=Answers)
 
     def cancel_turns(self) -> int:
         """Cancel the running turn and all queued ones; return how many were cancelled."""
@@ -148,13 +167,15 @@ class ChatController:
     async def resume(self, thread: dict) -> None:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
         copy of the old session is not trusted for that)."""
-        history = history_from_steps(thread.get("steps") or [], self.settings.history_token_budget)
-        conversation = Conversation(history)
+        steps = thread.get("steps") or []
+        history = history_from_steps(steps, self.settings.history_token_budget)
+        answers, usages = Answers.from_steps(steps)
+        conversation = Conversation(history, answers=answers)
         cl.user_session.set(SESSION_KEY, conversation)
         # Chainlit restored the whole metadata as the session's, and writes it back at every
         # disconnect: without this, a tab closing later would put back the preferences it
         # started with. The stored preferences are written by update_settings only.
-        user_sessions.get(cl.context.session.id, {}).pop(METADATA_KEY, None)
+        user_sessions.get(cl.context.session.id, {}).pop(PREFERENCES_KEY, None)
         if self.backend is not None:
             choices = await self.catalog.choices()
             conversation.preferences = restored(stored_in(thread), self.settings, choices)
@@ -163,9 +184,15 @@ class ChatController:
         logger.info("Resumed a chat with %d earlier turn(s)", len(history.turns))
         # An answer still being written in this chat (the page was reloaded, or the chat opened
         # in another tab): show it as it is and follow it live; the composer waits for it.
-        if live_replies.show_to(thread, cl.context.session, history):
-            emitter = cl.context.emitter
-            after_resume_sent(emitter, emitter.task_start)
+        following = live_replies.show_to(thread, cl.context.session, history)
+        emitter = cl.context.emitter
+
+        async def show() -> None:
+            if following:
+                await emitter.task_start()
+            await answers.show_stored(usages, offer=not following)
+
+        after_resume_sent(emitter, show)
 
     def conversation(self) -> Conversation:
         conversation = cl.user_session.get(SESSION_KEY)
@@ -181,6 +208,69 @@ class ChatController:
             watched.task.cancel()  # stopped from a tab that follows the answer
             cancelled += 1
         logger.info("Stop requested: cancelled %d turn(s)", cancelled)
+
+    # -- the buttons on the last answer
+
+    async def regenerate(self, action: cl.Action) -> None:
+        """Ask again for the last answer, with the same history; the earlier answer stays on
+        screen, marked, and leaves the history."""
+        self._answer_again(action, continuing=False)
+
+    async def continue_answer(self, action: cl.Action) -> None:
+        """Ask Gemini to go on with the last answer, cut off by the length limit."""
+        self._answer_again(action, continuing=True)
+
+    def _answer_again(self, action: cl.Action, continuing: bool) -> None:
+        conversation = self.conversation()
+        thread_id = getattr(cl.context.session, "thread_id", None)
+        if self.backend is None or conversation.tasks or live_replies.get(thread_id):
+            logger.warning("Refused %s: a reply is running in this chat", action.name)
+            return
+        last = conversation.answers.claim(action, continuing)
+        if last is None:
+            return
+        # A task of its own, as a message's turn is: Stop and a closed tab cancel it the same
+        # way, and the action's request returns at once.
+        task = asyncio.create_task(self._again(conversation, last, continuing))
+        conversation.tasks.add(task)
+        task.add_done_callback(conversation.tasks.discard)
+
+    async def _again(self, conversation: Conversation, last: LastAnswer, continuing: bool) -> None:
+        emitter = cl.context.emitter
+        await emitter.task_start()  # the page shows Stop, as for a message
+        idle_collector.started()
+        began = False
+        try:
+            admission: Admission | None = None
+            if self.usage is not None:
+                try:
+                    admission = await self.usage.admit(self._user())
+                except LimitRefusal as refusal:
+                    logger.info("Refused an answer asked again: %s", log_detail(refusal))
+                    await self._notice(str(refusal))
+                    await conversation.answers.offer(last)
+                    return
+            async with conversation.turn_lock:
+                began = True
+                if continuing:
+                    await self._turn(
+                        conversation, last.user_text, last.user_message_id, admission, last
+                    )
+                    return
+                await set_aside(last)
+                conversation.history.take_back(last.user_message_id)
+                # In a run step of its own under the question, as Chainlit does for a
+                # message: the page puts copy and thumbs on a run's answer.
+                async with cl.Step(name="on_message", type="run", parent_id=last.user_message_id):
+                    await self._turn(conversation, last.user_text, last.user_message_id, admission)
+        except asyncio.CancelledError:
+            # Stopped: the turn has marked its answer; stopped before it began (waiting for
+            # the database), the last answer is offered again as it was.
+            if not began:
+                await conversation.answers.offer(last)
+        finally:
+            idle_collector.finished()
+            await emitter.task_end()
 
     async def end(self) -> None:
         """The browser went away. Give it a grace period to come back before stopping the
@@ -309,17 +399,35 @@ class ChatController:
         text: str,
         message_id: str,
         admission: Admission | None = None,
+        continued: LastAnswer | None = None,
     ) -> None:
+        """Answer ``text``; or, with ``continued``, ask Gemini to go on with that cut-off
+        answer, which grows in place (and in the history) instead of a new one."""
         assert self.backend is not None
         backend = self.backend.for_chat(conversation.preferences or defaults(self.settings))
-        reply = cl.Message(
-            content="",
-            author=self.settings.assistant_name,
-            # Which message this answers, so a stored chat can be rebuilt exactly.
-            metadata={"kind": "reply", "for": message_id, "status": "complete"},
-            # Stamped now, not when the stream ends, so a message queued meanwhile sorts after.
-            created_at=utc_now(),
-        )
+        history = conversation.history
+        await conversation.answers.withdraw()
+        if continued is not None and continued.reply is not None:
+            reply, prefix = continued.reply, continued.text
+            reply.content = prefix
+            # Stored again when it ends: Chainlit's send() writes a message only once, and the
+            # data layer's write of an existing message updates it.
+            reply.persisted = False
+            if continued.notice is not None:
+                await continued.notice.remove()  # the answer goes on: no longer cut off
+            items = history.request_items(CONTINUE_PROMPT, backend.agent.instructions)
+        else:
+            reply = cl.Message(
+                content="",
+                author=self.settings.assistant_name,
+                # Which message this answers, so a stored chat can be rebuilt exactly.
+                metadata={"kind": "reply", "for": message_id, "status": "complete"},
+                # Stamped now, not when the stream ends, so a message queued meanwhile sorts
+                # after.
+                created_at=utc_now(),
+            )
+            prefix, continued = "", None
+            items = history.request_items(text, backend.agent.instructions)
         session = cl.context.session
         live = LiveReply(
             thread_id=session.thread_id,
@@ -338,37 +446,105 @@ class ChatController:
             else None
         )
         stream = ReplyStream(backend, live.sink(), self.event_budget, thinking)
-        items = conversation.history.request_items(text, backend.agent.instructions)
+
+        def keep(answer: str) -> None:
+            if continued is not None:
+                history.take_back(message_id)
+            history.record(text, answer, message_id)
+
         answer = ""
         stopped = False
+        notice: cl.Message | None = None
+        failure: ChatError | None = None
+        usage: TokenUsage | None = None
         try:
-            answer = await stream.run(items)
+            try:
+                answer = prefix + await stream.run(items)
+            finally:
+                usage = self._account(
+                    conversation, reply, stream, items, backend.agent.instructions, continued
+                )
             reply.content = answer
+            reply.metadata = {**reply.metadata, "status": "complete"}
             await reply.send()
-            conversation.history.record(text, answer, message_id)
+            keep(answer)
         except asyncio.CancelledError:
             stopped = True
-            answer = stream.text
+            answer = prefix + stream.text
             await self._finish_partial(reply, answer, "stopped")
-            conversation.history.record(text, answer, message_id)
+            keep(answer)
             raise
-        except ChatError as failure:
-            answer = stream.text
+        except ChatError as error:
+            failure = error
+            answer = prefix + stream.text
             await self._finish_partial(reply, answer, "incomplete")
-            conversation.history.record(text, answer, message_id)
-            await live.broadcast_message(await self._notice(str(failure)))
+            keep(answer)
+            truncated = isinstance(failure, AnswerTruncated) and bool(answer)
+            extra = {"for": message_id, "truncated": truncated}
+            if not answer and usage is not None:
+                extra[USAGE_KEY] = usage.as_metadata()  # shown and counted with the notice
+            notice = await self._notice(str(failure), **extra)
+            await live.broadcast_message(notice)
             return
         finally:
-            spending = self._spend(admission, stream, items, stopped)
+            spending = self._spend(admission, stream, items, backend.agent.instructions, stopped)
             live_replies.end(live)
             await live.finish(answer)
+            shown = reply if answer or stopped else None
+            holder = shown or notice
+            if usage is not None and holder is not None:
+                await show_usage(holder.id, usage, replace=continued is not None)
+            await conversation.answers.offer(
+                LastAnswer(
+                    text,
+                    message_id,
+                    shown,
+                    notice,
+                    truncated=isinstance(failure, AnswerTruncated) and bool(answer),
+                    usage=usage,
+                )
+            )
             if spending is not None:
                 # Done before the turn ends, so the next message sees it; shielded, so a
                 # second stop cannot lose what the reply cost.
                 await asyncio.shield(spending)
 
+    def _account(
+        self,
+        conversation: Conversation,
+        reply: cl.Message,
+        stream: ReplyStream,
+        items: list,
+        instructions: str,
+        continued: LastAnswer | None,
+    ) -> TokenUsage | None:
+        """Note what the reply cost (with the part it continues) in its metadata and the
+        chat's total; calibrate the history's budget with the prompt size Gemini reported."""
+        report = stream.report
+        estimated = estimate_request(instructions, items)
+        reported = report.last_prompt_tokens
+        conversation.history.calibrate(reported, estimated)
+        usage = report.usage
+        if usage is not None:
+            conversation.answers.tokens += usage.total
+        earlier = continued.usage if continued is not None else None
+        if earlier is not None:
+            usage = earlier + usage if usage is not None else earlier
+        meta = dict(reply.metadata or {})
+        if usage is not None:
+            meta[USAGE_KEY] = usage.as_metadata()
+        if reported:
+            meta[PROMPT_KEY] = {"reported": reported, "estimated": estimated}
+        reply.metadata = meta
+        return usage
+
     def _spend(
-        self, admission: Admission | None, stream: ReplyStream, items: list, stopped: bool
+        self,
+        admission: Admission | None,
+        stream: ReplyStream,
+        items: list,
+        instructions: str,
+        stopped: bool,
     ) -> asyncio.Task | None:
         """Start adding the turn's tokens to the user's day. A request stopped before any
         answer may have been charged all the same; one refused before it is not."""
@@ -377,7 +553,7 @@ class ChatController:
         report = stream.report
         tokens = tokens_used(
             report.total_tokens,
-            self.settings.instructions,
+            instructions,
             items,
             stream.text,
             reached=stopped or report.chunks > 0,
@@ -397,9 +573,9 @@ class ChatController:
         reply.metadata = {**(reply.metadata or {}), "status": status}
         await reply.send()
 
-    async def _notice(self, text: str) -> cl.ErrorMessage:
+    async def _notice(self, text: str, **metadata: object) -> cl.ErrorMessage:
         notice = cl.ErrorMessage(content=text, author=self.settings.assistant_name)
-        notice.metadata = {"kind": "notice"}
+        notice.metadata = {"kind": "notice", **metadata}
         # Outside the hook's run step: the frontend puts copy and thumbs buttons on the last
         # message of a run, and a notice is nothing to rate or copy.
         notice.parent_id = None

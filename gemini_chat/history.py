@@ -18,6 +18,19 @@ def estimate_tokens(text: str) -> int:
     return TOKENS_PER_MESSAGE + (len(text.encode("utf-8", "surrogatepass")) + 3) // BYTES_PER_TOKEN
 
 
+# Where a reply's metadata keeps Gemini's reported prompt size and the app's estimate of it.
+PROMPT_KEY = "prompt"
+# Bounds of the calibration: a figure far outside them is a fault, not a tokenizer.
+MIN_SCALE = 0.25
+MAX_SCALE = 8.0
+
+
+def estimate_request(instructions: str, items: list[dict[str, Any]]) -> int:
+    """The estimate of a request's prompt: the instructions and every message sent."""
+    texts = [instructions, *(str(item.get("content") or "") for item in items)]
+    return sum(estimate_tokens(text) for text in texts if text)
+
+
 # How a reply that did not complete is marked on screen (and so in storage); never sent back.
 REPLY_MARKS = {"stopped": "\n\n*— stopped*", "incomplete": "\n\n*— incomplete reply*"}
 # What a reply stopped before its first word shows in its place.
@@ -47,10 +60,26 @@ class History:
 
     token_budget: int
     turns: list[Turn] = field(default_factory=list)
+    # Gemini's reported prompt size over the estimate, from the last turn that reported one:
+    # the budget is kept in Gemini's own tokens once it has counted some of this chat.
+    scale: float = 1.0
+
+    def calibrate(self, reported: int | None, estimated: int) -> None:
+        """Learn from the prompt size Gemini reported for a request estimated at
+        ``estimated``; a turn without a report leaves the last calibration as it was."""
+        if reported and estimated > 0:
+            self.scale = min(max(reported / estimated, MIN_SCALE), MAX_SCALE)
 
     def record(self, user: str, assistant: str, user_message_id: str | None = None) -> None:
         if assistant:
             self.turns.append(Turn(user, assistant, user_message_id))
+
+    def take_back(self, user_message_id: str) -> Turn | None:
+        """Remove and return the last turn if it answers ``user_message_id`` (its answer is
+        being asked again, or continued)."""
+        if self.turns and self.turns[-1].user_message_id == user_message_id:
+            return self.turns.pop()
+        return None
 
     def rewind(self, user_message_id: str) -> bool:
         """Forget the turn of ``user_message_id`` and everything after it (an edited message is
@@ -67,7 +96,8 @@ class History:
         The budget covers the instructions, the kept turns and the new message. Whole turns are
         dropped, oldest first; the new message is always sent, even when it alone is over budget.
         """
-        remaining = self.token_budget - estimate_tokens(instructions) - estimate_tokens(user)
+        budget = self.token_budget / self.scale  # in the estimate's tokens
+        remaining = budget - estimate_tokens(instructions) - estimate_tokens(user)
         kept = 0
         for turn in reversed(self.turns):
             remaining -= turn.tokens
@@ -87,12 +117,14 @@ def history_from_steps(steps: list[dict[str, Any]], token_budget: int) -> Histor
 
     A turn is a user message and the reply the app marked as answering it (metadata ``for``);
     welcome and error notices carry other kinds and are skipped, as are thinking steps (not
-    messages: thoughts are never sent back) and a user message whose reply never came. Marks
-    added on screen to stopped or cut-off replies are removed again.
+    messages: thoughts are never sent back), earlier answers that were asked again and a user
+    message whose reply never came. Marks added on screen to stopped or cut-off replies are
+    removed again. The last reply's reported prompt size calibrates the budget again.
     """
     users: dict[str, str] = {}
     order: list[str] = []
     replies: dict[str, str] = {}
+    calibration: dict[str, Any] = {}
     for step in steps:
         if step.get("type") == "user_message":
             users[step["id"]] = step.get("output") or ""
@@ -109,7 +141,12 @@ def history_from_steps(steps: list[dict[str, Any]], token_budget: int) -> Histor
             text = ""
         if meta.get("for"):
             replies[meta["for"]] = text
+        if isinstance(meta.get(PROMPT_KEY), dict):
+            calibration = meta[PROMPT_KEY]
     history = History(token_budget)
+    reported, estimated = calibration.get("reported"), calibration.get("estimated")
+    if type(reported) is int and type(estimated) is int:
+        history.calibrate(reported, estimated)
     for message_id in order:
         if message_id in replies:
             history.record(users[message_id], replies[message_id], message_id)

@@ -122,6 +122,8 @@ class LiveReply:
         turn in their history, and are free to ask the next question."""
         final = {**self.reply.to_dict(), "streaming": False}
         for viewer in list(self.viewers):
+            # A continued answer replaces the cut-off one the viewer's history holds.
+            viewer.history.take_back(self.user_message_id)
             viewer.history.record(self.user_text, answer, self.user_message_id)
             await _quietly(viewer.emitter.update_step(final))
             await _quietly(viewer.emitter.task_end())

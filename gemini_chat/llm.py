@@ -42,6 +42,7 @@ from .preferences import (
     with_thinking_config,
 )
 from .thoughts import ThoughtFilter, move_inline_thought
+from .usage import TokenUsage, token_usage
 
 logger = logging.getLogger("gemini_chat")
 
@@ -67,9 +68,30 @@ class StreamReport:
     # Thought summaries of the current attempt as they came off the wire, inline in the text or
     # as ``reasoning_content``: the thoughts the SDK may drop on a failure, as ``received``.
     thoughts: list[str] = field(default_factory=list)
-    # Tokens Gemini says the request cost (prompt, answer and thinking), over all attempts;
-    # None when no chunk carried usage.
-    total_tokens: int | None = None
+    # The last usage Gemini sent in each attempt (cumulative on every chunk, so the last one is
+    # the attempt's), None for an attempt that carried none. Kept raw: read once, at the end.
+    attempts: list[Any] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Tokens Gemini says the request cost (prompt, answer and thinking), over all
+        attempts; None when no chunk carried usage."""
+        totals = [u.total_tokens for u in self.attempts if u is not None and u.total_tokens]
+        return sum(totals) if totals else None
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        """Prompt, output and thinking tokens over all attempts; None when none was reported."""
+        usages = [token_usage(u) for u in self.attempts if u is not None and u.total_tokens]
+        return sum(usages[1:], usages[0]) if usages else None
+
+    @property
+    def last_prompt_tokens(self) -> int | None:
+        """The prompt size Gemini reported for the last attempt that reported one."""
+        for usage in reversed(self.attempts):
+            if usage is not None and usage.prompt_tokens:
+                return usage.prompt_tokens
+        return None
 
 
 # Set around one run; the SDK copies the context into the run's task, so the model sees it.
@@ -89,7 +111,8 @@ class _ObservedStream:
         self._thoughts = ThoughtFilter()
         report.received = []  # a retried attempt starts over
         report.thoughts = []
-        self._tokens_before = report.total_tokens or 0  # earlier attempts cost tokens too
+        self._attempt = len(report.attempts)  # earlier attempts cost tokens too
+        report.attempts.append(None)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         report = self._report
@@ -97,12 +120,13 @@ class _ObservedStream:
         thoughts = self._thoughts
         thought_text = report.thoughts
         chunks_before = report.chunks
+        attempts, attempt = report.attempts, self._attempt
         async for chunk in self._stream:
             report.chunks += 1
             usage = getattr(chunk, "usage", None)
-            if usage is not None and usage.total_tokens:
+            if usage is not None:
                 # Cumulative on every chunk: the last one is the attempt's total.
-                report.total_tokens = self._tokens_before + usage.total_tokens
+                attempts[attempt] = usage
             for choice in chunk.choices or ():
                 if choice.finish_reason is not None:
                     report.finish_reason = choice.finish_reason

@@ -260,3 +260,21 @@
     true
   );
 })();
+
+// The token usage under each answer and the chat's total under the last one. Chainlit has no
+// footer slot per message, so the server sends them as actions (gemini_chat/actions.py), which
+// Chainlit draws as buttons in the row of copy and thumbs; here they become small muted text.
+(function () {
+  "use strict";
+
+  var LINES = 'button[id^="gemini-usage-"], button[id^="gemini-total-"]';
+  var style = document.createElement("style");
+  style.id = "gemini-chat-usage";
+  style.textContent =
+    LINES + "{cursor:default;font-size:12px;font-weight:400;height:auto;padding:0 6px;" +
+    "font-variant-numeric:tabular-nums;opacity:1 !important;}" +
+    LINES.replace(/"\]/g, '"]:hover') + "{background:transparent;}" +
+    'button[id^="gemini-total-"]:not(:first-child){border-left:1px solid hsl(var(--border));border-radius:0;' +
+    "padding-left:8px;margin-left:2px;}";
+  document.head.appendChild(style);
+})();

@@ -8,6 +8,7 @@ Every wait is on an event, with a timeout that fails the test.
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -48,6 +49,8 @@ class ChatClient:
     messages: dict[str, ShownMessage] = field(default_factory=dict)
     events: list[tuple[str, Any]] = field(default_factory=list)
     running: bool = False
+    # The buttons (Chainlit actions) on screen, by id, in the order they came.
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
@@ -63,6 +66,8 @@ class ChatClient:
             "first_interaction",
             "resume_thread",
             "chat_settings",
+            "action",
+            "remove_action",
         ):
             self.sio.on(name, self._handler(name))
 
@@ -111,6 +116,10 @@ class ChatClient:
                         is_error=bool(step.get("isError")),
                         parent_id=step.get("parentId"),
                     )
+        elif name == "action":
+            self.actions[data["id"]] = data
+        elif name == "remove_action":
+            self.actions.pop(data["id"], None)
         elif name == "delete_message":
             self.messages.pop(data["id"], None)
         elif name == "task_start":
@@ -191,6 +200,31 @@ class ChatClient:
         self.messages[message_id] = ShownMessage(message_id, "User", "user_message", text)
         await self.sio.emit("client_message", {"message": step, "fileReferences": None})
         return message_id
+
+    def actions_on(self, message_id: str) -> list[dict[str, Any]]:
+        """The actions shown under one message, as the page draws them."""
+        return [a for a in self.actions.values() if a.get("forId") == message_id]
+
+    def _post_json(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", **self.headers},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+
+    async def call_action(
+        self, action: dict[str, Any], session_id: str | None = None
+    ) -> tuple[int, Any]:
+        """Click an action button as the page does: POST /project/action with the action as
+        it was sent (a hostile client may change any of it, or name another session)."""
+        body = {"sessionId": session_id or self.session_id, "action": action}
+        return await asyncio.to_thread(self._post_json, "/project/action", body)
 
     async def stop(self) -> None:
         await self.sio.emit("stop")

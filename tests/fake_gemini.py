@@ -165,6 +165,11 @@ class Reply:
     # Gemini thinks by default and counts it only in total_tokens (3 + 2 + 66 = 71 recorded).
     thinking_tokens: int = 66
     usage: bool = True  # some real streams carry no usage at all
+    # Usage figures to report instead of the defaults (words of the request, pieces sent).
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    # Also report thinking as completion_tokens_details.reasoning_tokens (as OpenAI does).
+    reasoning_details: bool = False
     # What happens after ``chunks`` were sent: "finish", "drop", "stall", "malformed", "error".
     ending: str = "finish"
     # A thought summary streamed before the answer, one piece a chunk, only when the request
@@ -690,13 +695,19 @@ class FakeGemini:
         )
         await response.prepare(request)
         model = recorded.body.get("model", "")
-        prompt_tokens = sum(len(text.split()) for _, text in recorded.conversation)
+        prompt_tokens = reply.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = sum(len(text.split()) for _, text in recorded.conversation)
         pieces = reply.pieces(recorded)
         # Paced against absolute times, so timer overshoot never accumulates: a stream of N
         # pieces takes first_delay + (N - 1) * delay, however busy this server is.
         start = time.monotonic() + reply.first_delay
         chunk_id = f"gemini-{uuid.uuid4().hex[:12]}"
-        usage = {"thinking": reply.thinking_tokens, "usage": reply.usage}
+        usage = {
+            "thinking": reply.thinking_tokens,
+            "usage": reply.usage,
+            "reasoning_details": reply.reasoning_details,
+        }
         thoughts = thought_deltas(reply, recorded)
         for index, delta in enumerate(thoughts):
             await self._pause(request, start + index * reply.delay - time.monotonic())
@@ -717,7 +728,10 @@ class FakeGemini:
             await self._pause(request, start + index * reply.delay - time.monotonic())
             last = index == len(pieces) - 1
             finish = reply.finish_reason if last and reply.ending == "finish" else None
-            chunk = _chunk(chunk_id, model, piece, finish, prompt_tokens, index + 1, **usage)
+            sent = index + 1
+            if reply.completion_tokens is not None:
+                sent = reply.completion_tokens if last else min(sent, reply.completion_tokens)
+            chunk = _chunk(chunk_id, model, piece, finish, prompt_tokens, sent, **usage)
             await self._write(request, response, f"data: {json.dumps(chunk)}\n\n")
 
         if reply.ending == "drop":
@@ -775,6 +789,7 @@ def _chunk(
     sent: int,
     thinking: int = 0,
     usage: bool = True,
+    reasoning_details: bool = False,
     delta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One chunk as Gemini sends it (lite_stream, g38_chunk, empty_stop): a non-final chunk has
@@ -799,6 +814,8 @@ def _chunk(
             "prompt_tokens": prompt_tokens,
             "total_tokens": prompt_tokens + sent + thinking,
         }
+        if reasoning_details:
+            chunk["usage"]["completion_tokens_details"] = {"reasoning_tokens": thinking}
     return chunk
 
 

@@ -120,3 +120,23 @@ def test_chainlit_keeps_a_clients_settings_before_asking_the_app_and_the_panel_r
     send = inspect.getsource(ChatSettings.send)
     assert "context.emitter.set_chat_settings(settings)" in send
     assert "self.settings()" in send
+
+
+# --- gemini_chat/actions.py and the continued answer in chat.py -----------------------------------
+
+
+def test_a_message_is_written_once_unless_marked_unpersisted_and_actions_run_over_http():
+    # A continued answer is stored again by clearing ``persisted`` before its last send().
+    assert "not self.persisted" in inspect.getsource(MessageBase._create)
+    # Action clicks arrive as POST /project/action, outside the message task, after Chainlit
+    # has checked the session belongs to the logged-in user; the callback runs without a task
+    # (the app sends task_start/task_end and registers its own task so Stop reaches it).
+    from chainlit.server import call_action
+
+    source = inspect.getsource(call_action)
+    assert "context.session.user.identifier != current_user.identifier" in source
+    assert "response = await callback(action)" in source
+    # The usage lines are actions whose id is chosen by the app (the page styles them by it).
+    from chainlit.action import Action
+
+    assert Action(name="usage", payload={}, id="gemini-usage-x").to_dict()["id"] == "gemini-usage-x"
