@@ -19,6 +19,7 @@ from chainlit.session import WebsocketSession
 from chainlit.user_session import user_sessions
 from chainlit.utils import utc_now
 
+from .attachments import Attachment, AttachmentRefused, configured_limits
 from .config import Settings
 from .errors import ChatError, EmptyMessage, InputError, MessageTooLong, MissingApiKey, log_detail
 from .framework import after_resume_sent
@@ -28,16 +29,19 @@ from .live import LiveReply, live_replies
 from .llm import Backend
 from .runtime import idle_collector
 from .streaming import EventBudget, ReplyStream
+from .uploads import discard_files, keep_files, message_files, release_uploads, stored_files
 
 logger = logging.getLogger("gemini_chat")
 
 SESSION_KEY = "conversation"
 
 
-def check_input(text: str, settings: Settings) -> None:
+def check_input(text: str, settings: Settings, with_files: bool = False) -> None:
     """Raise InputError for a message that must not go upstream. The text itself is never
-    altered: emoji, right-to-left text, combining marks and control characters go as typed."""
-    if not text or all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):
+    altered: emoji, right-to-left text, combining marks and control characters go as typed.
+    A message of files alone may have no text."""
+    blank = not text or all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+    if blank and not with_files:
         raise EmptyMessage()
     if len(text) > settings.max_message_chars:
         raise MessageTooLong(len(text), settings.max_message_chars)
@@ -118,7 +122,11 @@ class ChatController:
     async def resume(self, thread: dict) -> None:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
         copy of the old session is not trusted for that)."""
-        history = history_from_steps(thread.get("steps") or [], self.settings.history_token_budget)
+        history = history_from_steps(
+            thread.get("steps") or [],
+            self.settings.history_token_budget,
+            await stored_files(thread["id"]) if thread.get("id") else None,
+        )
         cl.user_session.set(SESSION_KEY, Conversation(history))
         logger.info("Resumed a chat with %d earlier turn(s)", len(history.turns))
         # An answer still being written in this chat (the page was reloaded, or the chat opened
@@ -194,16 +202,19 @@ class ChatController:
             return
         text = message.content or ""
         admission: Admission | None = None
+        files: list[Attachment] = []
         try:
-            check_input(text, self.settings)
+            files = await message_files(message, configured_limits(self.settings.max_message_chars))
+            check_input(text, self.settings, with_files=bool(files))
             if self.backend is None:
                 raise MissingApiKey()
             if self.usage is not None:
                 # Counted as it arrives, before it waits behind a reply: a burst is cut short
                 # at once, whichever chat or app instance it goes to.
                 admission = await self.usage.admit(self._user())
-        except (InputError, MissingApiKey, LimitRefusal) as refusal:
+        except (InputError, MissingApiKey, LimitRefusal, AttachmentRefused) as refusal:
             logger.info("Refused a message without calling Gemini: %s", log_detail(refusal))
+            await discard_files(message)
             await self._notice(str(refusal))
             return
         conversation = self.conversation()
@@ -218,8 +229,10 @@ class ChatController:
                     await watched.done.wait()
                 if conversation.history.rewind(message.id):
                     logger.info("An edited message: the history was rewound to it")
-                await self._turn(conversation, text, message.id, admission)
+                await keep_files(message, files)
+                await self._turn(conversation, text, message.id, admission, files)
         finally:
+            release_uploads(message)
             conversation.tasks.discard(task)
             idle_collector.finished()
 
@@ -233,7 +246,9 @@ class ChatController:
         text: str,
         message_id: str,
         admission: Admission | None = None,
+        files: list[Attachment] | None = None,
     ) -> None:
+        files = files or []
         backend = self.backend
         assert backend is not None
         reply = cl.Message(
@@ -255,24 +270,24 @@ class ChatController:
         )
         live_replies.start(live)
         stream = ReplyStream(backend, live.sink(), self.event_budget)
-        items = conversation.history.request_items(text, self.settings.instructions)
+        items = conversation.history.request_items(text, self.settings.instructions, files)
         answer = ""
         stopped = False
         try:
             answer = await stream.run(items)
             reply.content = answer
             await reply.send()
-            conversation.history.record(text, answer, message_id)
+            conversation.history.record(text, answer, message_id, files)
         except asyncio.CancelledError:
             stopped = True
             answer = stream.text
             await self._finish_partial(reply, answer, "stopped")
-            conversation.history.record(text, answer, message_id)
+            conversation.history.record(text, answer, message_id, files)
             raise
         except ChatError as failure:
             answer = stream.text
             await self._finish_partial(reply, answer, "incomplete")
-            conversation.history.record(text, answer, message_id)
+            conversation.history.record(text, answer, message_id, files)
             await live.broadcast_message(await self._notice(str(failure)))
             return
         finally:
