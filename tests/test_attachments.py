@@ -579,3 +579,61 @@ def test_the_history_budget_counts_files_at_their_token_cost():
     assert [item["role"] for item in items] == ["user", "assistant", "user"]
     assert items[-1]["content"][0]["type"] == "input_image"
     assert photo.tokens + estimate_tokens("Look") > 1_500
+
+
+async def test_the_data_layer_keeps_files_with_their_owner_on_both_stores(database_url):
+    from chainlit.context import context_var
+    from chainlit.element import Image
+    from chainlit.user import User
+
+    from gemini_chat.attachments import ADMITTED, Attachment
+    from gemini_chat.schema import upgrade_schema
+    from gemini_chat.storage import ChatDataLayer
+    from tests.test_security_data import acting_as, step
+
+    await upgrade_schema(database_url)
+    layer = ChatDataLayer(database_url)
+    alice = await layer.create_user(User(identifier="alice"))
+    bob = await layer.create_user(User(identifier="bob"))
+    hers, question = str(uuid.uuid4()), str(uuid.uuid4())
+    photo = png(5, 5)
+
+    def element(element_id: str, admitted: bool = True) -> Image:
+        shown = Image(
+            id=element_id, name="photo.png", content=photo, mime="image/png", thread_id=hers
+        )
+        shown.for_id = question
+        if admitted:
+            setattr(shown, ADMITTED, Attachment(element_id, "photo.png", "image/png", photo))
+        return shown
+
+    token = acting_as(alice)
+    await layer.update_thread(hers, name="Alice's chat", user_id=alice.id)
+    await layer.create_step(step(question, hers, "Look"))
+    kept, ignored = str(uuid.uuid4()), str(uuid.uuid4())
+    await layer.create_element(element(kept))
+    await layer.create_element(element(ignored, admitted=False))  # not admitted: not stored
+    assert await layer.get_attachment_usage(hers) == (1, len(photo))
+    (entry,) = await layer.get_attachments(hers)
+    assert (entry[0], entry[1].id, entry[1].data) == (question, kept, photo)
+    assert (await layer.get_attachment(kept)).data == photo
+    thread = await layer.get_thread(hers)
+    assert [(e["id"], e["url"], e["type"]) for e in thread["elements"]] == [
+        (kept, f"/attachments/{kept}", "image")
+    ]
+    context_var.reset(token)
+
+    token = acting_as(bob)
+    assert await layer.get_attachment(kept) is None
+    assert await layer.get_attachments(hers) == []
+    assert await layer.get_attachment_usage(hers) is None
+    await layer.create_element(element(str(uuid.uuid4())))  # into her chat: refused
+    context_var.reset(token)
+    assert len(await query(database_url, "SELECT * FROM attachments")) == 1
+
+    # Deleting the chat deletes its files.
+    token = acting_as(alice)
+    await layer.delete_thread(hers)
+    context_var.reset(token)
+    assert await query(database_url, "SELECT * FROM attachments") == []
+    await layer.engine.dispose()
