@@ -326,8 +326,8 @@ class ChatDataLayer(SQLAlchemyDataLayer):
     async def delete_step(self, step_id: str):
         for query in (
             'DELETE FROM feedbacks WHERE "forId" = :id',
-            'DELETE FROM attachments WHERE "id" IN '
-            '(SELECT "objectKey" FROM elements WHERE "forId" = :id)',
+            # An attached file has its element's id.
+            'DELETE FROM attachments WHERE "id" IN (SELECT "id" FROM elements WHERE "forId" = :id)',
             'DELETE FROM elements WHERE "forId" = :id',
             'DELETE FROM steps WHERE "id" = :id',
         ):

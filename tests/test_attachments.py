@@ -631,8 +631,16 @@ async def test_the_data_layer_keeps_files_with_their_owner_on_both_stores(databa
     context_var.reset(token)
     assert len(await query(database_url, "SELECT * FROM attachments")) == 1
 
-    # Deleting the chat deletes its files.
+    # Deleting the message deletes its files (an edit takes what followed away), and so does
+    # deleting the chat.
     token = acting_as(alice)
+    await layer.delete_step(question)
+    assert await query(database_url, "SELECT * FROM attachments") == []
+    assert await layer.get_attachment_usage(hers) == (0, 0)
+    second = str(uuid.uuid4())
+    await layer.create_step(step(question, hers, "Look again"))
+    await layer.create_element(element(second))
+    assert await layer.get_attachment_usage(hers) == (1, len(photo))
     await layer.delete_thread(hers)
     context_var.reset(token)
     assert await query(database_url, "SELECT * FROM attachments") == []
