@@ -267,6 +267,7 @@ class ChatController:
             user_message_id=message_id,
             origin=session,
             task=asyncio.current_task(),
+            files=tuple(files),
         )
         live_replies.start(live)
         stream = ReplyStream(backend, live.sink(), self.event_budget)

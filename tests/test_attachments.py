@@ -304,6 +304,37 @@ def _text(text: str) -> dict:
     return {"type": "text", "text": text}
 
 
+async def test_a_tab_that_followed_the_answer_sends_the_files_in_its_history(app, gemini):
+    chat = await ChatClient(app.url).connect()
+    await chat.wait_for(chat.assistant_messages, what="the welcome")
+    image_id = await attach(chat, "cat.png", IMAGE, "image/png")
+    words = [f"w{i} " for i in range(30)]
+    gemini.script(Reply(chunks=words, delay=0.1), Reply("Next."))
+    await send_with_files(chat, "Look", [image_id])
+    thread = await chat.chat_thread()
+    await chat.wait_for(lambda: any(m.tokens for m in chat.assistant_messages()), what="text")
+    # The chat opened in a second tab while the answer is written: it follows the answer...
+    second = ChatClient(app.url, headers=dict(chat.headers))
+    await second.connect(thread_id=thread)
+    await second.wait_for(
+        lambda: any(m.content == "".join(words) for m in second.assistant_messages()),
+        timeout=20,
+        what="the whole answer in the second tab",
+    )
+    # ...and its next message carries the file in its history.
+    second.mark()
+    await second.send("And next?")
+    await second.wait_idle()
+    request = (await gemini.arrived(2))[-1]
+    assert request.messages[1:] == [
+        {"role": "user", "content": [image_part("image/png", IMAGE), _text("Look")]},
+        {"role": "assistant", "content": "".join(words)},
+        {"role": "user", "content": "And next?"},
+    ]
+    await chat.disconnect()
+    await second.disconnect()
+
+
 async def test_audio_goes_as_input_audio_and_a_file_alone_is_a_message(chat, gemini, app):
     sound, song = wav(1.0), mp3()
     ids = [
