@@ -320,6 +320,15 @@ class Attachment:
         return kind.family if kind else "text"
 
     @property
+    def shown_as(self) -> str:
+        """How the page shows it (a Chainlit element type): browsers draw no HEIC, so a HEIC
+        photo is shown by its name, as a text file is."""
+        family = self.family
+        if family == "image":
+            return "file" if self.mime in ("image/heic", "image/heif") else "image"
+        return "file" if family == "text" else family
+
+    @property
     def part(self) -> dict[str, Any]:
         family = self.family
         if family == "text":

@@ -380,7 +380,7 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         row = {
             "id": element.id,
             "threadId": element.thread_id,
-            "type": element.type,
+            "type": attachment.shown_as,
             "name": attachment.name[:FIELD_CHARS],
             "display": "inline",
             "forId": element.for_id,

@@ -212,7 +212,9 @@ async def keep_files(message: Any, files: list[Attachment]) -> None:
         if layer is not None:
             await layer.create_element(element)
             element.url = ATTACHMENT_URL.format(id=element.id)
-            await cl.context.emitter.send_element(element.to_dict())
+            await cl.context.emitter.send_element(
+                {**element.to_dict(), "type": attachment.shown_as}
+            )
 
 
 async def discard_files(message: Any) -> None:

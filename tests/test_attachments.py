@@ -359,7 +359,8 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-async def test_a_heic_photo_goes_as_heic(chat, gemini):
+async def test_a_heic_photo_goes_as_heic_and_is_shown_by_its_name(chat, gemini, app):
+    watch_elements(chat)
     photo = heic()
     image_id = await attach(chat, "IMG_0001.HEIC", photo, "image/heic")
     gemini.script(Reply("A photo."))
@@ -367,6 +368,12 @@ async def test_a_heic_photo_goes_as_heic(chat, gemini):
     await chat.wait_idle()
     request = (await gemini.arrived(1))[-1]
     assert request.messages[-1]["content"][0] == image_part("image/heic", photo)
+    # Browsers cannot draw HEIC: the page shows it as a named file, now and after a reload.
+    (shown,) = [e for e in element_events(chat) if e.get("url")]
+    assert (shown["name"], shown["type"]) == ("IMG_0001.HEIC", "file")
+    thread = await chat.chat_thread()
+    rows = await eventually(lambda: _when(stored_attachments(app, thread), 1), what="stored")
+    assert [(row[1], row[5]) for row in rows] == [("image/heic", "file")]
 
 
 # --- refused: the file, the message --------------------------------------------------------------
