@@ -24,6 +24,7 @@ import math
 import os
 import wave
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import filetype
@@ -328,7 +329,8 @@ class Attachment:
             return "file" if self.mime in ("image/heic", "image/heif") else "image"
         return "file" if family == "text" else family
 
-    @property
+    # Worked out once: a file goes with every later request while its turn is in the history.
+    @cached_property
     def part(self) -> dict[str, Any]:
         family = self.family
         if family == "text":
@@ -341,7 +343,7 @@ class Attachment:
             return {"type": "input_audio", "input_audio": {"data": encoded, "format": audio_format}}
         return {"type": "input_image", "image_url": f"data:{self.mime};base64,{encoded}"}
 
-    @property
+    @cached_property
     def tokens(self) -> int:
         family = self.family
         if family == "image":
