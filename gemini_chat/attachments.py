@@ -125,6 +125,13 @@ TEXT_DECLARED = frozenset(
         "application/graphql",
     }
 )
+TEXT_EXTENSIONS = frozenset(
+    """.txt .md .markdown .rst .csv .tsv .log .json .jsonl .xml .yaml .yml .toml .ini .cfg
+    .conf .env .html .htm .css .scss .js .mjs .cjs .jsx .ts .tsx .py .pyi .ipynb .rb .php .java
+    .kt .kts .scala .go .rs .c .h .cc .cpp .hpp .cs .swift .m .mm .sh .bash .zsh .fish .ps1
+    .bat .sql .r .jl .lua .pl .hs .ex .exs .erl .clj .dart .vue .svelte .tex .bib .diff .patch
+    .gitignore .dockerfile""".split()
+)
 # Declared when the browser does not know the type: the name and the content decide.
 UNKNOWN_DECLARED = frozenset({"", "application/octet-stream"})
 # Names of the brands an ISO-BMFF file (HEIC/HEIF) lists in its ftyp box.
@@ -180,9 +187,8 @@ class Limits:
     chat_files: int = CHAT_FILES
     # A text file is inlined in the message: no longer than a typed message may be.
     text_chars: int = 100_000
-    # Names of text and code files whose type browsers get wrong (.ts is "video/mp2t"): the
-    # "text/*" entry of the config's accept list.
-    text_extensions: frozenset[str] = frozenset({".txt", ".md", ".py", ".ts"})
+    # Text and code files whose type browsers get wrong (.ts is "video/mp2t") or do not know.
+    text_extensions: frozenset[str] = TEXT_EXTENSIONS
 
 
 def configured_limits(max_message_chars: int = 100_000) -> Limits:
@@ -193,13 +199,8 @@ def configured_limits(max_message_chars: int = 100_000) -> Limits:
     upload = config.features.spontaneous_file_upload
     file_mb = getattr(upload, "max_size_mb", None) or DEFAULT_MAX_FILE_MB
     files = getattr(upload, "max_files", None) or DEFAULT_MAX_FILES
-    accept = getattr(upload, "accept", None)
-    extensions = accept.get("text/*") if isinstance(accept, dict) else None
     return Limits(
-        file_bytes=int(file_mb * MB),
-        files_per_message=int(files),
-        text_chars=max_message_chars,
-        text_extensions=frozenset(e.lower() for e in extensions or Limits.text_extensions),
+        file_bytes=int(file_mb * MB), files_per_message=int(files), text_chars=max_message_chars
     )
 
 

@@ -66,6 +66,13 @@ def _data_layer() -> Any:
     return get_data_layer()
 
 
+def judge(name: str, declared: str | None, data: bytes, limits: Limits):
+    """The kind of an uploaded file, which must also be readable as that kind."""
+    kind = inspect_file(name, declared, data, limits)
+    measure(kind, data, name)
+    return kind
+
+
 # --- the routes ----------------------------------------------------------------------------------
 
 
@@ -103,8 +110,8 @@ async def upload_file(
         data = await upload.read(limits.file_bytes + 1)
         name = os.path.basename(upload.filename or "file")[:200]
         try:
-            kind = inspect_file(name, upload.content_type, data, limits)
-            measure(kind, data, name)
+            # Off the event loop: reading a large PDF's pages takes a while.
+            kind = await asyncio.to_thread(judge, name, upload.content_type, data, limits)
             stored = await _data_layer().get_attachment_usage(session.thread_id)
             if stored is None:
                 raise HTTPException(status_code=404, detail="Chat not found")

@@ -128,7 +128,11 @@ async def test_bad_files_are_refused_in_the_page_and_nothing_is_stored_or_sent(p
     await toast(page, "File is larger than 10 MB")
     # A type the chat does not take.
     await file_input.set_input_files(payload("tool.exe", "application/x-msdownload", b"MZ" * 64))
-    await toast(page, "File type must be")
+    await toast(
+        page,
+        "Failed to upload tool.exe: this chat takes only images (PNG, JPEG, WebP, HEIC), PDFs, "
+        "audio (WAV, MP3) and text or code files.",
+    )
     # A file whose content lies about its type: only the server can tell, and says so.
     await file_input.set_input_files(
         payload("holiday.png", "image/png", b"<html><script>alert(1)</script></html>")
