@@ -207,3 +207,32 @@ async def test_a_dropped_pdf_and_a_pasted_image_are_attached_and_sent(page, gemi
     request = (await gemini.arrived(1))[-1]
     assert request.files() == [("application/pdf", document), ("image/png", picture)]
     await expect(user_step(page).locator("img.inline-image")).to_have_count(1)
+
+
+async def test_a_message_with_too_many_files_is_refused_and_its_files_leave_the_page(
+    page, gemini, app
+):
+    # Six and six: each pick is within the page's limit, together they are not.
+    before = await stored(app)
+    file_input = page.locator(FILE_INPUT)
+    for batch in (range(6), range(6, 12)):
+        await file_input.set_input_files(
+            [payload(f"note{i:02d}.txt", "text/plain", f"note {i}".encode()) for i in batch]
+        )
+    await attached_in_composer(page, 12)
+    await type_and_send(page, "Read them all")
+    notice = page.get_by_text("This message has 12 files attached, and at most 10 can go")
+    await notice.wait_for(timeout=15_000)
+    assert "Nothing was sent: attach fewer and send it again." in await notice.inner_text()
+    # The message stays, without its files; nothing was stored or sent.
+    question = user_step(page)
+    await expect(question).to_contain_text("Read them all")
+    await expect(question.locator(".inline-file")).to_have_count(0)
+    await screenshot(page, "attachments-too-many.png")
+    assert await stored(app) == before
+    assert gemini.requests == []
+    # The next message goes, with no file.
+    gemini.script(Reply("Fine."))
+    await type_and_send(page, "Just this")
+    await page.get_by_text("Fine.").wait_for(timeout=15_000)
+    assert (await gemini.arrived(1))[-1].messages[-1] == {"role": "user", "content": "Just this"}
