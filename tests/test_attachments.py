@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chat_client import ChatClient
+from tests.chat_client import ChatClient, ShownMessage
 from tests.db import query
 from tests.fake_gemini import Reply
 from tests.test_persistence import eventually
@@ -137,6 +137,7 @@ async def send_with_files(client: ChatClient, text: str, file_ids: list[str]) ->
         "output": text,
         "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
+    client.messages[message_id] = ShownMessage(message_id, "User", "user_message", text)
     client.mark()
     await client.sio.emit(
         "client_message", {"message": step, "fileReferences": [{"id": i} for i in file_ids]}
@@ -333,6 +334,23 @@ async def test_a_tab_that_followed_the_answer_sends_the_files_in_its_history(app
     ]
     await chat.disconnect()
     await second.disconnect()
+
+
+async def test_an_edited_message_is_answered_afresh_with_its_files(chat, gemini, app):
+    image_id = await attach(chat, "cat.png", IMAGE, "image/png")
+    gemini.script(Reply("A cat."), Reply("A dog?"))
+    message_id = await send_with_files(chat, "What is it?", [image_id])
+    await chat.wait_idle()
+    chat.mark()
+    await chat.edit(message_id, "Is it a dog?")
+    await chat.wait_idle()
+    request = (await gemini.arrived(2))[-1]
+    assert request.messages[1:] == [
+        {"role": "user", "content": [image_part("image/png", IMAGE), _text("Is it a dog?")]}
+    ]
+    # Stored once.
+    thread = await chat.chat_thread()
+    assert [row[0] for row in await stored_attachments(app, thread)] == ["cat.png"]
 
 
 async def test_audio_goes_as_input_audio_and_a_file_alone_is_a_message(chat, gemini, app):
