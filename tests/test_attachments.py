@@ -701,3 +701,16 @@ async def test_the_data_layer_keeps_files_with_their_owner_on_both_stores(databa
     context_var.reset(token)
     assert await query(database_url, "SELECT * FROM attachments") == []
     await layer.engine.dispose()
+
+
+def test_a_chat_may_hold_15_mb_of_files():
+    from gemini_chat.attachments import MB, AttachmentRefused, Limits, check_message
+
+    limits = Limits()
+    check_message(2, [5 * MB, 5 * MB], (3, 5 * MB), limits)  # exactly 15 MB: fine
+    with pytest.raises(AttachmentRefused) as refused:
+        check_message(1, [1], (3, 15 * MB), limits)
+    assert str(refused.value) == (
+        "This chat already holds 15.0 MB of files, and a chat may hold at most 15.0 MB: start a "
+        "new chat to attach more."
+    )
