@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from chainlit.config import config as chainlit_config
 from sqlalchemy.engine import make_url
 
+from .attachments import configured_limits
 from .auth import Access, AccessError, install_login_guards, prepare_access
 from .config import ConfigError, Settings, load_settings
 from .edge import (
@@ -27,6 +28,7 @@ from .ownership import note_authenticated
 from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
 from .storage import ChatDataLayer
+from .uploads import install_upload_routes, upload_limit
 
 logger = logging.getLogger("gemini_chat")
 
@@ -74,6 +76,7 @@ def prepare_server() -> Server:
     sio.eio.max_http_buffer_size = body_limit(settings.max_message_chars)
     bound_websocket_messages(body_limit(settings.max_message_chars))
     install_frontend(app, settings.max_message_chars)
+    install_upload_routes(app)
     install_stop_without_notice()
     if not settings.api_key:
         logger.warning("GEMINI_API_KEY is not set: the chat will explain how to set it")
@@ -121,6 +124,7 @@ def prepare_server() -> Server:
     edge = EdgeRules(
         local=access.local,
         body_limit=body_limit(settings.max_message_chars),
+        upload_limit=upload_limit(configured_limits()),
         page_login=access.page_login_headers,
     )
     data_layer = ChatDataLayer(settings.database_url, settings.max_message_chars)

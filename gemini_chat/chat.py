@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import chainlit as cl
@@ -20,6 +21,7 @@ from chainlit.user_session import user_sessions
 from chainlit.utils import utc_now
 
 from .actions import CONTINUE_PROMPT, Answers, LastAnswer, set_aside, show_usage
+from .attachments import Attachment, AttachmentRefused, configured_limits
 from .config import Settings
 from .errors import (
     AnswerTruncated,
@@ -36,7 +38,7 @@ from .history import (
     REPLY_MARKS,
     STOPPED_BEFORE_TEXT,
     History,
-    estimate_request,
+    Part,
     history_from_steps,
 )
 from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
@@ -58,6 +60,7 @@ from .preferences import (
 from .runtime import idle_collector
 from .streaming import EventBudget, ReplyStream
 from .thinking import ThinkingStep
+from .uploads import discard_files, keep_files, message_files, release_uploads, stored_files
 from .usage import METADATA_KEY as USAGE_KEY
 from .usage import TokenUsage
 
@@ -66,10 +69,12 @@ logger = logging.getLogger("gemini_chat")
 SESSION_KEY = "conversation"
 
 
-def check_input(text: str, settings: Settings) -> None:
+def check_input(text: str, settings: Settings, with_files: bool = False) -> None:
     """Raise InputError for a message that must not go upstream. The text itself is never
-    altered: emoji, right-to-left text, combining marks and control characters go as typed."""
-    if not text or all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):
+    altered: emoji, right-to-left text, combining marks and control characters go as typed.
+    A message of files alone may have no text."""
+    blank = not text or all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+    if blank and not with_files:
         raise EmptyMessage()
     if len(text) > settings.max_message_chars:
         raise MessageTooLong(len(text), settings.max_message_chars)
@@ -168,7 +173,11 @@ class ChatController:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
         copy of the old session is not trusted for that)."""
         steps = thread.get("steps") or []
-        history = history_from_steps(steps, self.settings.history_token_budget)
+        history = history_from_steps(
+            steps,
+            self.settings.history_token_budget,
+            await stored_files(thread["id"]) if thread.get("id") else None,
+        )
         answers, usages = Answers.from_steps(steps)
         conversation = Conversation(history, answers=answers)
         cl.user_session.set(SESSION_KEY, conversation)
@@ -252,9 +261,12 @@ class ChatController:
                     return
             async with conversation.turn_lock:
                 began = True
+                # The question goes again with the files it came with.
+                asked = conversation.history.last_turn_for(last.user_message_id)
+                files = asked.files if asked is not None else ()
                 if continuing:
                     await self._turn(
-                        conversation, last.user_text, last.user_message_id, admission, last
+                        conversation, last.user_text, last.user_message_id, admission, last, files
                     )
                     return
                 await set_aside(last)
@@ -262,7 +274,13 @@ class ChatController:
                 # In a run step of its own under the question, as Chainlit does for a
                 # message: the page puts copy and thumbs on a run's answer.
                 async with cl.Step(name="on_message", type="run", parent_id=last.user_message_id):
-                    await self._turn(conversation, last.user_text, last.user_message_id, admission)
+                    await self._turn(
+                        conversation,
+                        last.user_text,
+                        last.user_message_id,
+                        admission,
+                        files=files,
+                    )
         except asyncio.CancelledError:
             # Stopped: the turn has marked its answer; stopped before it began (waiting for
             # the database), the last answer is offered again as it was.
@@ -358,18 +376,21 @@ class ChatController:
             return
         text = message.content or ""
         admission: Admission | None = None
+        files: list[Attachment] = []
         if self.conversation().preferences_unsaved:  # the chat is being stored now
             await self._store_preferences(self.conversation())
         try:
-            check_input(text, self.settings)
+            files = await message_files(message, configured_limits(self.settings.max_message_chars))
+            check_input(text, self.settings, with_files=bool(files))
             if self.backend is None:
                 raise MissingApiKey()
             if self.usage is not None:
                 # Counted as it arrives, before it waits behind a reply: a burst is cut short
                 # at once, whichever chat or app instance it goes to.
                 admission = await self.usage.admit(self._user())
-        except (InputError, MissingApiKey, LimitRefusal) as refusal:
+        except (InputError, MissingApiKey, LimitRefusal, AttachmentRefused) as refusal:
             logger.info("Refused a message without calling Gemini: %s", log_detail(refusal))
+            await discard_files(message)
             await self._notice(str(refusal))
             return
         conversation = self.conversation()
@@ -384,8 +405,10 @@ class ChatController:
                     await watched.done.wait()
                 if conversation.history.rewind(message.id):
                     logger.info("An edited message: the history was rewound to it")
-                await self._turn(conversation, text, message.id, admission)
+                await keep_files(message, files)
+                await self._turn(conversation, text, message.id, admission, files=files)
         finally:
+            release_uploads(message)
             conversation.tasks.discard(task)
             idle_collector.finished()
 
@@ -400,6 +423,7 @@ class ChatController:
         message_id: str,
         admission: Admission | None = None,
         continued: LastAnswer | None = None,
+        files: Sequence[Part] = (),
     ) -> None:
         """Answer ``text``; or, with ``continued``, ask Gemini to go on with that cut-off
         answer, which grows in place (and in the history) instead of a new one."""
@@ -415,7 +439,7 @@ class ChatController:
             reply.persisted = False
             if continued.notice is not None:
                 await continued.notice.remove()  # the answer goes on: no longer cut off
-            items = history.request_items(CONTINUE_PROMPT, backend.agent.instructions)
+            items = history.request_items(CONTINUE_PROMPT, backend.agent.instructions, files)
         else:
             reply = cl.Message(
                 content="",
@@ -427,7 +451,7 @@ class ChatController:
                 created_at=utc_now(),
             )
             prefix, continued = "", None
-            items = history.request_items(text, backend.agent.instructions)
+            items = history.request_items(text, backend.agent.instructions, files)
         session = cl.context.session
         live = LiveReply(
             thread_id=session.thread_id,
@@ -436,6 +460,7 @@ class ChatController:
             user_message_id=message_id,
             origin=session,
             task=asyncio.current_task(),
+            files=tuple(files),
         )
         live_replies.start(live)
         thinking = (
@@ -450,7 +475,7 @@ class ChatController:
         def keep(answer: str) -> None:
             if continued is not None:
                 history.take_back(message_id)
-            history.record(text, answer, message_id)
+            history.record(text, answer, message_id, files)
 
         answer = ""
         stopped = False
@@ -461,9 +486,7 @@ class ChatController:
             try:
                 answer = prefix + await stream.run(items)
             finally:
-                usage = self._account(
-                    conversation, reply, stream, items, backend.agent.instructions, continued
-                )
+                usage = self._account(conversation, reply, stream, continued)
             reply.content = answer
             reply.metadata = {**reply.metadata, "status": "complete"}
             await reply.send()
@@ -487,7 +510,7 @@ class ChatController:
             await live.broadcast_message(notice)
             return
         finally:
-            spending = self._spend(admission, stream, items, backend.agent.instructions, stopped)
+            spending = self._spend(admission, stream, history.request_tokens, stopped)
             live_replies.end(live)
             await live.finish(answer)
             shown = reply if answer or stopped else None
@@ -514,14 +537,12 @@ class ChatController:
         conversation: Conversation,
         reply: cl.Message,
         stream: ReplyStream,
-        items: list,
-        instructions: str,
         continued: LastAnswer | None,
     ) -> TokenUsage | None:
         """Note what the reply cost (with the part it continues) in its metadata and the
         chat's total; calibrate the history's budget with the prompt size Gemini reported."""
         report = stream.report
-        estimated = estimate_request(instructions, items)
+        estimated = conversation.history.request_tokens
         reported = report.last_prompt_tokens
         conversation.history.calibrate(reported, estimated)
         usage = report.usage
@@ -542,8 +563,7 @@ class ChatController:
         self,
         admission: Admission | None,
         stream: ReplyStream,
-        items: list,
-        instructions: str,
+        sent_tokens: int,
         stopped: bool,
     ) -> asyncio.Task | None:
         """Start adding the turn's tokens to the user's day. A request stopped before any
@@ -553,8 +573,7 @@ class ChatController:
         report = stream.report
         tokens = tokens_used(
             report.total_tokens,
-            instructions,
-            items,
+            sent_tokens,
             stream.text,
             reached=stopped or report.chunks > 0,
         )

@@ -161,6 +161,9 @@ class EdgeRules:
 
     local: bool = False
     body_limit: int = body_limit(100_000)
+    # The upload route's: one file of the largest allowed size (gemini_chat/uploads.py), read
+    # only after the route has authenticated the caller.
+    upload_limit: int = 0
     # Local mode: the Set-Cookie headers that log the local user in with the page itself.
     page_login: Callable[[dict], Awaitable[list[tuple[bytes, bytes]]]] | None = None
 
@@ -218,12 +221,14 @@ class Edge:
             logger.warning("Refused %s for %s: %s", scope["method"], path, reason)
             return 403, reason
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > rules.body_limit:
+        limit = _limit_for(scope, rules)
+        if declared.isdigit() and int(declared) > limit:
             logger.warning("Refused a %s-byte body for %s", declared, path)
-            return 413, TOO_LARGE_MESSAGE.format(limit=rules.body_limit)
+            return 413, TOO_LARGE_MESSAGE.format(limit=limit)
         return None
 
     async def serve(self, scope, receive, send, rules: EdgeRules) -> None:
+        limit = _limit_for(scope, rules)
         received = 0
         started = False  # the app began its response
         refused = False  # the edge answered instead of the app
@@ -236,10 +241,10 @@ class Edge:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > rules.body_limit:
+                if received > limit:
                     logger.warning("Cut off a body past %s bytes for %s", received, scope["path"])
                     if not started:
-                        await _respond(send, 413, TOO_LARGE_MESSAGE.format(limit=rules.body_limit))
+                        await _respond(send, 413, TOO_LARGE_MESSAGE.format(limit=limit))
                     refused = True
                     return {"type": "http.disconnect"}
             return message
@@ -295,6 +300,15 @@ class Edge:
                 for name, value in headers
             ]
         return {**start, "headers": headers}
+
+
+def _limit_for(scope, rules: EdgeRules) -> int:
+    from chainlit.config import config
+
+    path = scope.get("path", "").removeprefix(config.run.root_path or "")
+    if scope.get("method") == "POST" and path == "/project/file" and rules.upload_limit:
+        return max(rules.body_limit, rules.upload_limit)
+    return rules.body_limit
 
 
 def _is_page(headers) -> bool:

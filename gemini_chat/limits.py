@@ -129,22 +129,15 @@ def limits_for(settings: Settings, local: bool) -> Limits:
     )
 
 
-def tokens_used(
-    reported: int | None,
-    instructions: str,
-    sent: Sequence[dict[str, Any]],
-    received: str,
-    reached: bool,
-) -> int:
+def tokens_used(reported: int | None, sent: int, received: str, reached: bool) -> int:
     """What a turn cost: Gemini's own figure when the stream reported one; else the app's
-    estimate of what was sent and received; nothing when no answer ever began (a refused or
-    failed request, which Gemini does not charge)."""
+    estimate of what was sent (``sent``, files at their token cost) and received; nothing when
+    no answer ever began (a refused or failed request, which Gemini does not charge)."""
     if reported is not None:
         return reported
     if not reached:
         return 0
-    texts = [instructions, *(str(item.get("content") or "") for item in sent), received]
-    return sum(estimate_tokens(text) for text in texts if text)
+    return sent + (estimate_tokens(received) if received else 0)
 
 
 def _utc_day(now: float) -> str:

@@ -50,6 +50,8 @@ class LiveReply:
     user_message_id: str
     origin: WebsocketSession
     task: asyncio.Task | None
+    # Files sent with the user's message (attachments.Attachment), for the viewers' histories.
+    files: tuple = ()
     viewers: list[Viewer] = field(default_factory=list)
     # Sessions gone from their socket: id -> the socket they had (a reconnect changes it).
     departed: dict[str, str | None] = field(default_factory=dict)
@@ -124,7 +126,7 @@ class LiveReply:
         for viewer in list(self.viewers):
             # A continued answer replaces the cut-off one the viewer's history holds.
             viewer.history.take_back(self.user_message_id)
-            viewer.history.record(self.user_text, answer, self.user_message_id)
+            viewer.history.record(self.user_text, answer, self.user_message_id, self.files)
             await _quietly(viewer.emitter.update_step(final))
             await _quietly(viewer.emitter.task_end())
         self.done.set()

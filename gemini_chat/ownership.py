@@ -193,6 +193,12 @@ RULES: dict[str, Rule] = {
         _none,
         ordered=True,
     ),
+    # Attached files (storage.AttachmentStore): read by the chat they belong to, or one by one
+    # by their own id; the SQL also compares the stored owner with the caller.
+    "get_attachments": Rule(lambda a: [Id("thread", a["thread_id"])], lambda _: []),
+    "get_attachment": Rule(lambda a: [Id("element", a["element_id"])], _none),
+    # A chat not stored yet holds nothing; another user's chat is refused (None).
+    "get_attachment_usage": Rule(lambda a: [Id("thread", a["thread_id"], new=True)], _none),
 }
 # No id a client names: the user comes from Chainlit's own login, or there is no id at all.
 EXEMPT = frozenset({"get_user", "create_user", "build_debug_url", "close"})

@@ -114,6 +114,23 @@ feedbacks = sa.Table(
     sa.Index("feedbacks_for_id", "forId"),
 )
 
+# Not Chainlit's: the bytes of files attached to messages (gemini_chat/attachments.py), kept
+# with the chat (Chainlit's own upload directory is wiped at every shutdown). The id is the
+# element's; the owner is the user who attached it, checked on every read.
+attachments = sa.Table(
+    "attachments",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("threadId", ID, sa.ForeignKey("threads.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("mime", sa.Text, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("createdAt", sa.Text),
+    sa.Index("attachments_thread_id", "threadId"),
+)
+
 # Not Chainlit's: login accounts, kept apart from `users` (whose metadata reaches the browser).
 accounts = sa.Table(
     "accounts",

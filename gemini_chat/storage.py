@@ -29,8 +29,10 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from chainlit.data.storage_clients.base import BaseStorageClient
 from sqlalchemy.engine import make_url
 
+from .attachments import Attachment, admitted
 from .config import Settings
 from .ownership import Actor, checked_user, owner_checked
 from .schema import steps as steps_table
@@ -87,6 +89,70 @@ _holds_write_lock: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
+ATTACHMENT_URL = "/attachments/{id}"
+
+
+class AttachmentStore(BaseStorageClient):
+    """Attached files' bytes, kept in the chat database (table ``attachments``) with the chat
+    and the user they belong to. An object key is the attachment's (the element's) id; its
+    read URL is the app's route, which serves it to its owner only (gemini_chat/uploads.py).
+
+    Only the data layer calls it, inside an ownership-checked call: Chainlit's own
+    ``create_element`` (which has no owner to give) is replaced by ``ChatDataLayer``'s."""
+
+    def __init__(self, layer: ChatDataLayer) -> None:
+        self.layer = layer
+
+    async def upload_file(
+        self,
+        object_key: str,
+        data: bytes | str,
+        mime: str = "application/octet-stream",
+        overwrite: bool = True,
+        content_disposition: str | None = None,
+        *,
+        owner: str = "",
+        thread_id: str = "",
+        name: str = "",
+    ) -> dict[str, Any]:
+        if not owner or not thread_id:
+            logger.error("Refused to store an attachment without its owner and chat")
+            return {}
+        content = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        stored = await self.layer.execute_sql(
+            'INSERT INTO attachments ("id", "threadId", "owner", "name", "mime", "size", '
+            '"data", "createdAt") VALUES (:id, :thread, :owner, :name, :mime, :size, :data, '
+            ':created) ON CONFLICT ("id") DO NOTHING',
+            {
+                "id": object_key,
+                "thread": thread_id,
+                "owner": owner,
+                "name": name[:FIELD_CHARS],
+                "mime": mime,
+                "size": len(content),
+                "data": content,
+                "created": await self.layer.get_current_timestamp(),
+            },
+        )
+        if stored is None:
+            return {}
+        return {"object_key": object_key, "url": await self.get_read_url(object_key)}
+
+    async def delete_file(self, object_key: str) -> bool:
+        return (
+            await self.layer.execute_sql(
+                'DELETE FROM attachments WHERE "id" = :id', {"id": object_key}
+            )
+            is not None
+        )
+
+    async def get_read_url(self, object_key: str) -> str:
+        return ATTACHMENT_URL.format(id=object_key)
+
+    async def close(self) -> None:
+        return None
+
+
 @owner_checked
 class ChatDataLayer(SQLAlchemyDataLayer):
     """Chainlit's SQLAlchemy data layer with owners checked, not-found handled, errors loud and
@@ -109,6 +175,7 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             chainlit_logger.setLevel(level)
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
         tune_sqlite(self.engine)
+        self.storage_provider = AttachmentStore(self)
         self.url = url
         self.max_message_chars = max_message_chars
         self._write_lock = asyncio.Lock()
@@ -259,6 +326,8 @@ class ChatDataLayer(SQLAlchemyDataLayer):
     async def delete_step(self, step_id: str):
         for query in (
             'DELETE FROM feedbacks WHERE "forId" = :id',
+            # An attached file has its element's id.
+            'DELETE FROM attachments WHERE "id" IN (SELECT "id" FROM elements WHERE "forId" = :id)',
             'DELETE FROM elements WHERE "forId" = :id',
             'DELETE FROM steps WHERE "id" = :id',
         ):
@@ -286,3 +355,85 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             logger.warning("Refused rating %s: it belongs to another message", feedback.id)
             raise ValueError("Message not found")
         return feedback.id
+
+    # -- attachments (gemini_chat/attachments.py)
+
+    async def create_element(self, element):
+        """Store a file the chat admitted with its message (bytes and all), as its owner's;
+        anything else is not stored: an upload is taken only once its message is accepted."""
+        attachment = admitted(element)
+        if attachment is None or not element.for_id:
+            return None
+        actor = checked_user()
+        if not await self._claim_thread(element.thread_id, actor):
+            return None
+        stored = await self.storage_provider.upload_file(
+            object_key=element.id,
+            data=attachment.data,
+            mime=attachment.mime,
+            owner=actor.identifier,
+            thread_id=element.thread_id,
+            name=attachment.name,
+        )
+        if not stored:
+            return None
+        row = {
+            "id": element.id,
+            "threadId": element.thread_id,
+            "type": attachment.shown_as,
+            "name": attachment.name[:FIELD_CHARS],
+            "display": "inline",
+            "forId": element.for_id,
+            "mime": attachment.mime,
+            "objectKey": stored["object_key"],
+            "url": stored["url"],
+        }
+        columns = ", ".join(f'"{key}"' for key in row)
+        values = ", ".join(f":{key}" for key in row)
+        await self.execute_sql(
+            f'INSERT INTO elements ({columns}) VALUES ({values}) ON CONFLICT ("id") DO NOTHING',
+            row,
+        )
+        return None
+
+    async def get_attachments(self, thread_id: str) -> list[tuple[str, Attachment]]:
+        """The files of a chat, each with the id of the message it came with, oldest first."""
+        me = checked_user().identifier
+        rows = await self.execute_sql(
+            'SELECT e."forId" AS for_id, a."id" AS id, a."name" AS name, a."mime" AS mime, '
+            'a."data" AS data FROM attachments a JOIN elements e ON e."id" = a."id" '
+            'WHERE a."threadId" = :thread AND a."owner" = :me ORDER BY a."createdAt", a."id"',
+            {"thread": thread_id, "me": me},
+        )
+        if not isinstance(rows, list):
+            return []
+        return [
+            (
+                str(row["for_id"]),
+                Attachment(row["id"], row["name"], row["mime"], bytes(row["data"])),
+            )
+            for row in rows
+        ]
+
+    async def get_attachment(self, element_id: str) -> Attachment | None:
+        """One file, for its owner (None for anyone else)."""
+        rows = await self.execute_sql(
+            'SELECT "id", "name", "mime", "data" FROM attachments WHERE "id" = :id '
+            'AND "owner" = :me',
+            {"id": element_id, "me": checked_user().identifier},
+        )
+        if not isinstance(rows, list) or not rows:
+            return None
+        row = rows[0]
+        return Attachment(row["id"], row["name"], row["mime"], bytes(row["data"]))
+
+    async def get_attachment_usage(self, thread_id: str) -> tuple[int, int]:
+        """(files, bytes) a chat holds: (0, 0) for a chat not stored yet."""
+        rows = await self.execute_sql(
+            'SELECT COUNT(*) AS files, COALESCE(SUM("size"), 0) AS bytes FROM attachments '
+            'WHERE "threadId" = :thread AND "owner" = :me',
+            {"thread": thread_id, "me": checked_user().identifier},
+        )
+        if not isinstance(rows, list) or not rows:
+            return (0, 0)
+        return (int(rows[0]["files"]), int(rows[0]["bytes"]))

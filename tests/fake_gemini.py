@@ -21,6 +21,7 @@ loop in a thread, so tests on any loop (or none) can use it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import socket
@@ -113,8 +114,62 @@ class RecordedRequest:
 
     @property
     def conversation(self) -> list[tuple[str, str]]:
-        """(role, text) pairs of the request, system message included."""
+        """(role, text) pairs of the request, system message included; of a message with
+        content parts, its text parts joined."""
         return [(m["role"], _text_of(m.get("content"))) for m in self.messages]
+
+    def files(self, index: int = -1) -> list[tuple[str, bytes]]:
+        """The files of message ``index`` (the last by default): (MIME type or audio format,
+        bytes) of each image_url, input_audio and file part, in order."""
+        content = self.messages[index].get("content")
+        found = []
+        for part in content if isinstance(content, list) else []:
+            kind = part.get("type")
+            if kind == "image_url":
+                mime, data = _data_url(part["image_url"]["url"])
+                found.append((mime, data))
+            elif kind == "input_audio":
+                audio = part["input_audio"]
+                found.append((audio["format"], base64.b64decode(audio["data"])))
+            elif kind == "file":
+                mime, data = _data_url(part["file"]["file_data"])
+                found.append((mime, data))
+        return found
+
+
+def _data_url(url: str) -> tuple[str, bytes]:
+    header, _, encoded = url.partition(",")
+    return header.removeprefix("data:").removesuffix(";base64"), base64.b64decode(encoded)
+
+
+# What Gemini's endpoint takes inline (image_url data URLs and file parts), by MIME type.
+INLINE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif", "application/pdf"}
+)
+AUDIO_FORMATS = frozenset({"wav", "mp3"})
+
+
+def content_part_problem(part: Any) -> str | None:
+    """Why Gemini would refuse a content part (None when it takes it)."""
+    if not isinstance(part, dict):
+        return "a content part is not an object"
+    kind = part.get("type")
+    try:
+        if kind == "text":
+            return None if isinstance(part["text"], str) else "text is not a string"
+        if kind == "image_url":
+            mime, _ = _data_url(part["image_url"]["url"])
+            return None if mime in INLINE_TYPES else f"Unsupported MIME type: {mime}"
+        if kind == "input_audio":
+            audio = part["input_audio"]
+            base64.b64decode(audio["data"], validate=True)
+            return None if audio["format"] in AUDIO_FORMATS else "Unsupported audio format"
+        if kind == "file":
+            mime, _ = _data_url(part["file"]["file_data"])
+            return None if mime in INLINE_TYPES else f"Unsupported MIME type: {mime}"
+    except (KeyError, TypeError, ValueError) as error:
+        return f"Invalid content part: {error}"
+    return f'Invalid value at "messages.content[].type": {kind!r}'
 
 
 def _text_of(content: Any) -> str:
@@ -661,6 +716,8 @@ class FakeGemini:
             behaviour = unknown_model(str(recorded.body.get("model")))
         elif refusal := thinking_refusal(recorded.body):
             behaviour = refusal
+        elif problem := next(filter(None, map(content_part_problem, _parts(recorded))), None):
+            behaviour = Fail(400, error_body(400, "INVALID_ARGUMENT", problem))
         behaviour = behaviour or bench_reply(recorded) or Reply()
 
         if isinstance(behaviour, Reset):
@@ -817,6 +874,15 @@ def _chunk(
         if reasoning_details:
             chunk["usage"]["completion_tokens_details"] = {"reasoning_tokens": thinking}
     return chunk
+
+
+def _parts(request: RecordedRequest) -> list[Any]:
+    return [
+        part
+        for message in request.messages
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    ]
 
 
 def _request_id_header() -> dict[str, str]:

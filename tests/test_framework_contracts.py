@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 
 import chainlit.socket
 from chainlit.emitter import ChainlitEmitter
@@ -140,3 +141,65 @@ def test_a_message_is_written_once_unless_marked_unpersisted_and_actions_run_ove
     from chainlit.action import Action
 
     assert Action(name="usage", payload={}, id="gemini-usage-x").to_dict()["id"] == "gemini-usage-x"
+
+
+# --- attached files (gemini_chat/uploads.py, storage.AttachmentStore) ----------------------------
+
+
+def test_a_sent_message_carries_its_uploads_as_elements_read_from_the_session_files():
+    source = inspect.getsource(ChainlitEmitter.process_message)
+    # The app reads each element's bytes from its path and stores it under the element's id.
+    assert 'self.session.files[file["id"]]' in source
+    assert '"id": file["id"]' in source and '"path": str(file["path"])' in source
+    assert '"mime": file["type"]' in source
+    assert "message.elements = elements" in source
+
+
+def test_the_upload_session_keeps_files_as_the_upload_route_expects():
+    from chainlit.session import BaseSession
+
+    assert list(inspect.signature(BaseSession.persist_file).parameters) == [
+        "self",
+        "name",
+        "mime",
+        "path",
+        "content",
+    ]
+    source = inspect.getsource(BaseSession.persist_file)
+    # Each waiting upload has its size and path (the chat's limits count them; the chat
+    # removes the file once taken).
+    assert '"path": file_path' in source and '"size": file_size' in source
+
+
+def test_an_edited_message_is_answered_with_the_same_message_object():
+    # Its files were taken the first time (marked on the elements), not read again.
+    source = inspect.getsource(chainlit.socket.edit_message)
+    assert "await config.code.on_message(orig_message)" in source
+
+
+def test_a_stored_chat_shows_its_files_from_the_storage_clients_read_url():
+    from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+
+    source = inspect.getsource(SQLAlchemyDataLayer.get_all_user_threads)
+    assert "self.storage_provider.get_read_url(" in source
+    assert "object_key=object_key_val" in source
+    deleting = inspect.getsource(SQLAlchemyDataLayer.delete_thread)
+    assert 'self.storage_provider.delete_file(object_key=elem["objectKey"])' in deleting
+
+
+def test_the_page_uploads_each_file_to_the_route_the_app_replaces():
+    from pathlib import Path
+
+    from chainlit.server import build_dir
+
+    bundles = (Path(build_dir) / "assets").glob("index-*.js")
+    source = "".join(path.read_text(encoding="utf-8", errors="replace") for path in bundles)
+    # One file per request, in the form field "file", with the session in the query; a refusal
+    # is shown from the JSON answer's "detail".
+    upload = re.search(
+        r'uploadFile\(\w+,\w+,\w+,\w+\)\{.{0,120}\.append\("file",\w+\).{0,200}'
+        r'"POST",this\.buildEndpoint\(`/project/file\?session_id=\$\{\w+\}',
+        source,
+    )
+    assert upload is not None
+    assert ".detail)" in source[upload.end() : upload.end() + 600]

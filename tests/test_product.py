@@ -36,7 +36,10 @@ def test_chainlit_config_is_set_for_this_product():
     config = tomllib.loads((ROOT / ".chainlit" / "config.toml").read_text())
     assert config["UI"]["name"] == "Gemini"
     assert config["features"]["unsafe_allow_html"] is False
-    assert config["features"]["spontaneous_file_upload"]["enabled"] is False
+    # Uploads on, with the page's limits the ones the server enforces (attachments.py).
+    upload = config["features"]["spontaneous_file_upload"]
+    assert (upload["enabled"], upload["max_size_mb"], upload["max_files"]) == (True, 10, 10)
+    assert upload["accept"] == {}  # the server judges each file (attachments.py)
     assert 60 <= config["project"]["session_timeout"] <= 3600
     assert config["project"]["allow_origins"] != ["*"]
     assert (ROOT / "chainlit.md").read_text().startswith("# Gemini chat")

@@ -597,7 +597,11 @@ def test_every_data_layer_method_has_an_ownership_rule():
     # A method a Chainlit upgrade adds fails here (and is refused at run time until it has a rule).
     assert public_methods(SQLAlchemyDataLayer) <= known, public_methods(SQLAlchemyDataLayer) - known
     assert public_methods(BaseDataLayer) <= known
-    assert public_methods(ChatDataLayer) == public_methods(SQLAlchemyDataLayer)
+    # Besides Chainlit's methods, the app's own: attached files (storage.AttachmentStore).
+    added = public_methods(ChatDataLayer) - public_methods(SQLAlchemyDataLayer)
+    assert added == {"get_attachments", "get_attachment", "get_attachment_usage"}
+    assert added <= set(RULES)
+    assert public_methods(SQLAlchemyDataLayer) <= public_methods(ChatDataLayer)
     assert not set(RULES) & (EXEMPT | INTERNAL)
     # The methods Chainlit defers until the first user message keep being deferred.
     deferred = {

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gemini_chat.config import ConfigError, load_settings
-from gemini_chat.history import estimate_tokens
+from gemini_chat.history import History, estimate_tokens
 from gemini_chat.limits import (
     DEFAULT_MESSAGES_PER_MINUTE,
     DEFAULT_TOKENS_PER_DAY,
@@ -360,12 +360,15 @@ def test_refusals_say_when_the_user_can_go_on():
 
 
 def test_tokens_are_gemini_s_figure_when_it_reports_one_else_the_estimate():
-    sent = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
-    assert tokens_used(171, "rules", sent, "answer", reached=True) == 171
-    estimate = sum(map(estimate_tokens, ("rules", "hello", "hi", "answer")))
-    assert tokens_used(None, "rules", sent, "answer", reached=True) == estimate
+    history = History(token_budget=1000)
+    history.record("hello", "hi")
+    history.request_items("next", "rules")
+    sent = history.request_tokens
+    assert sent == sum(map(estimate_tokens, ("rules", "hello", "hi", "next")))
+    assert tokens_used(171, sent, "answer", reached=True) == 171
+    assert tokens_used(None, sent, "answer", reached=True) == sent + estimate_tokens("answer")
     # Refused before any answer (a 429, a refused connection): nothing was spent.
-    assert tokens_used(None, "rules", sent, "", reached=False) == 0
+    assert tokens_used(None, sent, "", reached=False) == 0
 
 
 # --- the counter against the database, in-process --------------------------------------------

@@ -10,7 +10,7 @@ import time
 
 from openai.types.chat import ChatCompletionChunk
 
-from gemini_chat.history import History, estimate_request
+from gemini_chat.history import History, estimate_tokens
 from gemini_chat.llm import StreamReport
 from gemini_chat.usage import TokenUsage, token_usage
 from tests.chat_client import ChatClient
@@ -95,7 +95,7 @@ def test_the_window_shrinks_when_gemini_reports_more_tokens_than_the_estimate():
         history.record(f"question {index} " + "x" * 40, f"answer {index} " + "y" * 40)
     estimated_window = history.request_items("next")
     assert len(estimated_window) == 2 * 4 + 1  # all four turns fit the estimate
-    sent = estimate_request("", estimated_window)
+    sent = history.request_tokens
     history.calibrate(reported=sent * 2, estimated=sent)
     calibrated = history.request_items("next")
     assert len(calibrated) < len(estimated_window)
@@ -201,7 +201,7 @@ async def test_the_next_request_leaves_out_old_turns_once_gemini_reports_a_large
     await client.ask("second")
     # The third request is reported four times larger than the app's estimate of it.
     texts = [first, "A" * 40, "second", "B" * 40, "third"]
-    estimate = estimate_request("Be brief.", [{"content": text} for text in texts])
+    estimate = sum(map(estimate_tokens, ["Be brief.", *texts]))
     gemini.script(Reply("D", prompt_tokens=estimate * 4), Reply("E"))
     await client.ask("third")
     assert [text for _, text in gemini.requests[-1].conversation[1:]] == texts
