@@ -12,6 +12,7 @@ from gemini_chat.app import prepare_server
 from gemini_chat.chat import ChatController
 from gemini_chat.limits import build_usage_counter
 from gemini_chat.llm import build_backend, build_client, build_model
+from gemini_chat.sharing import viewable
 
 # Settings from the environment and .env, the chat database (created or upgraded) and the login
 # mode. A bad value stops here with one line saying what to change.
@@ -53,6 +54,11 @@ else:
     @cl.on_logout
     async def on_logout(request: Any, response: Any) -> dict:
         return await server.access.logout(request)
+
+
+@cl.on_shared_thread_view
+async def on_shared_thread_view(thread: Any, viewer: cl.User | None) -> bool:
+    return viewable(thread, viewer)
 
 
 @cl.on_chat_start

@@ -260,3 +260,11 @@
     true
   );
 })();
+
+// The chat's download button in the header: public/chat-export.js.
+(function () {
+  "use strict";
+  var script = document.createElement("script");
+  script.src = "/public/chat-export.js";
+  document.head.appendChild(script);
+})();
