@@ -27,6 +27,7 @@ from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
 from .live import LiveReply, live_replies
 from .llm import Backend
 from .runtime import idle_collector
+from .starters import starter_actions
 from .streaming import EventBudget, ReplyStream
 
 logger = logging.getLogger("gemini_chat")
@@ -113,6 +114,7 @@ class ChatController:
             content=self.settings.welcome,
             author=self.settings.assistant_name,
             metadata={"kind": "welcome"},
+            actions=starter_actions(self.settings.starters),
         ).send()
 
     async def resume(self, thread: dict) -> None:

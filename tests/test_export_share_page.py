@@ -3,8 +3,10 @@ frontend, with two accounts: alice's chat, bob in a browser context of his own."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
@@ -75,7 +77,8 @@ async def download(page, item: str) -> tuple[str, str]:
     async with page.expect_download() as event:
         await page.locator(item).click()
     file = await event.value
-    return file.suggested_filename, open(await file.path(), encoding="utf-8").read()
+    path = Path(await file.path())
+    return file.suggested_filename, await asyncio.to_thread(path.read_text, encoding="utf-8")
 
 
 async def test_the_owner_downloads_a_chat_as_markdown_and_json(browser, accounts_app, gemini):
@@ -143,9 +146,7 @@ async def test_a_shared_link_shows_the_chat_read_only_until_its_owner_revokes_it
     # Bob opens it: her messages, read-only: no message box, no download, no way to send.
     await bob.goto(shown_link)
     await bob.get_by_text("soil:loam").wait_for(timeout=15_000)
-    await expect(bob.locator(".step[data-step-type='user_message']")).to_contain_text(
-        ["Plan a"]
-    )
+    await expect(bob.locator(".step[data-step-type='user_message']")).to_contain_text(["Plan a"])
     assert await bob.locator("#chat-input").count() == 0
     assert await bob.locator("#chat-submit").count() == 0
     assert await bob.locator("#export-chat-button").count() == 0
