@@ -27,7 +27,7 @@ from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
 from .live import LiveReply, live_replies
 from .llm import Backend
 from .runtime import idle_collector
-from .starters import starter_actions
+from .starters import offer_starters
 from .streaming import EventBudget, ReplyStream
 
 logger = logging.getLogger("gemini_chat")
@@ -110,12 +110,13 @@ class ChatController:
         if self.backend is None:
             await self._notice(str(MissingApiKey()))
             return
-        await cl.Message(
+        welcome = cl.Message(
             content=self.settings.welcome,
             author=self.settings.assistant_name,
             metadata={"kind": "welcome"},
-            actions=starter_actions(self.settings.starters),
-        ).send()
+        )
+        await offer_starters(welcome.id, self.settings.starters)
+        await welcome.send()
 
     async def resume(self, thread: dict) -> None:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's

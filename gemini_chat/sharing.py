@@ -91,17 +91,22 @@ def build_router(layer, assistant_name: str) -> APIRouter:
     return router
 
 
+def is_ours(route) -> bool:
+    """Whether ``route`` is one of these routes, or the router FastAPI includes them in."""
+    inner = getattr(route, "original_router", None)
+    return any(
+        (getattr(each, "name", None) or "").startswith(ROUTE_PREFIX)
+        for each in (inner.routes if inner is not None else [route])
+    )
+
+
 def install_sharing(app, layer, assistant_name: str) -> None:
     """Put the routes in front of Chainlit's (the first route that matches answers); safe to
     call again on a reload."""
     from chainlit.config import config
 
     routes = app.router.routes
-    routes[:] = [
-        route
-        for route in routes
-        if not (getattr(route, "name", None) or "").startswith(ROUTE_PREFIX)
-    ]
+    routes[:] = [route for route in routes if not is_ours(route)]
     count = len(routes)
     # Included through the app, so they get its dependency overrides (auth.py's login checks).
     app.include_router(build_router(layer, assistant_name), prefix=config.run.root_path)

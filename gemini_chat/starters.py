@@ -30,6 +30,14 @@ class Starter:
     message: str
 
 
+@dataclass
+class Offer:
+    """The starter buttons a chat shows. Kept in the session as an object Chainlit does not
+    save into the chat's metadata, so a reopened chat offers none."""
+
+    actions: list
+
+
 DEFAULT_STARTERS = (
     Starter("Explain a concept", "Explain how vaccines train the immune system, in simple terms."),
     Starter(
@@ -67,9 +75,11 @@ def parse_starters(value: str) -> tuple[Starter, ...]:
     return tuple(starters)
 
 
-def starter_actions(starters: tuple[Starter, ...]) -> list:
-    """The buttons for the welcome message; remembered in the session so that they can be
-    taken away once the chat begins."""
+async def offer_starters(welcome_id: str, starters: tuple[Starter, ...]) -> None:
+    """Show the starters as buttons of the welcome message. Sent before the welcome itself, so
+    that the welcome stays the last thing a new chat's start sends (the page draws buttons
+    by the id of their message, whenever they come); remembered in the session so that they
+    can be taken away once the chat begins."""
     import chainlit as cl
 
     # Each is named by its message: Chainlit names a chat begun by an action after the
@@ -78,18 +88,27 @@ def starter_actions(starters: tuple[Starter, ...]) -> list:
         cl.Action(name=s.message, payload={}, label=s.label, tooltip=s.message, icon=ICON)
         for s in starters
     ]
-    cl.user_session.set(SESSION_KEY, actions)
-    return actions
+    cl.user_session.set(SESSION_KEY, Offer(actions))
+    for action in actions:
+        await action.send(for_id=welcome_id)
 
 
 async def withdraw_starters() -> None:
     """Take the starter buttons away: the chat is no longer new."""
     import chainlit as cl
 
-    actions = cl.user_session.get(SESSION_KEY) or []
-    cl.user_session.set(SESSION_KEY, [])
+    actions = offered()
+    cl.user_session.set(SESSION_KEY, None)  # before any await: a second click finds none
     for action in actions:
         await action.remove()
+
+
+def offered() -> list:
+    """The starter buttons on show in this chat."""
+    import chainlit as cl
+
+    offer = cl.user_session.get(SESSION_KEY)
+    return offer.actions if isinstance(offer, Offer) else []
 
 
 def install_starters(starters: tuple[Starter, ...]) -> None:
@@ -105,8 +124,7 @@ def _sender(starter: Starter):
         import chainlit as cl
         from chainlit.config import config
 
-        offered = cl.user_session.get(SESSION_KEY) or []
-        if not any(a.name == starter.message for a in offered):
+        if not any(shown.name == starter.message for shown in offered()):
             logger.info("Ignored a starter on a chat that has begun")
             return
         await withdraw_starters()

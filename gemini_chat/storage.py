@@ -85,6 +85,15 @@ def bounded_user_message(step: dict[str, Any], limit: int) -> dict[str, Any]:
     return step
 
 
+def _as_shared(step: dict[str, Any]) -> dict[str, Any]:
+    """A message as a share link shows it: without its rating, the user's messages without the
+    login name they were written under."""
+    shown = {k: v for k, v in step.items() if k != "feedback"}
+    if shown.get("type") == "user_message":
+        shown["name"] = "User"
+    return shown
+
+
 # Set while the current task holds the write lock, so nested writes do not wait for themselves.
 _holds_write_lock: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "holds_write_lock", default=False
@@ -246,10 +255,7 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         return {
             **{k: v for k, v in thread.items() if k not in ("userId", "userIdentifier")},
             "metadata": {k: metadata[k] for k in SHARING_KEYS if k in metadata},
-            "steps": [
-                {k: v for k, v in step.items() if k != "feedback"}
-                for step in thread.get("steps") or []
-            ],
+            "steps": [_as_shared(step) for step in thread.get("steps") or []],
         }
 
     async def delete_thread(self, thread_id: str):

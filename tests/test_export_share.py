@@ -122,6 +122,13 @@ async def test_only_the_owner_downloads_a_chat_by_cookie_or_bearer_token(
                 assert status != 200 and "secret" not in text.lower(), (thread, text)
         status, _, _ = await fetch(base, "GET", f"/project/thread/{world.thread}/export.md", login)
         assert status == (404 if login else 401)
+
+    # A login that has ended downloads nothing: these routes check logins as Chainlit's do.
+    path = f"/project/thread/{world.thread}/export.md"
+    assert (await fetch(base, "POST", "/logout", world.cookie(world.alice_token), {}))[0] == 200
+    for login in (world.cookie(world.alice_token), bearer(world.alice_token)):
+        status, _, text = await fetch(base, "GET", path, login)
+        assert status == 401 and "secret" not in text.lower()
     assert clean_log(world.app)
 
 
@@ -161,6 +168,8 @@ async def test_a_chat_is_visible_to_others_only_while_its_owner_shares_it(
         assert "Alice's secret plan" in outputs and "Alice's answer." in outputs
         assert "Spot on" not in text  # her rating's comment stays hers
         assert "userIdentifier" not in shown and "userId" not in shown
+        # Not even as the author of her messages.
+        assert '"alice"' not in text and {s["name"] for s in shown["steps"]} >= {"User"}
         assert set(shown["metadata"]) == {"is_shared", "shared_at"}
         # Reading is all: no download, no rating, no unsharing.
         assert (await fetch(base, "GET", f"/project/thread/{world.thread}/export.md", login))[
