@@ -699,7 +699,8 @@ def test_chainlit_builds_uvicorn_s_config_at_start_where_the_edge_bounds_it(monk
     assert uvicorn.Config.unbounded.__module__ == "uvicorn.config"
 
 
-def test_chainlit_still_has_the_routes_the_edge_switches_off():
+def test_chainlit_still_has_the_routes_the_edge_switches_off(monkeypatch):
+    from chainlit.config import config
     from chainlit.server import router
 
     from gemini_chat.edge import switched_off
@@ -709,6 +710,8 @@ def test_chainlit_still_has_the_routes_the_edge_switches_off():
         for route in router.routes
         for method in getattr(route, "methods", None) or ()
     }
+    # Sharing is on with accounts (.chainlit/config.toml), off in local mode (app.py).
+    monkeypatch.setattr(config.features, "allow_thread_sharing", False)
     for method, path in [
         ("POST", "/project/file"),
         ("POST", "/mcp"),
@@ -719,3 +722,5 @@ def test_chainlit_still_has_the_routes_the_edge_switches_off():
         assert (method, path) in routes, (method, path)
         assert switched_off(method, path.replace("{thread_id}", "t1")), (method, path)
     assert switched_off("POST", "/project/threads") is None
+    monkeypatch.setattr(config.features, "allow_thread_sharing", True)
+    assert switched_off("PUT", "/project/thread/share") is None
