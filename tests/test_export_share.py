@@ -9,6 +9,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+import uuid
 
 from tests.chat_client import ChatClient
 from tests.db import query
@@ -257,3 +258,62 @@ async def test_sharing_needs_accounts_in_local_mode_downloads_work(app, gemini):
 
     text = await eventually(downloaded, what="the chat downloaded")
     assert text == "# Local question\n\n## You\n\nLocal question\n\n## Gemini\n\nLocal answer.\n"
+
+
+# --- the data layer itself, on SQLite and PostgreSQL ---------------------------------------------
+
+
+async def test_the_data_layer_reads_another_users_chat_only_while_shared(database_url):
+    from chainlit.context import context_var
+    from chainlit.user import User
+
+    from gemini_chat.history import load_json
+    from gemini_chat.schema import upgrade_schema
+    from gemini_chat.storage import ChatDataLayer
+    from tests.test_security_data import acting_as, step
+
+    await upgrade_schema(database_url)
+    layer = ChatDataLayer(database_url)
+    alice = await layer.create_user(User(identifier="alice"))
+    bob = await layer.create_user(User(identifier="bob"))
+    hers, question = str(uuid.uuid4()), str(uuid.uuid4())
+
+    token = acting_as(alice)
+    await layer.update_thread(hers, name="Her chat", user_id=alice.id)
+    await layer.create_step(step(question, hers, "Her question"))
+    context_var.reset(token)
+
+    async def as_(user, call):
+        token = acting_as(user)
+        try:
+            return await call()
+        finally:
+            context_var.reset(token)
+
+    # Not shared: bob reads nothing, and cannot share it himself; nobody logged in, nothing.
+    assert await as_(bob, lambda: layer.get_shared_thread(hers)) is None
+    assert await as_(bob, lambda: layer.share_thread(hers, True)) is None
+    assert await as_(bob, lambda: layer.update_thread(hers, metadata={"is_shared": True})) is None
+    assert await layer.get_shared_thread(hers) is None
+    # Her own metadata writes (the session saved at a disconnect) never share it either.
+    await as_(alice, lambda: layer.update_thread(hers, metadata={"is_shared": True, "x": 1}))
+    assert await as_(bob, lambda: layer.get_shared_thread(hers)) is None
+    # The owner reads her own link at any time.
+    assert (await as_(alice, lambda: layer.get_shared_thread(hers)))["id"] == hers
+
+    assert await as_(alice, lambda: layer.share_thread(hers, True)) is True
+    shown = await as_(bob, lambda: layer.get_shared_thread(hers))
+    assert [s["output"] for s in shown["steps"]] == ["Her question"]
+    assert shown["metadata"]["is_shared"] is True and "x" not in shown["metadata"]
+    # Shared is readable through its link only: the general read stays the owner's.
+    assert await as_(bob, lambda: layer.get_thread(hers)) is None
+    assert await layer.get_shared_thread(hers) is None
+    # Her metadata writes do not unshare it; her unsharing does, and bob cannot undo that.
+    await as_(alice, lambda: layer.update_thread(hers, metadata={"is_shared": None}))
+    assert await as_(bob, lambda: layer.get_shared_thread(hers)) is not None
+    assert await as_(alice, lambda: layer.share_thread(hers, False)) is True
+    assert await as_(bob, lambda: layer.share_thread(hers, True)) is None
+    assert await as_(bob, lambda: layer.get_shared_thread(hers)) is None
+    kept = (await as_(alice, lambda: layer.get_thread(hers)))["metadata"]
+    assert load_json(kept) == {"x": 1}  # her other metadata is untouched
+    await layer.engine.dispose()

@@ -167,3 +167,19 @@ async def test_a_shared_link_shows_the_chat_read_only_until_its_owner_revokes_it
     await nothing_shown(bob, accounts_app)
     # Nothing bob did reached Gemini, nor her chat.
     assert len(await gemini.arrived(1)) == 1
+
+
+async def test_local_mode_downloads_a_chat_and_offers_no_sharing(browser, app, gemini):
+    context = await browser.new_context(
+        viewport={"width": 1100, "height": 760}, accept_downloads=True
+    )
+    page = await context.new_page()
+    await page.goto(app.url)
+    await page.get_by_text(WELCOME).wait_for(timeout=30_000)
+    await chat_once(page, gemini)
+    await page.locator("#export-chat-button").wait_for(timeout=10_000)
+    # One user, nobody to share with: no Share button beside the download.
+    assert await page.locator("#header button:has(svg.lucide-share2)").count() == 0
+    name, markdown = await download(page, "#export-chat-markdown")
+    assert name == "Plan-a-small-garden-3-beds.md"
+    assert markdown == f"# {QUESTION}\n\n## You\n\n{QUESTION}\n\n## Gemini\n\n{ANSWER}\n"

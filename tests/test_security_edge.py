@@ -493,7 +493,7 @@ async def test_the_socket_takes_no_more_than_the_longest_message_needs(accounts_
     [
         ("POST", "/project/file?session_id=x", 403),  # uploads are off
         ("POST", "/mcp", 403),  # MCP is off
-        ("PUT", "/project/thread/share", 403),  # sharing is off
+        ("PUT", "/project/thread/share", 413),  # sharing is on with accounts: bounded too
         ("POST", "/project/threads", 413),
         ("DELETE", "/feedback", 413),
         ("POST", "/login", 413),
