@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from chainlit.config import config as chainlit_config
+from chainlit.data import get_data_layer
 from sqlalchemy.engine import make_url
 
 from .auth import Access, AccessError, install_login_guards, prepare_access
@@ -130,8 +131,6 @@ def prepare_server() -> Server:
     data_layer = ChatDataLayer(settings.database_url, settings.max_message_chars)
     current = Server(settings, data_layer, access, edge)
     # Downloads and share links, the owner check kept (sharing.py).
-    from chainlit.data import get_data_layer
-
     install_sharing(app, get_data_layer, settings.assistant_name)
     # The data layer checks every id against the user Chainlit authenticated (ownership.py).
     install_user_note(note_authenticated)

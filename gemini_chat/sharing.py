@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse, Response
 
 from .export import FORMATS, file_name, to_json, to_markdown
+from .history import load_json
 
 logger = logging.getLogger("gemini_chat")
 
@@ -38,11 +39,9 @@ def viewable(thread: dict[str, Any], viewer: Any) -> bool:
     logged in while it is shared (what get_shared_thread enforces in the data layer)."""
     if viewer is None:
         return False
-    metadata = thread.get("metadata") or {}
     owner = thread.get("userIdentifier")
-    return (owner is not None and owner == viewer.identifier) or (
-        isinstance(metadata, dict) and metadata.get("is_shared") is True
-    )
+    shared = load_json(thread.get("metadata")).get("is_shared") is True
+    return (owner is not None and owner == viewer.identifier) or shared
 
 
 def build_router(layer, assistant_name: str) -> APIRouter:

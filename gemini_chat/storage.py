@@ -247,7 +247,8 @@ class ChatDataLayer(SQLAlchemyDataLayer):
 
     async def get_shared_thread(self, thread_id: str) -> dict[str, Any] | None:
         """A chat as its share link shows it: the messages, and nothing of the owner's own
-        (their ratings and comments, their id and login name, their session)."""
+        (their ratings and comments, their id and login name, their session, their
+        attachments)."""
         thread = await super().get_thread(thread_id)
         if not thread:
             return None
@@ -256,6 +257,7 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             **{k: v for k, v in thread.items() if k not in ("userId", "userIdentifier")},
             "metadata": {k: metadata[k] for k in SHARING_KEYS if k in metadata},
             "steps": [_as_shared(step) for step in thread.get("steps") or []],
+            "elements": [],
         }
 
     async def delete_thread(self, thread_id: str):

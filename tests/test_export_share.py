@@ -12,7 +12,7 @@ import urllib.request
 import uuid
 
 from tests.chat_client import ChatClient
-from tests.db import query
+from tests.db import execute, query
 from tests.fake_gemini import Reply
 from tests.test_persistence import eventually
 from tests.test_security_data import TwoUsers, alice_rows, changed, clean_log, two_users
@@ -282,6 +282,11 @@ async def test_the_data_layer_reads_another_users_chat_only_while_shared(databas
     await layer.update_thread(hers, name="Her chat", user_id=alice.id)
     await layer.create_step(step(question, hers, "Her question"))
     context_var.reset(token)
+    await execute(
+        database_url,
+        'INSERT INTO elements ("id", "threadId", "type", "name", "display") '
+        f"VALUES ('{uuid.uuid4()}', '{hers}', 'file', 'her-private.pdf', 'inline')",
+    )
 
     async def as_(user, call):
         token = acting_as(user)
@@ -305,6 +310,7 @@ async def test_the_data_layer_reads_another_users_chat_only_while_shared(databas
     shown = await as_(bob, lambda: layer.get_shared_thread(hers))
     assert [s["output"] for s in shown["steps"]] == ["Her question"]
     assert shown["metadata"]["is_shared"] is True and "x" not in shown["metadata"]
+    assert shown["elements"] == [] and "her-private.pdf" not in json.dumps(shown)
     # Shared is readable through its link only: the general read stays the owner's.
     assert await as_(bob, lambda: layer.get_thread(hers)) is None
     assert await layer.get_shared_thread(hers) is None
@@ -317,3 +323,18 @@ async def test_the_data_layer_reads_another_users_chat_only_while_shared(databas
     kept = (await as_(alice, lambda: layer.get_thread(hers)))["metadata"]
     assert load_json(kept) == {"x": 1}  # her other metadata is untouched
     await layer.engine.dispose()
+
+
+def test_the_shared_view_hook_lets_the_owner_and_anyone_while_shared():
+    from chainlit.user import User
+
+    from gemini_chat.sharing import viewable
+
+    alice, bob = User(identifier="alice"), User(identifier="bob")
+    for metadata in ({"is_shared": True}, '{"is_shared": true}'):  # PostgreSQL, SQLite
+        shared = {"userIdentifier": "alice", "metadata": metadata}
+        assert viewable(shared, alice) and viewable(shared, bob)
+        assert not viewable(shared, None)
+    for metadata in ({}, "{}", None, '{"is_shared": "yes"}', {"is_shared": False}):
+        private = {"userIdentifier": "alice", "metadata": metadata}
+        assert viewable(private, alice) and not viewable(private, bob)
