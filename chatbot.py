@@ -13,6 +13,8 @@ from gemini_chat.app import prepare_server
 from gemini_chat.chat import ChatController
 from gemini_chat.limits import build_usage_counter
 from gemini_chat.llm import build_backend, build_client, build_model
+from gemini_chat.sharing import viewable
+from gemini_chat.starters import install_starters, withdraw_starters
 
 # Settings from the environment and .env, the chat database (created or upgraded) and the login
 # mode. A bad value stops here with one line saying what to change.
@@ -26,6 +28,8 @@ client = build_client(settings) if settings.api_key else None
 backend = build_backend(settings, build_model(settings, client), client) if client else None
 # Per-user limits on messages and tokens, counted in the database (off in local mode by default).
 controller = ChatController(settings, backend, build_usage_counter(settings, server.access.local))
+# Buttons with ready-made first messages under the welcome (CHAT_STARTERS).
+install_starters(settings.starters)
 
 
 @cl.on_app_shutdown
@@ -56,6 +60,11 @@ else:
         return await server.access.logout(request)
 
 
+@cl.on_shared_thread_view
+async def on_shared_thread_view(thread: Any, viewer: cl.User | None) -> bool:
+    return viewable(thread, viewer)
+
+
 @cl.on_chat_start
 async def on_chat_start() -> None:
     await controller.start()
@@ -68,6 +77,7 @@ async def on_chat_resume(thread: Any) -> None:
 
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
+    await withdraw_starters()  # the chat has begun
     await controller.handle(message)
 
 

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from chainlit.config import config as chainlit_config
+from chainlit.data import get_data_layer
 from sqlalchemy.engine import make_url
 
 from .attachments import configured_limits
@@ -27,6 +28,7 @@ from .logs import install_secret_filter, quiet_library_logs
 from .ownership import note_authenticated
 from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
+from .sharing import install_sharing
 from .storage import ChatDataLayer
 from .uploads import install_upload_routes, upload_limit
 
@@ -100,6 +102,9 @@ def prepare_server() -> Server:
         chainlit_config.ui.custom_css = LOCAL_MODE_CSS
     elif chainlit_config.ui.custom_css == LOCAL_MODE_CSS:
         chainlit_config.ui.custom_css = None
+    # Sharing needs accounts: in local mode there is nobody to share a chat with.
+    if access.local:
+        chainlit_config.features.allow_thread_sharing = False
     if settings.api_key:
         logger.info(
             "Serving %s with model %s at %s; chats stored in %s",
@@ -129,6 +134,8 @@ def prepare_server() -> Server:
     )
     data_layer = ChatDataLayer(settings.database_url, settings.max_message_chars)
     current = Server(settings, data_layer, access, edge)
+    # Downloads and share links, the owner check kept (sharing.py).
+    install_sharing(app, get_data_layer, settings.assistant_name)
     # The data layer checks every id against the user Chainlit authenticated (ownership.py).
     install_user_note(note_authenticated)
     # Added last, so it is the outermost: nothing reads a body or answers before its checks.

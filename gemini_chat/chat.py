@@ -58,6 +58,7 @@ from .preferences import (
     stored_in,
 )
 from .runtime import idle_collector
+from .starters import offer_starters
 from .streaming import EventBudget, ReplyStream
 from .thinking import ThinkingStep
 from .uploads import discard_files, keep_files, message_files, release_uploads, stored_files
@@ -154,11 +155,13 @@ class ChatController:
         if self.backend is None:
             await self._notice(str(MissingApiKey()))
             return
-        await cl.Message(
+        welcome = cl.Message(
             content=self.settings.welcome,
             author=self.settings.assistant_name,
             metadata={"kind": "welcome"},
-        ).send()
+        )
+        await offer_starters(welcome.id, self.settings.starters)
+        await welcome.send()
         conversation.preferences = defaults(self.settings)
         # Sent once Gemini's model list is known, without holding up the start: until the hook
         # returns, the page shows the chat as busy.

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from .starters import DEFAULT_STARTERS, Starter, parse_starters
+
 GOOGLE_OPENAI_ENDPOINT = "https://generativelanguage.googleapis.com/v1beta/openai/"
 DEFAULT_MODEL = "gemini-3.8-flash"
 DEFAULT_DATABASE = "sqlite+aiosqlite:///.chainlit/chats.db"
@@ -114,6 +116,8 @@ class Settings:
     assistant_name: str = "Gemini"
     welcome: str = "Hello! I'm Gemini. Ask me anything."
     instructions: str = DEFAULT_INSTRUCTIONS
+    # Ready-made first messages offered on a new chat (starters.py).
+    starters: tuple[Starter, ...] = DEFAULT_STARTERS
     # Ask Gemini for thought summaries and show them above each answer.
     show_thoughts: bool = True
     history_token_budget: int = 32_000
@@ -155,6 +159,7 @@ ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("ASSISTANT_NAME", _text, "assistant_name"),
     ("ASSISTANT_WELCOME", _text, "welcome"),
     ("ASSISTANT_INSTRUCTIONS", _text, "instructions"),
+    ("CHAT_STARTERS", parse_starters, "starters"),
     ("SHOW_THOUGHTS", _flag, "show_thoughts"),
     ("HISTORY_TOKEN_BUDGET", _whole_number(1), "history_token_budget"),
     ("MAX_MESSAGE_CHARS", _whole_number(1), "max_message_chars"),

@@ -99,7 +99,8 @@ def is_uuid(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Id:
-    """An id a call carries: a thread, step, feedback, element or user id."""
+    """An id a call carries: a thread, step, feedback, element or user id; or a thread read
+    through its share link ("shared_thread")."""
 
     kind: str
     value: Any
@@ -162,6 +163,10 @@ RULES: dict[str, Rule] = {
         ordered=True,
     ),
     "delete_thread": Rule(lambda a: [Id("thread", a["thread_id"])], _none, ordered=True),
+    # The one way a chat is read by someone other than its owner: its owner shared it.
+    "get_shared_thread": Rule(lambda a: [Id("shared_thread", a["thread_id"])], _none),
+    # The one way a chat's shared mark is set or removed: by its owner.
+    "share_thread": Rule(lambda a: [Id("thread", a["thread_id"])], _none, ordered=True),
     # The cursor is compared with the caller's own threads only, never used as a key.
     "list_threads": Rule(lambda a: [Id("user", a["filters"].userId)], _no_threads),
     "create_step": Rule(_step_ids, _none, ordered=True),
@@ -225,8 +230,8 @@ def owner_checked(cls: type) -> type:
     """Wrap every public method of a data layer with its rule (see the module docstring).
 
     The class provides ``_owner_of(kind, id)`` (the owner's identifier, "" for a row without
-    one, None when there is no such row) and ``_in_order(call)`` (runs a call in line with the
-    writes)."""
+    one, None when there is no such row), ``_is_shared(thread_id)`` and ``_in_order(call)``
+    (runs a call in line with the writes)."""
     from chainlit.data.utils import queue_until_user_message
 
     unknown = sorted(public_methods(cls) - set(RULES) - EXEMPT - INTERNAL)
@@ -274,6 +279,11 @@ async def _allowed(layer: Any, name: str, actor: Actor, id_: Id) -> bool:
     if not is_uuid(id_.value):
         logger.warning("Refused a %s id that is not a UUID: %r", id_.kind, str(id_.value)[:80])
         return False
+    if id_.kind == "shared_thread":
+        # Readable by anyone logged in while its owner shares it; otherwise a chat like any.
+        if await layer._is_shared(str(id_.value)):
+            return True
+        id_ = Id("thread", id_.value)
     owner = await layer._owner_of(id_.kind, str(id_.value))
     if owner is None:
         if not id_.new:

@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 
 from .attachments import Attachment, admitted
 from .config import Settings
+from .history import load_json
 from .ownership import Actor, checked_user, owner_checked
 from .schema import steps as steps_table
 from .schema import tune_sqlite
@@ -45,6 +46,9 @@ KNOWN_THREADS = 10_000  # thread owners (and deleted threads) remembered
 PREVIEW_CHARS = 200  # what is kept of a message over the size limit
 FIELD_CHARS = 2_000  # any other field of a user's message (name, metadata, ...)
 STEP_COLUMNS = frozenset(steps_table.c.keys())
+# A chat's share mark in its metadata (the names Chainlit's frontend reads): written by
+# share_thread alone, never by the metadata writes of update_thread.
+SHARING_KEYS = ("is_shared", "shared_at")
 T = TypeVar("T")
 
 # The identifier of whoever owns a row of each kind ("" when the row has no owner).
@@ -81,6 +85,15 @@ def bounded_user_message(step: dict[str, Any], limit: int) -> dict[str, Any]:
         elif len(json.dumps(value, default=str)) > FIELD_CHARS:
             step[key] = {} if key == "metadata" else None
     return step
+
+
+def _as_shared(step: dict[str, Any]) -> dict[str, Any]:
+    """A message as a share link shows it: without its rating, the user's messages without the
+    login name they were written under."""
+    shown = {k: v for k, v in step.items() if k != "feedback"}
+    if shown.get("type") == "user_message":
+        shown["name"] = "User"
+    return shown
 
 
 # Set while the current task holds the write lock, so nested writes do not wait for themselves.
@@ -273,9 +286,46 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             tags = None  # SQLite cannot bind a list; the app does not tag threads
         if not await self._claim_thread(thread_id, checked_user()):
             return None
+        if metadata is not None:
+            # Chainlit saves the session (a copy of the metadata read at resume) into the
+            # metadata on every disconnect: it must neither undo nor forge a share.
+            metadata = {k: v for k, v in metadata.items() if k not in SHARING_KEYS}
         if (name, user_id, metadata, tags) == (None, None, None, None):
             return None  # "make sure the thread exists": done
         return await super().update_thread(thread_id, name, user_id, metadata, tags)
+
+    # -- sharing
+
+    async def _is_shared(self, thread_id: str) -> bool:
+        rows = await self.execute_sql(
+            'SELECT "metadata" FROM threads WHERE "id" = :id', {"id": thread_id}
+        )
+        if not isinstance(rows, list) or not rows:
+            return False
+        return load_json(rows[0].get("metadata")).get("is_shared") is True
+
+    async def share_thread(self, thread_id: str, shared: bool) -> bool:
+        """Mark the chat shared (readable by anyone logged in, through get_shared_thread) or
+        not; its owner only (ownership.RULES)."""
+        mark = {"is_shared": True, "shared_at": await self.get_current_timestamp()}
+        unmark = dict.fromkeys(SHARING_KEYS)  # None: the key is removed
+        await super().update_thread(thread_id, metadata=mark if shared else unmark)
+        return True
+
+    async def get_shared_thread(self, thread_id: str) -> dict[str, Any] | None:
+        """A chat as its share link shows it: the messages, and nothing of the owner's own
+        (their ratings and comments, their id and login name, their session, their
+        attachments)."""
+        thread = await super().get_thread(thread_id)
+        if not thread:
+            return None
+        metadata = load_json(thread.get("metadata"))
+        return {
+            **{k: v for k, v in thread.items() if k not in ("userId", "userIdentifier")},
+            "metadata": {k: metadata[k] for k in SHARING_KEYS if k in metadata},
+            "steps": [_as_shared(step) for step in thread.get("steps") or []],
+            "elements": [],
+        }
 
     async def delete_thread(self, thread_id: str):
         self._owners.pop(thread_id, None)

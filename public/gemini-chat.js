@@ -278,3 +278,11 @@
     "padding-left:8px;margin-left:2px;}";
   document.head.appendChild(style);
 })();
+
+// The chat's download button in the header: public/chat-export.js.
+(function () {
+  "use strict";
+  var script = document.createElement("script");
+  script.src = "/public/chat-export.js";
+  document.head.appendChild(script);
+})();

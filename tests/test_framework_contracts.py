@@ -11,6 +11,7 @@ import inspect
 import logging
 import re
 
+import chainlit.server
 import chainlit.socket
 from chainlit.emitter import ChainlitEmitter
 from chainlit.message import MessageBase
@@ -203,3 +204,75 @@ def test_the_page_uploads_each_file_to_the_route_the_app_replaces():
     )
     assert upload is not None
     assert ".detail)" in source[upload.end() : upload.end() + 600]
+
+
+def flattened(routes):
+    """Every route, also those inside the routers FastAPI includes without copying them."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from flattened(inner.routes)
+        else:
+            yield route
+
+
+def test_the_share_routes_the_app_answers_first_are_chainlits_and_what_its_page_calls():
+    """sharing.py puts its own routes in front of Chainlit's two sharing routes: they must be
+    where the share dialog and the /share page call them, with the same request body."""
+    from chainlit.server import app
+    from chainlit.types import ShareThreadRequest
+    from fastapi.routing import APIRoute
+
+    chainlit_routes = {
+        (route.path, method)
+        for route in flattened(app.router.routes)
+        if isinstance(route, APIRoute) and route.endpoint.__module__ == "chainlit.server"
+        for method in route.methods
+    }
+    assert ("/project/share/{thread_id}", "GET") in chainlit_routes
+    assert ("/project/thread/share", "PUT") in chainlit_routes
+    assert set(ShareThreadRequest.model_fields) == {"threadId", "isShared"}
+    # The share button shows only with an on_shared_thread_view hook (chatbot.py has one).
+    settings_source = inspect.getsource(chainlit.server.project_settings)
+    assert 'getattr(config.code, "on_shared_thread_view", None)' in settings_source
+    # Chainlit saves the session into the chat's metadata on every disconnect: storage.py keeps
+    # that write away from the share mark.
+    assert "persist_user_session(session.thread_id" in inspect.getsource(chainlit.socket.disconnect)
+    assert "update_thread(thread_id=thread_id, metadata=metadata)" in inspect.getsource(
+        chainlit.socket.persist_user_session
+    )
+
+
+def test_the_share_routes_go_first_once_and_again_after_a_reload():
+    from chainlit.server import app
+
+    from gemini_chat.sharing import ROUTE_PREFIX, install_sharing, is_ours
+
+    routes = app.router.routes
+    saved = list(routes)
+    try:
+        install_sharing(app, lambda: None, "Gemini")
+        install_sharing(app, lambda: None, "Gemini")  # `chainlit run -w` prepares it again
+        ours = [route for route in routes if is_ours(route)]
+        assert len(ours) == 1 and routes[0] is ours[0]
+        # Matched first: each of the three comes before any route of Chainlit's.
+        names = [getattr(r, "name", None) or "" for r in flattened(routes)]
+        assert all(name.startswith(ROUTE_PREFIX) for name in names[:3])
+        assert not any(name.startswith(ROUTE_PREFIX) for name in names[3:])
+    finally:
+        routes[:] = saved
+
+
+def test_a_starter_action_names_the_chat_and_runs_like_a_typed_message():
+    """starters.py names each starter action by its message, relying on Chainlit's action
+    route to start the chat named after the action; its turn runs as socket.process_message
+    runs a typed one, as the session's current task (what Stop cancels)."""
+    source = inspect.getsource(chainlit.server.call_action)
+    assert "config.code.action_callbacks.get(action.name)" in source
+    assert "init_thread(action.name)" in source
+    assert source.index("init_thread(action.name)") < source.index("await callback(action)")
+    message = inspect.getsource(chainlit.socket.message)
+    assert "session.current_task = task" in message
+    processed = inspect.getsource(chainlit.socket.process_message)
+    assert processed.index("task_start()") < processed.index("config.code.on_message(message)")
+    assert "task_end()" in processed

@@ -309,14 +309,7 @@ async def test_another_users_chat_stays_closed_to_every_login_and_route(
         f"VALUES ('{element}', '{world.thread}', 'file', 'alice-secret.pdf', 'inline', "
         f"'{world.question}', '/files/alice-secret.pdf')",
     )
-    # Alice shares her chat (Chainlit's route answers although sharing is off in config.toml).
-    status, _ = await call(
-        world.app,
-        "PUT",
-        "/project/thread/share",
-        {"threadId": world.thread, "isShared": True},
-        world.cookie(world.alice_token),
-    )
+    # She has not shared it (what sharing shows, and to whom: tests/test_export_share.py).
     before = await alice_rows(world)
     bob, _ = await bob_chat(world, gemini, "Bob's question", "Bob's answer.")
     bob_thread = await bob.chat_thread()
@@ -597,9 +590,16 @@ def test_every_data_layer_method_has_an_ownership_rule():
     # A method a Chainlit upgrade adds fails here (and is refused at run time until it has a rule).
     assert public_methods(SQLAlchemyDataLayer) <= known, public_methods(SQLAlchemyDataLayer) - known
     assert public_methods(BaseDataLayer) <= known
-    # Besides Chainlit's methods, the app's own: attached files (storage.AttachmentStore).
+    # Besides Chainlit's methods, the app's own: attached files (storage.AttachmentStore), and
+    # the one way to read a chat through its share link, and to mark it shared.
     added = public_methods(ChatDataLayer) - public_methods(SQLAlchemyDataLayer)
-    assert added == {"get_attachments", "get_attachment", "get_attachment_usage"}
+    assert added == {
+        "get_attachments",
+        "get_attachment",
+        "get_attachment_usage",
+        "get_shared_thread",
+        "share_thread",
+    }
     assert added <= set(RULES)
     assert public_methods(SQLAlchemyDataLayer) <= public_methods(ChatDataLayer)
     assert not set(RULES) & (EXEMPT | INTERNAL)

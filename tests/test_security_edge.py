@@ -495,7 +495,7 @@ async def test_the_socket_takes_no_more_than_the_longest_message_needs(accounts_
     [
         ("POST", "/project/file?session_id=x", 413),  # larger than the largest file
         ("POST", "/mcp", 403),  # MCP is off
-        ("PUT", "/project/thread/share", 403),  # sharing is off
+        ("PUT", "/project/thread/share", 413),  # sharing is on with accounts: bounded too
         ("POST", "/project/threads", 413),
         ("DELETE", "/feedback", 413),
         ("POST", "/login", 413),
@@ -704,7 +704,8 @@ def test_chainlit_builds_uvicorn_s_config_at_start_where_the_edge_bounds_it(monk
     assert uvicorn.Config.unbounded.__module__ == "uvicorn.config"
 
 
-def test_chainlit_still_has_the_routes_the_edge_switches_off():
+def test_chainlit_still_has_the_routes_the_edge_switches_off(monkeypatch):
+    from chainlit.config import config
     from chainlit.server import router
 
     from gemini_chat.edge import switched_off
@@ -717,6 +718,8 @@ def test_chainlit_still_has_the_routes_the_edge_switches_off():
     # The page uploads to Chainlit's path, where the app's own route now answers.
     assert ("POST", "/project/file") in routes
     assert switched_off("POST", "/project/file") is None
+    # Sharing is on with accounts (.chainlit/config.toml), off in local mode (app.py).
+    monkeypatch.setattr(config.features, "allow_thread_sharing", False)
     for method, path in [
         ("POST", "/mcp"),
         ("DELETE", "/mcp"),
@@ -726,3 +729,5 @@ def test_chainlit_still_has_the_routes_the_edge_switches_off():
         assert (method, path) in routes, (method, path)
         assert switched_off(method, path.replace("{thread_id}", "t1")), (method, path)
     assert switched_off("POST", "/project/threads") is None
+    monkeypatch.setattr(config.features, "allow_thread_sharing", True)
+    assert switched_off("PUT", "/project/thread/share") is None
