@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
+
+T = TypeVar("T")
+
+
+def app_database(app: Any) -> str:
+    """The SQLite database of an app the tests started (tests/app_process.py)."""
+    return f"sqlite+aiosqlite:///{app.directory}/chats.db"
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition"
+) -> T:
+    """The app writes to its database from background tasks: wait until ``check`` sees it."""
+    deadline = time.monotonic() + timeout
+    while not (result := await check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+    return result
 
 
 async def query(url: str, sql: str, **params: Any) -> list[tuple]:

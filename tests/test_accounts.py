@@ -19,9 +19,9 @@ from gemini_chat.accounts import LoginThrottle, Rule
 from gemini_chat.auth import LOCAL_ONLY_MESSAGE
 from tests.chat_client import ChatClient
 from tests.conftest import ROOT, guarded_env
-from tests.db import query
+from tests.db import eventually, query
 from tests.fake_gemini import Reply
-from tests.test_persistence import _rows_when, api, eventually, stored_steps
+from tests.test_persistence import _rows_when, api, stored_steps
 
 SECRET = "test-auth-secret-" + "x" * 40
 INJECTION = "t1') OR ('1'='1"

@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.chat_client import ChatClient, ShownMessage
-from tests.db import query
+from tests.db import eventually, query
 from tests.fake_gemini import Reply
-from tests.test_persistence import eventually
 
 # --- files, made here ----------------------------------------------------------------------------
 

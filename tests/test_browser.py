@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import expect
 
+from tests.db import eventually
 from tests.fake_gemini import Reply, rate_limit_per_minute
 
 pytestmark = pytest.mark.browser
@@ -167,19 +168,6 @@ async def stored_feedback(app) -> list[tuple]:
         'SELECT f."value", f."comment", s."type", s."name" FROM feedbacks f '
         'JOIN steps s ON s."id" = f."forId"',
     )
-
-
-async def eventually(check, timeout: float = 10.0, what: str = "condition"):
-    """The database is written by background tasks: wait until it shows ``check``'s result."""
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
 
 
 def answer_buttons(page, answer: str):

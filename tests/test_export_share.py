@@ -12,9 +12,8 @@ import urllib.request
 import uuid
 
 from tests.chat_client import ChatClient
-from tests.db import execute, query
+from tests.db import eventually, execute, query
 from tests.fake_gemini import Reply
-from tests.test_persistence import eventually
 from tests.test_security_data import TwoUsers, alice_rows, changed, clean_log, two_users
 
 

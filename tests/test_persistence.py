@@ -5,26 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
 
 from tests.chat_client import ChatClient
-from tests.db import execute, query
+from tests.db import eventually, execute, query
 from tests.fake_gemini import Reply
-
-
-async def eventually(check, timeout: float = 10.0, what: str = "condition"):
-    """Steps are written by background tasks: wait until the database shows them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def _call(url: str, method: str, body: dict | None, headers: dict) -> tuple[int, object]:

@@ -25,9 +25,8 @@ from gemini_chat.preferences import (
     thinking_levels,
 )
 from tests.chat_client import ChatClient
-from tests.db import query
+from tests.db import eventually, query
 from tests.fake_gemini import DEFAULT_KEY, OTHER_LISTED_MODELS, Reply, Reset, internal_error
-from tests.test_browser import eventually
 
 CHOICES = (
     "gemini-3.8-flash",

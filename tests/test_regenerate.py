@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 from gemini_chat.actions import CONTINUE_PROMPT, EARLIER_MARK
 from tests.chat_client import ChatClient
-from tests.db import query
+from tests.db import app_database, eventually, query
 from tests.fake_gemini import Reply, overloaded
-
-
-def _database(app) -> str:
-    return f"sqlite+aiosqlite:///{app.directory}/chats.db"
-
-
-async def _eventually(check, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
 
 
 def button(client: ChatClient, message_id: str, name: str) -> dict:
@@ -48,7 +34,7 @@ async def click(client: ChatClient, action: dict, session_id: str | None = None)
 async def stored_replies(app, thread_id: str, count: int) -> list[tuple[str, dict]]:
     async def rows():
         found = await query(
-            _database(app),
+            app_database(app),
             'SELECT "output", "metadata" FROM steps WHERE "threadId" = :t AND '
             '"type" = \'assistant_message\' ORDER BY "createdAt"',
             t=thread_id,
@@ -57,7 +43,7 @@ async def stored_replies(app, thread_id: str, count: int) -> list[tuple[str, dic
         found = [(t, m) for t, m in found if m.get("kind") in ("reply", "earlier", "notice")]
         return found if len(found) == count else None
 
-    return await _eventually(rows, what=f"{count} stored answers")
+    return await eventually(rows, what=f"{count} stored answers")
 
 
 async def test_regenerate_asks_again_with_the_same_history_and_keeps_the_earlier_answer(
@@ -154,7 +140,7 @@ async def test_a_cut_off_answer_continues_in_place_and_the_history_holds_it_whol
         rows = await stored_replies(app, thread_id, 2)
         return [(text, meta.get("status")) for text, meta in rows] == expected
 
-    await _eventually(stored, what="the continued answer stored whole, the notice gone")
+    await eventually(stored, what="the continued answer stored whole, the notice gone")
 
 
 async def test_an_error_notice_offers_regenerate_which_asks_again(chat, gemini):

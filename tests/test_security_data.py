@@ -21,10 +21,10 @@ import pytest
 
 from tests.app_process import AppServer
 from tests.chat_client import ChatClient
-from tests.db import execute, query
+from tests.db import eventually, execute, query
 from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
-from tests.test_persistence import _call, _rows_when, eventually, stored_steps
+from tests.test_persistence import _call, _rows_when, stored_steps
 
 # --- two users: alice has a rated chat, bob is after it ---------------------------------------
 

@@ -25,10 +25,9 @@ from gemini_chat.limits import (
 )
 from tests.chat_client import ChatClient
 from tests.conftest import ROOT, guarded_env
-from tests.db import execute, query
+from tests.db import eventually, execute, query
 from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
-from tests.test_persistence import eventually
 
 WAIT_FOR_MESSAGES = re.compile(
     r"^You've sent (\d+) messages? in the last minute; you can send again in (\d+) seconds?\. "

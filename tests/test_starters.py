@@ -10,10 +10,10 @@ from playwright.async_api import expect
 from gemini_chat.config import ConfigError, load_settings
 from gemini_chat.starters import DEFAULT_STARTERS, Starter, parse_starters
 from tests.chat_client import ChatClient
+from tests.db import eventually
 from tests.fake_gemini import Reply
 from tests.test_browser import ARTIFACTS, CHROMIUM_FLAGS, chromium_path, type_and_send
 from tests.test_export_share import fetch
-from tests.test_persistence import eventually
 
 __all__ = ["chromium_path"]  # a fixture, used by name
 

@@ -85,10 +85,12 @@ async def test_history_budget_drops_oldest_turns_but_never_the_newest(start_app_
     server = start_app_with(HISTORY_TOKEN_BUDGET="300", ASSISTANT_INSTRUCTIONS="Be brief.")
     client = await ChatClient(server.url).connect()
     await welcome_of(client)
+    # No usage reported, so the window follows the app's estimate alone (how Gemini's reported
+    # prompt size rescales it: tests/test_usage.py).
     for index in range(6):
-        gemini.script(Reply(f"Answer {index} " + "filler " * 20))
+        gemini.script(Reply(f"Answer {index} " + "filler " * 20, usage=False))
         await client.ask(f"Question {index} " + "padding " * 20)
-    gemini.script(Reply("ok"))
+    gemini.script(Reply("ok", usage=False))
     huge = "Newest " + "word " * 400  # alone over the budget
     await client.ask(huge)
     await client.disconnect()

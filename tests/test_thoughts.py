@@ -31,7 +31,7 @@ from gemini_chat.streaming import Coalescer, ReplyStream
 from gemini_chat.thinking import stamp_between, thought_for
 from gemini_chat.thoughts import ThoughtFilter, move_inline_thought, reasoning_of
 from tests.chat_client import ChatClient
-from tests.db import query
+from tests.db import eventually, query
 from tests.fake_gemini import DEFAULT_KEY, Reply, recording
 
 THOUGHTS = ["**Weighing it**\n\nOtters are ", "mustelids; they sleep ", "holding paws."]
@@ -386,8 +386,6 @@ async def test_the_thought_summary_streams_into_its_own_step_and_never_into_the_
             "AND \"type\" IN ('llm', 'assistant_message') ORDER BY \"createdAt\"",
             t=thread_id,
         )
-
-    from tests.test_browser import eventually
 
     rows = await eventually(lambda: _with_two_replies(stored), what="the stored steps")
     shown = [(r[0], r[1], r[2]) for r in rows if "Ask me anything" not in r[2]]

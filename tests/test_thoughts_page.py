@@ -9,13 +9,13 @@ import re
 import pytest
 from playwright.async_api import expect
 
+from tests.db import eventually
 from tests.fake_gemini import Reply
 from tests.test_browser import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
     answer_buttons,
     chromium_path,
-    eventually,
     page,
     type_and_send,
 )

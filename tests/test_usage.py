@@ -4,9 +4,7 @@ with the prompt size Gemini reports."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
 from openai.types.chat import ChatCompletionChunk
 
@@ -14,7 +12,7 @@ from gemini_chat.history import History, estimate_tokens
 from gemini_chat.llm import StreamReport
 from gemini_chat.usage import TokenUsage, token_usage
 from tests.chat_client import ChatClient
-from tests.db import query
+from tests.db import app_database, eventually, query
 from tests.fake_gemini import Reply
 
 RECORDED_G38 = (
@@ -112,19 +110,6 @@ def test_the_window_shrinks_when_gemini_reports_more_tokens_than_the_estimate():
 # --- in the running app ---------------------------------------------------------------------------
 
 
-def _database(app) -> str:
-    return f"sqlite+aiosqlite:///{app.directory}/chats.db"
-
-
-async def _eventually(check, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
-
-
 def _lines(client: ChatClient, message_id: str) -> list[str]:
     return [a["label"] for a in client.actions_on(message_id) if a["id"].startswith("gemini-")]
 
@@ -150,7 +135,7 @@ async def test_each_answer_shows_its_usage_and_the_last_one_the_chats_total(app,
 
     async def both_stored():
         rows = await query(
-            _database(app),
+            app_database(app),
             'SELECT "output", "metadata" FROM steps WHERE "threadId" = :t AND '
             "\"type\" = 'assistant_message' AND \"output\" IN ('First.', 'Second.') "
             'ORDER BY "createdAt"',
@@ -158,7 +143,7 @@ async def test_each_answer_shows_its_usage_and_the_last_one_the_chats_total(app,
         )
         return rows if len(rows) == 2 else None
 
-    stored = await _eventually(both_stored, what="the stored answers")
+    stored = await eventually(both_stored, what="the stored answers")
     assert [(text, json.loads(meta)["usage"]) for text, meta in stored] == [
         ("First.", {"in": 1234, "out": 56, "thinking": 789}),
         ("Second.", {"in": 2000, "out": 10, "thinking": 0}),
