@@ -171,7 +171,10 @@ async def chainlit_context():
     session.client_type = "webapp"
     session.languages = ["en"]
     session.has_first_interaction = True
-    context = ChainlitContext(session, AsyncMock(spec=BaseChainlitEmitter))
+    emitter = AsyncMock(spec=BaseChainlitEmitter)
+    # Async in the base class, but the real emitter's is a plain method and Chainlit calls it so.
+    emitter.set_chat_settings = Mock()
+    context = ChainlitContext(session, emitter)
     token = context_var.set(context)
     yield context
     context_var.reset(token)
