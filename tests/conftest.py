@@ -9,21 +9,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import expect
+
+from gemini_chat.config import ENVIRONMENT
 
 # Before anything imports chainlit: it loads ./.env on import, and a developer's own key or
 # settings must not leak into the tests. The live smoke test keeps the key aside.
 LIVE_GEMINI_KEY = os.environ.pop("GEMINI_API_KEY", None)
+_SETTINGS = {variable for variable, _, _ in ENVIRONMENT}
 for _name in list(os.environ):
-    if _name.startswith(("GEMINI_", "ASSISTANT_", "OPENAI_")) or _name in (
-        "HISTORY_TOKEN_BUDGET",
-        "MAX_MESSAGE_CHARS",
-        "DISCONNECT_GRACE_SECONDS",
-        "STREAM_FLUSH_INTERVAL",
-        "USER_MESSAGES_PER_MINUTE",
-        "USER_TOKENS_PER_DAY",
-    ):
+    if _name in _SETTINGS or _name.startswith(("GEMINI_", "ASSISTANT_", "OPENAI_")):
         del os.environ[_name]
 os.environ["CHAINLIT_ENV_FILE"] = "/nonexistent/.env"
+
+# Assertions on the page retry until they hold; with every core busy (tests run in parallel,
+# each with an app, a fake server and a browser) a page can take longer than Playwright's 5 s.
+expect.set_options(timeout=15_000)
 
 from tests.app_process import (  # noqa: E402
     ROOT,
