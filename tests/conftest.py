@@ -33,9 +33,37 @@ from tests.app_process import (  # noqa: E402
     free_port,
     start_app,
 )
+from tests.chromium import CHROMIUM, launch_chromium  # noqa: E402
 from tests.fake_gemini import DEFAULT_KEY, FakeGemini  # noqa: E402
 
 __all__ = ["ROOT", "AppServer", "app_directory", "free_port"]
+
+
+# --- Chromium ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium package")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium_path):
+    async with launch_chromium(chromium_path) as browser:
+        yield browser
+
+
+@pytest.fixture
+async def page(app, browser):
+    """A new chat in the app, in a context of its own (so a test can open a second tab in the
+    same browser profile)."""
+    context = await browser.new_context(viewport={"width": 1100, "height": 760})
+    page = await context.new_page()
+    await page.goto(app.url)
+    await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
+    return page
 
 
 # --- the guard: nothing in a test run may reach the real Gemini host ---------------------------

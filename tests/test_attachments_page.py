@@ -10,12 +10,11 @@ import re
 import pytest
 from playwright.async_api import expect
 
+from tests.chromium import ARTIFACTS
 from tests.db import query
 from tests.fake_gemini import Reply
 from tests.test_attachments import IMAGE, PDF, image_part, pdf, png
-from tests.test_browser import ARTIFACTS, chromium_path, page, type_and_send
-
-__all__ = ["chromium_path", "page"]  # fixtures, used by name
+from tests.test_browser import type_and_send
 
 pytestmark = pytest.mark.browser
 
@@ -40,7 +39,6 @@ async def stored(app) -> list[tuple]:
 async def attached_in_composer(page, count: int) -> None:
     """Wait until the composer shows ``count`` files, all uploaded (the send button is back)."""
     await expect(page.locator("#attachments > *")).to_have_count(count, timeout=15_000)
-    await page.locator("#chat-submit").wait_for(timeout=15_000)
     await expect(page.locator("#chat-submit")).to_be_enabled(timeout=15_000)
 
 

@@ -2,60 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
 
+from tests.chromium import ARTIFACTS, launch_chromium
 from tests.db import eventually
 from tests.fake_gemini import Reply, rate_limit_per_minute
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).parent / "artifacts"
-
-
-@pytest.fixture(scope="session")
-def chromium_path() -> str:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium package")
-    return CHROMIUM
-
-
-@pytest.fixture
-async def page(app, chromium_path):
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path, args=CHROMIUM_FLAGS
-        )
-        # A context of its own, so a test can open a second tab in the same browser profile.
-        context = await browser.new_context(viewport={"width": 1100, "height": 760})
-        page = await context.new_page()
-        await page.goto(app.url)
-        await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
-        yield page
-        await browser.close()
 
 
 async def type_and_send(page, text: str) -> None:
     composer = page.locator("#chat-input")
     await composer.fill(text)
     # As a person waits for the send button: until the previous task has ended (shortly after
-    # its answer shows), the button is Stop and Enter sends nothing.
-    await page.locator("#chat-submit").wait_for(timeout=15_000)
+    # its answer shows), the button is Stop, or a disabled send button while the chat's first
+    # exchange is still being stored, and Enter sends nothing.
+    await expect(page.locator("#chat-submit")).to_be_enabled(timeout=15_000)
     await composer.press("Enter")
 
 
@@ -92,18 +57,13 @@ async def test_a_rate_limit_shows_its_message_in_the_page(page, gemini):
 async def test_log_in_chat_reload_and_continue_a_chat_from_the_sidebar(
     chromium_path, start_app_with, gemini, tmp_path
 ):
-    from playwright.async_api import async_playwright
-
     from tests.test_accounts import SECRET, accounts_command
 
     database_url = f"sqlite+aiosqlite:///{tmp_path}/chats.db"
     assert accounts_command(database_url, "add", "alice", password="alice-password").returncode == 0
     app = start_app_with(DATABASE_URL=database_url, CHAINLIT_AUTH_SECRET=SECRET)
 
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path, args=CHROMIUM_FLAGS
-        )
+    async with launch_chromium(chromium_path) as browser:
         page = await browser.new_page(viewport={"width": 1100, "height": 760})
         await page.goto(app.url)
         await page.get_by_label("User name").fill("alice")
@@ -147,7 +107,6 @@ async def test_log_in_chat_reload_and_continue_a_chat_from_the_sidebar(
         assert await earlier.is_visible()
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=ARTIFACTS / "resumed.png")
-        await browser.close()
 
     request = (await gemini.arrived(2))[-1]
     assert request.conversation[1:] == [
@@ -401,7 +360,7 @@ async def test_while_an_answer_streams_the_next_message_waits_in_the_composer(pa
     await composer.fill("Second question")
     await composer.press("Enter")
     await page.get_by_text("w039", exact=False).wait_for(timeout=15_000)
-    await page.locator("#chat-submit").wait_for(timeout=10_000)
+    await expect(page.locator("#chat-submit")).to_be_enabled()
     assert len(gemini.requests) == 1
     assert await composer.input_value() == "Second question"
     await composer.press("Enter")
@@ -411,12 +370,7 @@ async def test_while_an_answer_streams_the_next_message_waits_in_the_composer(pa
 
 
 async def test_local_mode_loads_without_a_failed_request_and_offers_no_logout(app, chromium_path):
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path, args=CHROMIUM_FLAGS
-        )
+    async with launch_chromium(chromium_path) as browser:
         page = await browser.new_page(viewport={"width": 1100, "height": 760})
         failed: list[str] = []
         errors: list[str] = []
@@ -434,7 +388,6 @@ async def test_local_mode_loads_without_a_failed_request_and_offers_no_logout(ap
         await page.reload()
         await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
         assert failed == [] and errors == []
-        await browser.close()
 
 
 async def test_a_message_over_the_limit_is_refused_in_the_page_and_kept_in_the_box(page, gemini):

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from playwright.async_api import expect
 
+from tests.chromium import ARTIFACTS
 from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
-from tests.test_browser import ARTIFACTS, CHROMIUM_FLAGS, chromium_path, type_and_send
+from tests.test_browser import type_and_send
 
 pytestmark = pytest.mark.browser
-__all__ = ["chromium_path"]  # a fixture, used by name
 
 WELCOME = "Ask me anything"
 QUESTION = "Plan a *small* garden: 3 beds?"
@@ -30,18 +30,6 @@ async def accounts_app(tmp_path, start_app_with, gemini):
         added = accounts_command(database_url, "add", name, password=f"{name}-password")
         assert added.returncode == 0, added.stderr
     return start_app_with(DATABASE_URL=database_url, CHAINLIT_AUTH_SECRET=SECRET)
-
-
-@pytest.fixture
-async def browser(chromium_path):
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path, args=CHROMIUM_FLAGS
-        )
-        yield browser
-        await browser.close()
 
 
 async def logged_in(browser, app, name: str):

@@ -12,10 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import expect
 
+from tests.chromium import ARTIFACTS
 from tests.fake_gemini import Reply
-from tests.test_browser import ARTIFACTS, CHROMIUM_FLAGS, chromium_path, type_and_send
-
-__all__ = ["chromium_path"]  # a fixture, used by name
+from tests.test_browser import type_and_send
 
 WELCOME = "Ask me anything"
 
@@ -34,18 +33,6 @@ MATH_ANSWER = (
     "\\[\na^2 + b^2 = c^2\n\\]"
 )
 PRICES = "It costs $5 and $10, or costs $5-$10 in total."
-
-
-@pytest.fixture
-async def browser(app, chromium_path):
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path, args=CHROMIUM_FLAGS
-        )
-        yield browser
-        await browser.close()
 
 
 async def open_chat(browser, app, **context_options):

@@ -31,9 +31,7 @@ from tests.chat_client import ChatClient
 from tests.conftest import app_env
 from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
-from tests.test_browser import CHROMIUM_FLAGS, chromium_path, type_and_send
-
-__all__ = ["chromium_path"]  # a fixture, used by name
+from tests.test_browser import type_and_send
 
 ROOT = Path(__file__).resolve().parent.parent
 WELCOME = "Ask me anything"
@@ -215,18 +213,6 @@ def accounts_app(fake_gemini_server, tmp_path_factory):
     server = start_app(app_env(fake_gemini_server, DATABASE_URL=url, CHAINLIT_AUTH_SECRET=SECRET))
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def browser(chromium_path):
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path, args=CHROMIUM_FLAGS
-        )
-        yield browser
-        await browser.close()
 
 
 # What the page reports when its Content-Security-Policy blocks something (every frame).

@@ -9,11 +9,10 @@ from playwright.async_api import expect
 
 from gemini_chat.config import DEFAULT_INSTRUCTIONS
 from gemini_chat.preferences import SEPARATOR
+from tests.chromium import ARTIFACTS
 from tests.fake_gemini import Reply
-from tests.test_browser import ARTIFACTS, chromium_path, page, type_and_send
+from tests.test_browser import type_and_send
 from tests.test_preferences import thinking_config
-
-__all__ = ["chromium_path", "page"]  # fixtures, used by name
 
 pytestmark = pytest.mark.browser
 

@@ -10,12 +10,11 @@ from playwright.async_api import expect
 from gemini_chat.config import ConfigError, load_settings
 from gemini_chat.starters import DEFAULT_STARTERS, Starter, parse_starters
 from tests.chat_client import ChatClient
+from tests.chromium import ARTIFACTS
 from tests.db import eventually
 from tests.fake_gemini import Reply
-from tests.test_browser import ARTIFACTS, CHROMIUM_FLAGS, chromium_path, type_and_send
+from tests.test_browser import type_and_send
 from tests.test_export_share import fetch
-
-__all__ = ["chromium_path"]  # a fixture, used by name
 
 WELCOME = "Ask me anything"
 
@@ -54,18 +53,6 @@ def test_a_malformed_chat_starters_stops_the_start_naming_it(value):
 
 
 # --- in the browser -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def browser(chromium_path):
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path, args=CHROMIUM_FLAGS
-        )
-        yield browser
-        await browser.close()
 
 
 async def new_chat(browser, app):

@@ -9,19 +9,11 @@ import re
 import pytest
 from playwright.async_api import expect
 
+from tests.chromium import ARTIFACTS, launch_chromium
 from tests.db import eventually
 from tests.fake_gemini import Reply
-from tests.test_browser import (
-    ARTIFACTS,
-    CHROMIUM_FLAGS,
-    answer_buttons,
-    chromium_path,
-    page,
-    type_and_send,
-)
-from tests.test_page import browser, last_step, open_chat
-
-__all__ = ["browser", "chromium_path", "page"]  # fixtures, used by name
+from tests.test_browser import answer_buttons, type_and_send
+from tests.test_page import last_step, open_chat
 
 pytestmark = pytest.mark.browser
 
@@ -177,13 +169,8 @@ async def test_a_dropped_connection_while_thinking_shows_the_step_cut_off_and_a_
 async def test_with_show_thoughts_off_no_step_is_shown_and_none_asked_for(
     start_app_with, chromium_path, gemini
 ):
-    from playwright.async_api import async_playwright
-
     app = start_app_with(SHOW_THOUGHTS="false")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path, args=CHROMIUM_FLAGS
-        )
+    async with launch_chromium(chromium_path) as browser:
         page = await browser.new_page(viewport={"width": 1100, "height": 760})
         await page.goto(app.url)
         await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
@@ -196,6 +183,5 @@ async def test_with_show_thoughts_off_no_step_is_shown_and_none_asked_for(
         assert await page.get_by_text("Thought for", exact=False).count() == 0
         assert await page.get_by_text("mustelids", exact=False).count() == 0
         await screenshot(page, "thoughts-off.png")
-        await browser.close()
     (request,) = await gemini.arrived(1)
     assert "extra_body" not in request.body

@@ -8,9 +8,7 @@ from playwright.async_api import expect
 
 from tests.fake_gemini import Reply
 from tests.test_browser import type_and_send
-from tests.test_page import browser, chromium_path, open_chat, screenshot
-
-__all__ = ["browser", "chromium_path"]  # fixtures, used by name
+from tests.test_page import open_chat, screenshot
 
 pytestmark = pytest.mark.browser
 
