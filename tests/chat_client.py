@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -184,9 +185,11 @@ class ChatClient:
 
     # -- actions
 
-    async def send(self, text: str, message_id: str | None = None) -> str:
-        """Send ``text`` as the frontend does; the frontend chooses the message's id (a hostile
-        client may choose any)."""
+    async def send(
+        self, text: str, message_id: str | None = None, file_ids: Sequence[str] = ()
+    ) -> str:
+        """Send ``text`` (with the uploaded files ``file_ids``) as the frontend does; the
+        frontend chooses the message's id (a hostile client may choose any)."""
         message_id = message_id or str(uuid.uuid4())
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         step = {
@@ -198,7 +201,8 @@ class ChatClient:
             "createdAt": now,
         }
         self.messages[message_id] = ShownMessage(message_id, "User", "user_message", text)
-        await self.sio.emit("client_message", {"message": step, "fileReferences": None})
+        references = [{"id": file_id} for file_id in file_ids] or None
+        await self.sio.emit("client_message", {"message": step, "fileReferences": references})
         return message_id
 
     def actions_on(self, message_id: str) -> list[dict[str, Any]]:

@@ -17,24 +17,23 @@ import urllib.request
 import uuid
 import wave
 import zlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.chat_client import ChatClient, ShownMessage
+from tests.chat_client import ChatClient
 from tests.db import eventually, query
 from tests.fake_gemini import Reply
 
 # --- files, made here ----------------------------------------------------------------------------
 
 
-def png(width: int = 2, height: int = 2) -> bytes:
+def png(width: int = 2, height: int = 2, rgb: bytes = b"\x10\x80\xf0") -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    rows = b"".join(b"\x00" + b"\x10\x80\xf0" * width for _ in range(height))
+    rows = b"".join(b"\x00" + rgb * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -127,21 +126,8 @@ async def attach(client: ChatClient, name: str, data: bytes, mime: str) -> str:
 
 
 async def send_with_files(client: ChatClient, text: str, file_ids: list[str]) -> str:
-    message_id = str(uuid.uuid4())
-    step = {
-        "id": message_id,
-        "threadId": "",
-        "name": "User",
-        "type": "user_message",
-        "output": text,
-        "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }
-    client.messages[message_id] = ShownMessage(message_id, "User", "user_message", text)
     client.mark()
-    await client.sio.emit(
-        "client_message", {"message": step, "fileReferences": [{"id": i} for i in file_ids]}
-    )
-    return message_id
+    return await client.send(text, file_ids=file_ids)
 
 
 def data_url(mime: str, data: bytes) -> str:

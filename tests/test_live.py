@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import pytest
 
 from gemini_chat.attachments import Attachment
@@ -13,6 +10,7 @@ from gemini_chat.history import user_content
 from gemini_chat.llm import build_backend
 from gemini_chat.streaming import ReplyStream
 from tests.conftest import LIVE_GEMINI_KEY
+from tests.test_attachments import png
 
 pytestmark = [
     pytest.mark.live,
@@ -32,21 +30,6 @@ async def test_gemini_streams_a_real_answer():
     assert "pong" in answer.lower()
     assert "".join(pieces) == answer
     assert stream.report.finish_reason == "stop"
-
-
-def solid_png(rgb: bytes, size: int = 64) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    rows = b"".join(b"\x00" + rgb * size for _ in range(size))
-    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 def pdf_saying(text: str) -> bytes:
@@ -88,7 +71,7 @@ async def ask_about(attachment: Attachment, question: str) -> str:
 
 
 async def test_gemini_reads_an_attached_image():
-    image = Attachment("live-image", "red.png", "image/png", solid_png(b"\xff\x00\x00"))
+    image = Attachment("live-image", "red.png", "image/png", png(64, 64, rgb=b"\xff\x00\x00"))
     answer = await ask_about(image, "What colour fills this image? Answer with one word.")
     assert "red" in answer.lower()
 
