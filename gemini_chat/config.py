@@ -67,6 +67,11 @@ def _name_list(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
 
 
+def _names_or_none(value: str) -> tuple[str, ...]:
+    """A comma-separated list of names, or ``none`` for an empty one."""
+    return () if value.strip().lower() == "none" else _name_list(value)
+
+
 def _flag(value: str) -> bool:
     lowered = value.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -120,6 +125,20 @@ class Settings:
     starters: tuple[Starter, ...] = DEFAULT_STARTERS
     # Ask Gemini for thought summaries and show them above each answer.
     show_thoughts: bool = True
+    # Built-in tools switched on (tools.py): "time", "calculator", "fetch".
+    tools: tuple[str, ...] = ("time", "calculator")
+    # Importable modules whose ``TOOLS`` lists join the agent's tools (a developer's own).
+    tool_modules: tuple[str, ...] = ()
+    # Tools (by name) that ask the user Allow / Deny in the chat before they run.
+    tool_approval: tuple[str, ...] = ("fetch_page",)
+    approval_timeout: float = 120.0
+    tool_timeout: float = 30.0
+    tool_result_max_chars: int = 20_000
+    max_tool_rounds: int = 8
+    fetch_max_bytes: int = 2_000_000
+    # MCP servers whose tools join the agent's (mcp.py); a missing file means none.
+    mcp_servers_file: str = "mcp_servers.json"
+    mcp_timeout: float = 10.0
     history_token_budget: int = 32_000
     max_message_chars: int = 100_000
     # Per-user limits (limits.py); None: the login mode's default, 0: no limit.
@@ -161,6 +180,16 @@ ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("ASSISTANT_INSTRUCTIONS", _text, "instructions"),
     ("CHAT_STARTERS", parse_starters, "starters"),
     ("SHOW_THOUGHTS", _flag, "show_thoughts"),
+    ("TOOLS", _names_or_none, "tools"),
+    ("TOOL_MODULES", _name_list, "tool_modules"),
+    ("TOOL_APPROVAL", _names_or_none, "tool_approval"),
+    ("APPROVAL_TIMEOUT_SECONDS", _seconds(allow_zero=False), "approval_timeout"),
+    ("TOOL_TIMEOUT_SECONDS", _seconds(allow_zero=False), "tool_timeout"),
+    ("TOOL_RESULT_MAX_CHARS", _whole_number(100), "tool_result_max_chars"),
+    ("MAX_TOOL_ROUNDS", _whole_number(1), "max_tool_rounds"),
+    ("FETCH_MAX_BYTES", _whole_number(1000), "fetch_max_bytes"),
+    ("MCP_SERVERS_FILE", _text, "mcp_servers_file"),
+    ("MCP_TIMEOUT_SECONDS", _seconds(allow_zero=False), "mcp_timeout"),
     ("HISTORY_TOKEN_BUDGET", _whole_number(1), "history_token_budget"),
     ("MAX_MESSAGE_CHARS", _whole_number(1), "max_message_chars"),
     ("USER_MESSAGES_PER_MINUTE", _whole_number(0), "messages_per_minute"),

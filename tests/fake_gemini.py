@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,78 @@ class Reply:
             (text for role, text in reversed(request.conversation) if role == "user"), ""
         )
         return split_tokens(f"Echo: {last_user}")
+
+
+@dataclass
+class ToolCall:
+    """One function call the fake answers with; ``arguments`` as the model would write them
+    (a dict is sent as JSON, a string as it is: e.g. broken JSON)."""
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)
+    id: str = ""  # Gemini's compatible endpoint sends "" (pro_toolcall_nonstream recording)
+    # Gemini 3's thought signature, in extra_content.google.thought_signature; None: none.
+    signature: str | None = None
+
+    @property
+    def argument_text(self) -> str:
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments)
+
+    def whole(self, index: int | None = None) -> dict[str, Any]:
+        call: dict[str, Any] = {
+            "function": {"arguments": self.argument_text, "name": self.name},
+            "id": self.id,
+            "type": "function",
+        }
+        if index is not None:
+            call["index"] = index
+        if self.signature is not None:
+            call["extra_content"] = {"google": {"thought_signature": self.signature}}
+        return call
+
+
+# How a turn's tool calls are streamed (gemini-openai-compat.md, "Streaming"):
+#   "gemini":     all calls whole in one delta, no ``index`` (the recording's call shape)
+#   "index_zero": one delta per call, each whole, every one with ``index: 0``
+#   "split":      arguments over several deltas with neither ``index`` nor id nor name after
+#                 the first, as Gemini has been seen to stream long arguments
+#   "openai":     OpenAI's own shape: a distinct ``index`` per call, arguments in pieces
+TOOL_CALL_SHAPES = ("gemini", "index_zero", "split", "openai")
+
+
+def tool_call_deltas(calls: Sequence[ToolCall], shape: str = "gemini") -> list[dict[str, Any]]:
+    """The deltas of a turn that calls ``calls``, in ``shape``."""
+    if shape == "gemini":
+        return [{"role": "assistant", "tool_calls": [call.whole() for call in calls]}]
+    if shape == "index_zero":
+        return [{"role": "assistant", "tool_calls": [call.whole(0)]} for call in calls]
+    deltas: list[dict[str, Any]] = []
+    for position, call in enumerate(calls):
+        index = position if shape == "openai" else None
+        first = call.whole(index)
+        text = call.argument_text
+        third = max(1, len(text) // 3)
+        pieces = [text[:third], text[third : 2 * third], text[2 * third :]]
+        first["function"]["arguments"] = pieces[0]
+        deltas.append({"role": "assistant", "tool_calls": [first]})
+        for piece in pieces[1:]:
+            more: dict[str, Any] = {"function": {"arguments": piece}}
+            if index is not None:
+                more["index"] = index
+            deltas.append({"tool_calls": [more]})
+    return deltas
+
+
+def tool_call_reply(
+    *calls: ToolCall, shape: str = "gemini", text: str | None = None, **options: Any
+) -> Reply:
+    """A reply that calls ``calls`` (after ``text``, if given), finishing with "tool_calls"."""
+    deltas = tool_call_deltas(calls, shape)
+    if text:
+        deltas.insert(0, {"role": "assistant", "content": text})
+    return Reply(raw=deltas, finish_reason="tool_calls", **options)
 
 
 def asks_for_thoughts(body: dict[str, Any]) -> bool:
