@@ -4,6 +4,8 @@ shows."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.app_process import ROOT, start_app
@@ -72,3 +74,164 @@ async def test_a_tool_call_runs_and_its_result_goes_back_to_gemini(chat, gemini)
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "Sunny in Oslo, 21 °C"},
     ]
+
+
+def tool_results(request) -> dict[str, str]:
+    """The tool results a request carries, by call id."""
+    return {m["tool_call_id"]: m["content"] for m in request.messages if m["role"] == "tool"}
+
+
+def weather(city: str, call_id: str) -> ToolCall:
+    return ToolCall("lookup_weather", {"city": city}, id=call_id)
+
+
+async def test_parallel_calls_each_run_and_answer_under_their_own_id(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_a"), weather("Paris", "call_b"), shape="openai"),
+        Reply("Sunny in both."),
+    )
+    await chat.ask("Weather in Oslo and Paris?")
+    second = (await gemini.arrived(2))[1]
+    calls = tool_messages(second)[0]["tool_calls"]
+    assert [(c["id"], c["function"]["arguments"]) for c in calls] == [
+        ("call_a", '{"city": "Oslo"}'),
+        ("call_b", '{"city": "Paris"}'),
+    ]
+    assert tool_results(second) == {
+        "call_a": "Sunny in Oslo, 21 °C",
+        "call_b": "Sunny in Paris, 21 °C",
+    }
+
+
+async def test_the_text_of_every_round_goes_into_the_one_answer(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai", text="Let me look."),
+        Reply("It is sunny."),
+    )
+    replies = await chat.ask("Weather in Oslo?")
+    assert [m.content for m in replies] == ["Let me look.\n\nIt is sunny."]
+
+
+async def test_the_next_turn_carries_the_calls_and_results_as_items(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai", text="Checking."),
+        Reply("It is sunny in Oslo."),
+        Reply("You are welcome."),
+    )
+    await chat.ask("Weather in Oslo?")
+    await chat.ask("Thanks!")
+    second, third = (await gemini.arrived(3))[1:]
+    # The follow-up of the first turn and the next turn send the calls and results alike.
+    assert third.messages[1 : len(second.messages)] == second.messages[1:]
+    assert third.messages[len(second.messages) :] == [
+        {"role": "assistant", "content": "It is sunny in Oslo."},
+        {"role": "user", "content": "Thanks!"},
+    ]
+    assert tool_messages(third) == [
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny in Oslo, 21 °C"},
+    ]
+
+
+async def outcome_of(chat, gemini, call: ToolCall) -> tuple[str, list[str]]:
+    """Ask for ``call``; the result Gemini was sent for it and the answer shown. The chat
+    then carries on: the next message is answered."""
+    before = len(gemini.requests)
+    gemini.script(tool_call_reply(call, shape="openai"), Reply("Handled."))
+    replies = await chat.ask("Go")
+    follow_up = (await gemini.arrived(before + 2))[before + 1]
+    gemini.script(Reply("Still here."))
+    assert [m.content for m in await chat.ask("Next")] == ["Still here."]
+    return tool_results(follow_up)[call.id], [m.content for m in replies]
+
+
+async def test_a_call_to_an_unknown_tool_is_an_error_the_model_reads(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("teleport", {"to": "Mars"}, id="c1"))
+    assert result == "Error: there is no tool named 'teleport'. Use only the tools you were given."
+    assert shown == ["Handled."]
+
+
+async def test_arguments_that_are_not_json_are_an_error_the_model_reads(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("lookup_weather", '{"city": ', id="c1"))
+    assert result.startswith(
+        "Error: the arguments for lookup_weather were not valid: "
+        "Invalid JSON input for tool lookup_weather"
+    )
+    assert shown == ["Handled."]
+
+
+async def test_arguments_that_do_not_fit_the_schema_are_an_error_the_model_reads(chat, gemini):
+    result, shown = await outcome_of(
+        chat, gemini, ToolCall("lookup_weather", {"town": "Oslo"}, id="c1")
+    )
+    assert result.startswith(
+        "Error: the arguments for lookup_weather were not valid: "
+        "Invalid JSON input for tool lookup_weather. "
+        "They must be a JSON object fitting this schema: {"
+    )
+    schema = json.loads(result.split("schema: ", 1)[1])
+    assert schema["required"] == ["city"]
+    assert shown == ["Handled."]
+
+
+async def test_a_tool_that_raises_is_an_error_the_model_reads(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("broken_tool", {}, id="c1"))
+    assert result == "Error: broken_tool failed: RuntimeError: the widget is jammed"
+    assert shown == ["Handled."]
+
+
+async def test_a_tool_that_hangs_is_stopped_at_the_time_limit(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("slow_tool", {"seconds": 60}, id="c1"))
+    assert result == "Error: slow_tool gave no result within 2 seconds and was stopped."
+    assert shown == ["Handled."]
+
+
+async def test_a_huge_result_is_cut_to_the_limit(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("huge_tool", {}, id="c1"))
+    assert len(result) <= 5000
+    assert result.startswith("x" * 4000)
+    assert result.endswith(
+        "[Shortened: the tool returned 10,000,000 characters; only the first "
+        f"{result.count('x'):,} are here.]"
+    )
+    assert shown == ["Handled."]
+
+
+async def test_after_the_last_tool_round_the_model_must_answer(chat, gemini):
+    gemini.script(
+        *(tool_call_reply(weather(city, f"call_{city}"), shape="openai") for city in "ABC"),
+        Reply("Enough looking."),
+    )
+    replies = await chat.ask("Weather everywhere")
+    assert [m.content for m in replies] == ["Enough looking."]
+    requests = await gemini.arrived(4)
+    assert [r.body.get("tool_choice") for r in requests] == [None, None, None, "none"]
+    # The tools are still declared: the calls in the history refer to them.
+    assert len(requests[3].body["tools"]) == 5
+
+
+async def test_a_model_that_calls_tools_past_the_cap_is_stopped_with_a_notice(chat, gemini):
+    gemini.script(
+        *(tool_call_reply(weather(city, f"call_{city}"), shape="openai") for city in "ABCD"),
+    )
+    replies = await chat.ask("Weather everywhere")
+    assert [m.content for m in replies if m.is_error] == [
+        "The answer was stopped after 3 rounds of tool calls, the most one message may use. "
+        "Ask again, perhaps for less at once."
+    ]
+    assert len(await gemini.arrived(4)) == 4
+    gemini.script(Reply("Fine."))
+    assert [m.content for m in await chat.ask("OK")] == ["Fine."]
+    last = (await gemini.arrived(5))[4]
+    # Every call of the capped turn is sent with its result.
+    assert sorted(tool_results(last)) == ["call_A", "call_B", "call_C", "call_D"]
