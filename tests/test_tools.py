@@ -4,11 +4,12 @@ shows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
-from tests.app_process import ROOT, start_app
+from tests.app_process import ROOT, app_directory, start_app
 from tests.chat_client import ChatClient
 from tests.conftest import app_env
 from tests.fake_gemini import Reply, ToolCall, tool_call_reply
@@ -235,3 +236,104 @@ async def test_a_model_that_calls_tools_past_the_cap_is_stopped_with_a_notice(ch
     last = (await gemini.arrived(5))[4]
     # Every call of the capped turn is sent with its result.
     assert sorted(tool_results(last)) == ["call_A", "call_B", "call_C", "call_D"]
+
+
+async def test_stop_during_a_tool_cancels_it_and_the_history_keeps_only_whole_calls(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai"),
+        tool_call_reply(ToolCall("slow_tool", {"seconds": 1.5}, id="call_2"), shape="openai"),
+    )
+    chat.mark()
+    await chat.send("Weather, slowly")
+    second = (await gemini.arrived(2))[1]
+    await asyncio.to_thread(second.finished.wait, 10)  # slow_tool is running now
+    await chat.stop()
+    await chat.wait_idle()
+    assert [m.content for m in chat.assistant_messages()][-1] == "*Stopped before any answer.*"
+    # Past the tool's 2 s time limit: had the call gone on, its result (or its time-out
+    # error) would have gone to Gemini in a third request. Nothing to wait on but time.
+    await asyncio.sleep(2.5)
+    assert len(gemini.requests) == 2
+
+    gemini.script(Reply("Here now."))
+    assert [m.content for m in await chat.ask("Still there?")] == ["Here now."]
+    last = (await gemini.arrived(3))[2]
+    # The complete call and its result are sent; the stopped one (call_2) is not.
+    assert [m["role"] for m in last.messages[1:]] == ["user", "assistant", "tool", "user"]
+    assert tool_results(last) == {"call_1": "Sunny in Oslo, 21 °C"}
+    assert "call_2" not in json.dumps(last.messages)
+
+
+async def test_thoughts_of_each_round_get_a_thinking_step_of_their_own(chat, gemini):
+    gemini.script(
+        tool_call_reply(
+            weather("Oslo", "call_1"),
+            shape="openai",
+            thoughts=["Need the weather."],
+            thought_shape="reasoning_content",
+        ),
+        Reply("Sunny.", thoughts=["The tool says sunny."]),
+        Reply("Bye."),
+    )
+    await chat.ask("Weather in Oslo?")
+    thinking: dict[str, dict] = {}
+    for name, data in chat.events:
+        if name in ("new_message", "update_message") and data.get("type") == "llm":
+            thinking[data["id"]] = data
+    assert [(step["name"], step["output"]) for step in thinking.values()] == [
+        ("Thought for 1 s", "Need the weather."),
+        ("Thought for 1 s", "The tool says sunny."),
+    ]
+    # Thoughts are never sent back, not even those of a tool turn.
+    await chat.ask("Bye")
+    last = (await gemini.arrived(3))[2]
+    assert "Need the weather" not in json.dumps(last.messages)
+
+
+async def test_a_resumed_chat_sends_the_same_items_after_a_restart(fake_gemini_server, gemini):
+    directory = app_directory()
+    env = app_env(fake_gemini_server, **TOOL_SETTINGS)
+    first_app = start_app(env, directory=directory)
+    try:
+        client = await ChatClient(first_app.url).connect()
+        await client.wait_for(client.assistant_messages, what="the welcome message")
+        gemini.script(
+            tool_call_reply(
+                ToolCall("lookup_weather", {"city": "Oslo"}, id="call_1", signature="c2lnLTE="),
+                weather("Paris", "call_2"),
+                shape="openai",
+                text="Checking both.",
+            ),
+            Reply("Sunny in both."),
+            Reply("Before the restart."),
+        )
+        await client.ask("Weather in Oslo and Paris?")
+        await client.ask("Thanks")
+        before = (await gemini.arrived(3))[2]
+        thread_id = await client.chat_thread()
+        await client.disconnect()
+    finally:
+        first_app.stop()
+    # The thought signature went back to Gemini in Google's field, with its call.
+    call = tool_messages(before)[0]["tool_calls"][0]
+    assert call["extra_content"] == {"google": {"thought_signature": "c2lnLTE="}}
+
+    second_app = start_app(env, directory=directory)
+    try:
+        resumed = ChatClient(second_app.url, headers=dict(client.headers))
+        await resumed.connect(thread_id=thread_id)
+        await resumed.wait_for(
+            lambda: sum(m.from_user for m in resumed.messages.values()) == 2, what="the old chat"
+        )
+        gemini.script(Reply("After the restart."))
+        await resumed.ask("Thanks")
+        after = (await gemini.arrived(4))[3]
+        await resumed.disconnect()
+    finally:
+        second_app.stop()
+    # Exactly what the chat sent before the restart, and the turn that followed.
+    assert after.messages == [
+        *before.messages,
+        {"role": "assistant", "content": "Before the restart."},
+        {"role": "user", "content": "Thanks"},
+    ]
