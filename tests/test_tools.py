@@ -9,10 +9,12 @@ import json
 
 import pytest
 
+from gemini_chat.actions import CONTINUE_PROMPT
 from tests.app_process import ROOT, app_directory, start_app
 from tests.chat_client import ChatClient
 from tests.conftest import app_env
 from tests.fake_gemini import Reply, ToolCall, tool_call_reply
+from tests.test_regenerate import offered
 
 TOOL_SETTINGS = {
     "TOOL_MODULES": "tests.sample_tools",
@@ -337,3 +339,59 @@ async def test_a_resumed_chat_sends_the_same_items_after_a_restart(fake_gemini_s
         {"role": "assistant", "content": "Before the restart."},
         {"role": "user", "content": "Thanks"},
     ]
+
+
+async def test_regenerate_asks_a_tool_turn_again_and_keeps_only_the_new_calls(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_old"), shape="openai"),
+        Reply("Old answer."),
+        tool_call_reply(weather("Oslo", "call_new"), shape="openai"),
+        Reply("New answer."),
+        Reply("Three."),
+    )
+    [old] = await chat.ask("Weather in Oslo?")
+    regenerate = await offered(chat, old.id, "regenerate")
+    chat.mark()
+    status, body = await chat.call_action(regenerate)
+    assert status == 200, body
+    await chat.wait_idle()
+    requests = await gemini.arrived(4)
+    assert requests[2].messages == requests[0].messages  # asked exactly as the first time
+    assert chat.assistant_messages()[-1].content == "New answer."
+
+    await chat.ask("three")
+    last = (await gemini.arrived(5))[4]
+    assert tool_results(last) == {"call_new": "Sunny in Oslo, 21 °C"}
+    assert "call_old" not in json.dumps(last.messages)
+
+
+async def test_continue_goes_on_after_a_tool_turn_and_the_history_holds_it_whole(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai"),
+        Reply(chunks=["Sunny", " and"], finish_reason="length"),
+        Reply(chunks=[" warm."]),
+        Reply("Next."),
+    )
+    [cut, notice] = await chat.ask("Weather in Oslo?")
+    cont = await offered(chat, notice.id, "continue")
+    chat.mark()
+    status, body = await chat.call_action(cont)
+    assert status == 200, body
+    await chat.wait_idle()
+    continuing = (await gemini.arrived(3))[2]
+    assert chat.messages[cut.id].content == "Sunny and warm."
+    assert continuing.messages[-2:] == [
+        {"role": "assistant", "content": "Sunny and"},
+        {"role": "user", "content": CONTINUE_PROMPT},
+    ]
+    await chat.ask("More")
+    last = (await gemini.arrived(4))[3]
+    assert [m["role"] for m in last.messages[1:]] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+    assert last.messages[-2] == {"role": "assistant", "content": "Sunny and warm."}
+    assert tool_results(last) == {"call_1": "Sunny in Oslo, 21 °C"}
