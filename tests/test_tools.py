@@ -5,6 +5,7 @@ shows."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from unittest.mock import AsyncMock
 
@@ -576,3 +577,53 @@ def test_the_budget_drops_whole_tool_turns_only():
     ]
     history.token_budget = 5000
     assert history.request_items("new")[:3] == [{"role": "user", "content": "old"}, call, output]
+
+
+class FakeServers:
+    """McpServers as part C2 gives them: tools of the servers that are up, a notice for each
+    one that is not."""
+
+    def __init__(self, tools, notices) -> None:
+        self.listed = (tools, notices)
+        self.asked = 0
+
+    async def tools(self):
+        self.asked += 1
+        return self.listed
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_mcp_tools_join_each_message_behind_the_guard_and_notices_show(chainlit_context):
+    import chainlit as cl
+
+    from gemini_chat.chat import ChatController
+
+    @function_tool
+    def server_lookup(key: str) -> str:
+        """A tool of an MCP server."""
+        raise RuntimeError("server says no")
+
+    model = ScriptedModel(
+        [
+            ModelStep(output=[function_call("server_lookup", {"key": "k"}, call_id="m-1")]),
+            streamed_reply("Done."),
+        ]
+    )
+    settings = unit_settings()
+    servers = FakeServers([server_lookup], ["The MCP server “files” did not start."])
+    backend = dataclasses.replace(build_backend(settings, model), mcp=servers)
+    controller = ChatController(settings, backend)
+    await controller.start()
+    await controller.handle(cl.Message(content="Look it up"))
+    assert servers.asked == 1
+    sent = [call.args[0] for call in chainlit_context.emitter.send_step.await_args_list]
+    notice = next(step for step in sent if "did not start" in step["output"])
+    assert notice["isError"] and notice["metadata"]["kind"] == "notice"
+    assert [tool.name for tool in model.last_call.tools] == ["server_lookup"]
+    # The server's tool went through the guard: its error is the guard's, not the SDK's.
+    assert model.last_call.input[-1]["output"] == (
+        "Error: server_lookup failed: RuntimeError: server says no"
+    )
+    assert sent[-1]["output"] == "Done."
