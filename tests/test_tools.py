@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from unittest.mock import AsyncMock
 
 import pytest
 from agents import function_tool
 from agents.testing import ModelStep, ScriptedModel, function_call
 from agents.tool_context import ToolContext
+from playwright.async_api import expect
 
 from gemini_chat.actions import CONTINUE_PROMPT
 from gemini_chat.config import load_settings
@@ -23,9 +25,12 @@ from gemini_chat.toolrun import TurnContext, as_text, guard, shortened
 from tests import sample_tools
 from tests.app_process import ROOT, app_directory, start_app
 from tests.chat_client import ChatClient
+from tests.chromium import ARTIFACTS
 from tests.conftest import app_env
 from tests.fake_gemini import Reply, ToolCall, tool_call_reply
 from tests.fake_models import streamed_reply
+from tests.test_browser import type_and_send
+from tests.test_page import last_step, open_chat
 from tests.test_regenerate import offered
 
 TOOL_SETTINGS = {
@@ -627,3 +632,60 @@ async def test_mcp_tools_join_each_message_behind_the_guard_and_notices_show(cha
         "Error: server_lookup failed: RuntimeError: server says no"
     )
     assert sent[-1]["output"] == "Done."
+
+
+# --- what a person sees, in Chromium ------------------------------------------------------------
+
+
+@pytest.mark.browser
+async def test_a_tool_turn_reads_as_one_answer_with_a_thinking_step_per_round(
+    browser, tools_app, gemini
+):
+    page = await open_chat(browser, tools_app)
+    gemini.script(
+        tool_call_reply(
+            weather("Oslo", "call_1"),
+            shape="openai",
+            text="Let me look.",
+            thoughts=["Need the weather."],
+            thought_shape="reasoning_content",
+        ),
+        Reply("It is sunny.", thoughts=["The tool says sunny."]),
+    )
+    await type_and_send(page, "Weather in Oslo?")
+    answer = last_step(page, "assistant_message")
+    # Both rounds' text in the one answer, each its own paragraph.
+    await expect(answer.locator('[role="article"]')).to_have_text(["Let me look.", "It is sunny."])
+    thinking = page.locator('.step[data-step-type="llm"]')
+    await expect(thinking).to_have_count(2)
+    await expect(thinking.locator("button").first).to_have_text(re.compile(r"Thought for \d+ s"))
+    await expect(thinking.nth(1).locator("button").first).to_have_text(
+        re.compile(r"Thought for \d+ s")
+    )
+    await thinking.nth(1).locator("button").first.click()
+    await expect(thinking.nth(1).get_by_text("The tool says sunny.")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "tool-turn-answer.png")
+
+    # A model that will not stop calling tools: a notice, and the chat goes on.
+    gemini.script(
+        *(tool_call_reply(weather(city, f"call_{city}"), shape="openai") for city in "ABCD"),
+        Reply("Fine."),
+    )
+    await type_and_send(page, "Weather everywhere")
+    await expect(
+        page.get_by_text("stopped after 3 rounds of tool calls", exact=False)
+    ).to_be_visible()
+    await type_and_send(page, "OK")
+    await expect(last_step(page, "assistant_message")).to_have_text("Fine.")
+
+    # Stop while a tool runs: one mark, nothing more asked of Gemini.
+    gemini.script(tool_call_reply(ToolCall("slow_tool", {"seconds": 1.5}, id="s1"), shape="openai"))
+    before = len(gemini.requests)
+    await type_and_send(page, "Slowly")
+    request = (await gemini.arrived(before + 1))[before]
+    await asyncio.to_thread(request.finished.wait, 10)
+    await page.locator("#stop-button").click()
+    await expect(page.get_by_text("Stopped before any answer.")).to_be_visible()
+    await page.screenshot(path=ARTIFACTS / "tool-turn-stopped.png")
+    assert len(gemini.requests) == before + 1
