@@ -689,3 +689,33 @@ async def test_a_tool_turn_reads_as_one_answer_with_a_thinking_step_per_round(
     await expect(page.get_by_text("Stopped before any answer.")).to_be_visible()
     await page.screenshot(path=ARTIFACTS / "tool-turn-stopped.png")
     assert len(gemini.requests) == before + 1
+
+
+async def test_a_tab_that_followed_a_tool_turn_sends_its_items(chat, gemini, tools_app):
+    words = [f"w{i} " for i in range(30)]
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai"),
+        Reply(chunks=words, delay=0.1),
+        Reply("Next."),
+    )
+    chat.mark()
+    await chat.send("Weather in Oslo?")
+    thread = await chat.chat_thread()
+    await chat.wait_for(lambda: any(m.tokens for m in chat.assistant_messages()), what="text")
+    second = ChatClient(tools_app.url, headers=dict(chat.headers))
+    await second.connect(thread_id=thread)
+    await second.wait_for(
+        lambda: any(m.content == "".join(words) for m in second.assistant_messages()),
+        timeout=20,
+        what="the whole answer in the second tab",
+    )
+    second.mark()
+    await second.send("And next?")
+    await second.wait_idle()
+    follow_up, last = (await gemini.arrived(3))[1:]
+    assert last.messages == [
+        *follow_up.messages,
+        {"role": "assistant", "content": "".join(words)},
+        {"role": "user", "content": "And next?"},
+    ]
+    await second.disconnect()
