@@ -719,3 +719,37 @@ async def test_a_tab_that_followed_a_tool_turn_sends_its_items(chat, gemini, too
         {"role": "user", "content": "And next?"},
     ]
     await second.disconnect()
+
+
+async def test_a_chat_that_cannot_show_the_call_does_not_fail_it():
+    class Broken(RecordingObserver):
+        async def started(self, call_id, name, arguments):
+            raise ConnectionError("the tab is gone")
+
+        async def approve(self, call_id, name, arguments, wait_seconds):
+            raise ConnectionError("the tab is gone")
+
+    observer = Broken()
+    weather_tool = guard(sample_tools.lookup_weather, unit_settings())
+    assert await invoke(weather_tool, observer, '{"city": "Oslo"}') == "Sunny in Oslo, 21 °C"
+    assert observer.seen == [("finished", "call_9", "Sunny in Oslo, 21 °C", None)]
+    # An approval that could not be asked is a Deny.
+    confirm = guard(sample_tools.confirm_tool, unit_settings())
+    assert (await invoke(confirm, observer, '{"action": "x"}')).startswith("The user did not")
+
+
+async def test_stop_while_the_user_is_asked_ends_the_call_as_stopped():
+    class Waiting(RecordingObserver):
+        async def approve(self, call_id, name, arguments, wait_seconds):
+            self.running.set()
+            await asyncio.Event().wait()  # nobody answers
+
+    observer = Waiting()
+    task = asyncio.create_task(
+        invoke(guard(sample_tools.confirm_tool, unit_settings()), observer, '{"action": "x"}')
+    )
+    await observer.running.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert observer.seen == [("finished", "call_9", "", "Stopped")]
