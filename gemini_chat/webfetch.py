@@ -22,6 +22,7 @@ import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from html import unescape
 
 import aiohttp
 import charset_normalizer
@@ -142,8 +143,10 @@ class _PublicResolver(AbstractResolver):
     """Resolves as the system does, then refuses a name if any of its addresses is not public.
     The connector connects to the addresses returned here, the ones just checked."""
 
-    def __init__(self, allowed: Sequence[Network]) -> None:
-        self._resolver = ThreadedResolver()
+    def __init__(
+        self, allowed: Sequence[Network], resolver: AbstractResolver | None = None
+    ) -> None:
+        self._resolver = resolver or ThreadedResolver()
         self._allowed = allowed
 
     async def resolve(
@@ -269,13 +272,23 @@ def decode(body: bytes, charset: str | None, html: bool) -> str:
         return str(best) if best is not None else body.decode("utf-8", errors="replace")
 
 
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+
+
+def _title(html: str) -> str | None:
+    """The page's <title>, as a browser tab shows it (trafilatura's own metadata prefers a
+    heading, and guesses a date and more that the model does not need)."""
+    match = _TITLE.search(html, 0, 200_000)
+    title = " ".join(unescape(match.group(1)).split()) if match else ""
+    return title[:300] or None
+
+
 def readable(page: Download, links: bool) -> str:
     """The page as the model reads it: title, address, then the main text."""
     text = decode(page.body, page.charset, page.content_type in HTML_TYPES)
     title = None
     if page.content_type in HTML_TYPES:
-        metadata = trafilatura.extract_metadata(text, default_url=page.url)
-        title = metadata.title if metadata is not None else None
+        title = _title(text)
         text = (
             trafilatura.extract(
                 text,
