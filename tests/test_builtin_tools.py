@@ -326,7 +326,8 @@ TEST_HOST = "127.0.0.2"
 ALLOW_TEST_HOST = (ipaddress.ip_network(f"{TEST_HOST}/32"),)
 
 ARTICLE = """<!doctype html><html><head><meta charset="utf-8">
-<title>Blåbær – the page</title></head><body><header><nav><a href="/home">Home</a> <a href="/about">About us</a></nav></header>
+<title>Blåbær – the page</title></head><body>
+<header><nav><a href="/home">Home</a> <a href="/about">About us</a></nav></header>
 <main><article><h1>Blueberries</h1>{paragraphs}
 <p>Read <a href="https://example.org/jam">the jam recipe</a> next.</p></article></main>
 <aside>Subscribe to our newsletter!</aside><footer>Copyright 2026 Berry Corp</footer>
