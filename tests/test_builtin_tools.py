@@ -494,12 +494,47 @@ async def test_fetch_follows_redirects_without_keeping_cookies(server):
     route("/first", first)
     route("/second", lambda request: web.Response(text="Arrived.", content_type="text/plain"))
     await start(state, runner)
+    # A name, not an address: cookies are kept for names only.
+    url = state.base.replace(TEST_HOST, "berries.test") + "/first"
 
-    text = await fetch(state.base + "/first", allowed=ALLOW_TEST_HOST)
+    text = await fetch(url, allowed=ALLOW_TEST_HOST, resolver=ScriptedResolver([TEST_HOST]))
 
-    assert text == f"URL: {state.base}/second\n\nArrived."
+    assert text == f"URL: {url.replace('/first', '/second')}\n\nArrived."
     assert [request.path for request in state.requests] == ["/first", "/second"]
     assert "Cookie" not in state.requests[1].headers
+
+
+@dataclass
+class RebindingResolver:
+    """Answers a name with the test server the first time and loopback from then on, as a DNS
+    server of an attacker's name can."""
+
+    answers: list[str] = field(default_factory=lambda: [TEST_HOST, "127.0.0.1"])
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        address = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return await ScriptedResolver([address]).resolve(host, port, family)
+
+    async def close(self):
+        pass
+
+
+async def test_fetch_checks_a_names_address_again_on_each_connection(server):
+    state, route, runner = server
+
+    async def first(request):
+        # Connection: close, so the next hop needs a new connection and a new lookup.
+        raise web.HTTPFound("/second", headers={"Connection": "close"})
+
+    route("/first", first)
+    route("/second", lambda request: web.Response(text="internal", content_type="text/plain"))
+    await start(state, runner)
+    url = state.base.replace(TEST_HOST, "rebind.test") + "/first"
+
+    with pytest.raises(FetchError) as raised:
+        await fetch(url, allowed=ALLOW_TEST_HOST, resolver=RebindingResolver())
+    assert str(raised.value) == "Refused: rebind.test resolves to 127.0.0.1, a loopback address."
+    assert [request.path for request in state.requests] == ["/first"]
 
 
 @pytest.mark.parametrize(
