@@ -201,10 +201,18 @@ def _text_like(content_type: str) -> bool:
     )
 
 
-async def download(url: str, *, max_bytes: int, allowed: Sequence[Network] = ()) -> Download:
+async def download(
+    url: str,
+    *,
+    max_bytes: int,
+    allowed: Sequence[Network] = (),
+    resolver: AbstractResolver | None = None,
+) -> Download:
     """The body of the page at ``url`` after at most MAX_REDIRECTS redirects, each checked."""
     current = checked_url(url, allowed)
-    connector = aiohttp.TCPConnector(resolver=_PublicResolver(allowed), use_dns_cache=False)
+    connector = aiohttp.TCPConnector(
+        resolver=_PublicResolver(allowed, resolver), use_dns_cache=False
+    )
     async with aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -315,12 +323,14 @@ async def fetch_readable(
     seconds: float,
     links: bool = False,
     allowed: Sequence[Network] = (),
+    resolver: AbstractResolver | None = None,
 ) -> str:
     """The page at ``url`` as readable text (see ``readable``), fetched within ``seconds``
-    reading at most ``max_bytes``. ``allowed``: networks tests may reach despite the policy."""
+    reading at most ``max_bytes``. For tests only (the app passes neither): ``allowed``, networks
+    reachable despite the policy (their local server); ``resolver``, their own DNS answers."""
     try:
         async with asyncio.timeout(seconds):
-            page = await download(url, max_bytes=max_bytes, allowed=allowed)
+            page = await download(url, max_bytes=max_bytes, allowed=allowed, resolver=resolver)
     except TimeoutError:
         raise FetchError(f"Timed out: {url} did not answer within {seconds:g} s.") from None
     # Parsing a large page takes a while: off the event loop, so other chats keep streaming.
