@@ -4,6 +4,7 @@ policy, limits and text, each called as the model calls it (JSON arguments throu
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import json
 import re
@@ -622,6 +623,28 @@ async def test_fetch_reads_a_10_mb_page_only_up_to_the_size_limit(server):
     body = text.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
     assert len(body.encode()) == 150_000
     assert text.endswith("\n\n[The page is longer: only its first 150,000 bytes were read.]")
+
+
+async def test_fetch_counts_the_size_limit_after_decompression(server):
+    state, route, runner = server
+    # 20 MB of text in about 20 kB of gzip: the limit holds for what it unpacks to.
+    bomb = gzip.compress(b"a" * 20_000_000)
+
+    async def packed(request):
+        return web.Response(
+            body=bomb, headers={"Content-Type": "text/plain", "Content-Encoding": "gzip"}
+        )
+
+    route("/packed", packed)
+    await start(state, runner)
+
+    text = await fetch(state.base + "/packed", max_bytes=50_000, allowed=ALLOW_TEST_HOST)
+
+    assert text == (
+        f"URL: {state.base}/packed\n\n"
+        + "a" * 50_000
+        + "\n\n[The page is longer: only its first 50,000 bytes were read.]"
+    )
 
 
 async def test_fetch_stops_reading_a_page_that_never_ends(server):
