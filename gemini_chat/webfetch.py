@@ -26,7 +26,6 @@ from html import unescape
 
 import aiohttp
 import charset_normalizer
-import trafilatura
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
@@ -296,6 +295,9 @@ def readable(page: Download, links: bool) -> str:
     text = decode(page.body, page.charset, page.content_type in HTML_TYPES)
     title = None
     if page.content_type in HTML_TYPES:
+        # Imported on first use: it takes most of a second, and most chats never fetch a page.
+        import trafilatura
+
         title = _title(text)
         text = (
             trafilatura.extract(
