@@ -236,9 +236,10 @@ async def download(
                         current = checked_url(target, allowed)
                         continue
                     if response.status >= 400:
+                        # The reason phrase is the server's own text: kept short.
+                        reason = (response.reason or "")[:100]
                         raise FetchError(
-                            f"{current} answered {response.status} {response.reason or ''}".strip()
-                            + "."
+                            f"{current} answered {response.status} {reason}".strip() + "."
                         )
                     content_type = response.content_type
                     if not _text_like(content_type):
@@ -249,9 +250,8 @@ async def download(
                     body, cut = await _read(response, max_bytes)
                     return Download(str(response.url), content_type, response.charset, body, cut)
             except aiohttp.ClientConnectorError as error:
-                raise FetchError(
-                    f"Could not connect to {current.host}: {error.strerror}."
-                ) from None
+                reason = error.strerror or type(error).__name__
+                raise FetchError(f"Could not connect to {current.host}: {reason}.") from None
             except aiohttp.ClientError as error:
                 raise FetchError(f"Could not fetch {current}: {type(error).__name__}.") from None
     raise FetchError(f"Refused: {url} redirects more than {MAX_REDIRECTS} times.")

@@ -726,3 +726,14 @@ def test_build_tools_offers_the_built_ins_switched_on_by_name():
     tools = build_tools(Settings(tools=("fetch", "time")))
     assert [tool.name for tool in tools] == ["fetch_page", "current_time"]
     assert [tool.name for tool in build_tools(Settings())] == ["current_time", "calculate"]
+
+
+async def test_fetch_says_when_nothing_answers_at_the_address():
+    with socket.socket() as probe:
+        probe.bind((TEST_HOST, 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+
+    with pytest.raises(FetchError) as raised:
+        await fetch(f"http://{TEST_HOST}:{port}/", allowed=ALLOW_TEST_HOST)
+    assert str(raised.value).startswith(f"Could not connect to {TEST_HOST}: ")
+    assert str(raised.value).endswith(".")
