@@ -9,6 +9,7 @@ import ipaddress
 import json
 import re
 import socket
+import zoneinfo
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +87,22 @@ def test_a_city_instead_of_a_zone_is_an_error_naming_the_zone(zone, suggestion):
 def test_an_unknown_zone_is_an_error_saying_how_zones_are_named(zone):
     with pytest.raises(ToolError, match=r"^Unknown time zone '.{1,100}': use an IANA zone name"):
         time_in_zone(zone, MOMENT)
+
+
+def test_time_zones_come_with_the_app_on_a_machine_without_system_zones():
+    """A slim container has no /usr/share/zoneinfo: the tzdata package supplies the zones."""
+    zoneinfo.reset_tzpath(to=[])
+    zoneinfo.ZoneInfo.clear_cache()
+    builtin_tools._zones_by_lowercase.cache_clear()
+    try:
+        assert "Europe/Oslo" in zoneinfo.available_timezones()
+        assert time_in_zone("europe/oslo", MOMENT) == (
+            "Tuesday 2026-12-01 16:19:23 CET (UTC+01:00), Europe/Oslo"
+        )
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache()
+        builtin_tools._zones_by_lowercase.cache_clear()
 
 
 async def test_the_time_tool_reads_the_clock_and_defaults_to_utc(monkeypatch):
