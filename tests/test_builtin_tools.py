@@ -754,3 +754,64 @@ async def test_fetch_says_when_nothing_answers_at_the_address():
         await fetch(f"http://{TEST_HOST}:{port}/", allowed=ALLOW_TEST_HOST)
     assert str(raised.value).startswith(f"Could not connect to {TEST_HOST}: ")
     assert str(raised.value).endswith(".")
+
+
+# --- in the app: the built-ins as the model calls them through the real chat ---------------------
+
+
+@pytest.fixture(scope="module")
+def builtins_app(fake_gemini_server):
+    from tests.app_process import start_app
+    from tests.conftest import app_env
+
+    server = start_app(
+        app_env(
+            fake_gemini_server,
+            TOOLS="time,calculator,fetch",
+            # Allow / Deny is shown and tested with the chat's steps; here every call runs.
+            TOOL_APPROVAL="none",
+        )
+    )
+    yield server
+    server.stop()
+
+
+async def test_the_app_offers_the_built_ins_and_hands_gemini_their_results(builtins_app, gemini):
+    from tests.chat_client import ChatClient
+    from tests.fake_gemini import Reply, ToolCall, tool_call_reply
+
+    client = await ChatClient(builtins_app.url).connect()
+    try:
+        await client.wait_for(client.assistant_messages, what="the welcome message")
+        gemini.script(
+            tool_call_reply(
+                ToolCall("calculate", {"expression": "1.07 ** 10 * 2500"}, id="call_sum"),
+                ToolCall("current_time", {"zone": "Europe/Oslo"}, id="call_time"),
+                ToolCall("fetch_page", {"url": "http://127.0.0.1:8000/admin"}, id="call_page"),
+                shape="openai",
+            ),
+            Reply("Here you are."),
+        )
+        replies = await client.ask("How much, what time, and what is on that page?")
+        asked_at = datetime.now(UTC)
+        first, second = await gemini.arrived(2)
+    finally:
+        await client.disconnect()
+
+    assert [m.content for m in replies if not m.is_error] == ["Here you are."]
+    assert [tool["function"]["name"] for tool in first.body["tools"]] == [
+        "current_time",
+        "calculate",
+        "fetch_page",
+    ]
+    results = {m["tool_call_id"]: m["content"] for m in second.messages if m["role"] == "tool"}
+    assert results["call_sum"] == "4917.87839322392"
+    shown = re.fullmatch(
+        r"\w+day (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) CES?T \(UTC\+0[12]:00\), Europe/Oslo",
+        results["call_time"],
+    )
+    assert shown, results["call_time"]
+    oslo = datetime.fromisoformat(shown.group(1)).replace(tzinfo=zoneinfo.ZoneInfo("Europe/Oslo"))
+    assert abs((asked_at - oslo).total_seconds()) < 60
+    # The refusal reaches the model in words it can act on (the guard may frame it).
+    assert "Refused: 127.0.0.1 is a loopback address." in results["call_page"], results["call_page"]
