@@ -27,7 +27,7 @@ from gemini_chat.builtin_tools import (
     calculation,
     time_in_zone,
 )
-from gemini_chat.config import Settings
+from gemini_chat.config import ConfigError, Settings
 from gemini_chat.tools import build_tools
 from gemini_chat.webfetch import FetchError, _PublicResolver, fetch_readable
 
@@ -743,6 +743,15 @@ def test_build_tools_offers_the_built_ins_switched_on_by_name():
     tools = build_tools(Settings(tools=("fetch", "time")))
     assert [tool.name for tool in tools] == ["fetch_page", "current_time"]
     assert [tool.name for tool in build_tools(Settings())] == ["current_time", "calculate"]
+
+
+def test_an_unknown_built_in_is_a_configuration_error_listing_the_built_ins():
+    with pytest.raises(ConfigError) as raised:
+        build_tools(Settings(tools=("time", "clock")))
+    assert str(raised.value) == (
+        "TOOLS='time,clock' is not valid: unknown tool 'clock' "
+        "(built-in tools: time, calculator, fetch)."
+    )
 
 
 async def test_fetch_says_when_nothing_answers_at_the_address():
