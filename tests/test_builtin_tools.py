@@ -254,6 +254,14 @@ async def fetch(url: str, **options) -> str:
         ("http://[fe80::1]/", "Refused: fe80::1 is a link-local address."),
         ("http://[fd00::1]/", "Refused: fd00::1 is a private address."),
         ("http://[ff02::1]/", "Refused: ff02::1 is a multicast address."),
+        ("http://[fec0::1]/", "Refused: fec0::1 is a site-local address."),
+        ("http://[64:ff9b:1::a00:1]/", "Refused: 64:ff9b:1::a00:1 is a private address."),
+        (
+            "http://[::127.0.0.1]/",
+            "Refused: ::7f00:1 is an IPv4-compatible form of 127.0.0.1, a loopback address.",
+        ),
+        ("http://192.0.2.1/", "Refused: 192.0.2.1 is a reserved address, not a public one."),
+        ("http://[2001:db8::1]/", "Refused: 2001:db8::1 is a reserved address, not a public one."),
         (
             "http://[::ffff:127.0.0.1]/",
             "Refused: ::ffff:7f00:1 is an IPv4-mapped form of 127.0.0.1, a loopback address.",
