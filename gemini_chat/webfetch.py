@@ -36,7 +36,6 @@ MAX_URL_CHARS = 2_000
 CHUNK_BYTES = 64 * 1024
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Not every Python 3.11-3.13 release flags these the same way, so they are named here.
@@ -172,6 +171,9 @@ class _PublicResolver(AbstractResolver):
 
 @dataclass(frozen=True)
 class Download:
+    """A page as it came: its final address, type, declared charset, the bytes read, and
+    whether it was cut at the size limit."""
+
     url: str
     content_type: str
     charset: str | None
