@@ -42,6 +42,7 @@ from .preferences import (
     with_thinking_config,
 )
 from .thoughts import ThoughtFilter, move_inline_thought
+from .toolcalls import CallNumbering, gemini_tools
 from .usage import TokenUsage, token_usage
 
 logger = logging.getLogger("gemini_chat")
@@ -109,6 +110,7 @@ class _ObservedStream:
         self._report = report
         self.response = getattr(stream, "response", None)
         self._thoughts = ThoughtFilter()
+        self._calls = CallNumbering()
         report.received = []  # a retried attempt starts over
         report.thoughts = []
         self._attempt = len(report.attempts)  # earlier attempts cost tokens too
@@ -121,6 +123,7 @@ class _ObservedStream:
         thought_text = report.thoughts
         chunks_before = report.chunks
         attempts, attempt = report.attempts, self._attempt
+        calls = self._calls
         async for chunk in self._stream:
             report.chunks += 1
             usage = getattr(chunk, "usage", None)
@@ -137,6 +140,9 @@ class _ObservedStream:
                     move_inline_thought(delta, thoughts.strip(delta))
                     if delta.content:
                         received.append(delta.content)
+                if delta.tool_calls:
+                    # Gemini's calls, each given its own index and an id (toolcalls.py).
+                    calls.number(delta.tool_calls)
                 if delta.model_extra and (reasoning := delta.model_extra.get("reasoning_content")):
                     thought_text.append(reasoning)
             yield chunk
@@ -187,6 +193,9 @@ class _PlainMessagesCompletions(AsyncCompletions):
     """
 
     async def create(self, *, messages: Any, extra_body: Any = None, **params: Any) -> Any:
+        if params.get("tools"):
+            # Every tool's schema, the agent's own and MCP servers' alike, as Gemini takes it.
+            params["tools"] = gemini_tools(params["tools"])
         if type(messages) is list and is_plain_json(messages):
             extra_body = {"messages": messages, **(extra_body or {})}
             messages = []
