@@ -92,8 +92,10 @@ def assert_sent_back(request, calls: list[ToolCall], ran: Ran) -> None:
     assert all(ids) and len(set(ids)) == len(ids)
     results = request.tool_results
     assert [r.tool_call_id for r in results] == ids
-    expected = [f"Sunny in {a['city']}" if n == "lookup_weather" else str(a["a"] + a["b"])
-                for n, a in ran.calls]
+    expected = [
+        f"Sunny in {a['city']}" if n == "lookup_weather" else str(a["a"] + a["b"])
+        for n, a in ran.calls
+    ]
     assert [r.output for r in results] == expected
 
 
@@ -145,7 +147,7 @@ async def test_text_before_the_calls_streams_and_stays_in_the_history(gemini):
     assert len(ran.calls) == 3
 
 
-# --- the fake refuses what Gemini refuses ---------------------------------------------------------
+# --- the fake refuses what Gemini refuses -----------------------------------------------------
 
 
 def test_the_fakes_gemini_shape_is_the_call_of_a_real_recording():
@@ -230,12 +232,12 @@ async def test_the_fake_refuses_a_call_sent_back_without_the_signature_it_came_w
 async def test_the_fake_refuses_results_that_do_not_answer_the_calls_one_for_one(gemini):
     status, body = await _post(gemini, {"messages": _history(None, result_id="call_9")})
     assert (status, body[0]["error"]["message"]) == (400, UNPAIRED_RESULTS)
-    without_result = _history(None)[:-1] + [{"role": "user", "content": "And?"}]
+    without_result = [*_history(None)[:-1], {"role": "user", "content": "And?"}]
     status, body = await _post(gemini, {"messages": without_result})
     assert (status, body[0]["error"]["message"]) == (400, UNPAIRED_RESULTS)
 
 
-# --- schemas ---------------------------------------------------------------------------------------
+# --- schemas ------------------------------------------------------------------------------------
 
 
 class Place(BaseModel):
