@@ -22,7 +22,6 @@ model's arguments against the tool's full schema before the tool runs.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections import OrderedDict
 from typing import Any
@@ -168,26 +167,30 @@ def _gemini_tool(tool: Any) -> Any:
 
 
 _CACHE_SIZE = 64
-_cleaned: OrderedDict[str, list[Any]] = OrderedDict()
+# The cleaned tools by the tuple of their names: the list they were cleaned from, and the result.
+_cleaned: OrderedDict[tuple[Any, ...], tuple[list[Any], list[Any]]] = OrderedDict()
 
 
 def gemini_tools(tools: Any) -> Any:
     """``tools`` of a Chat Completions request with every parameters schema cleaned for Gemini.
 
-    The SDK rebuilds the list for every request, so it is looked up by its JSON text: the same
-    tools cost one ``json.dumps`` a request, not a walk of every schema.
+    The SDK rebuilds the list for every request, so the cleaned form is found by the tools'
+    names and reused while the list equals the one it was made from: a comparison in C (about
+    5 µs for six tools) instead of a walk of every schema in Python (about 35 µs; as long as
+    ``json.dumps`` of the list would take as a key).
     """
     if type(tools) is not list:
         return tools
     try:
-        key = json.dumps(tools)
-    except (TypeError, ValueError):
+        key = tuple([tool["function"]["name"] for tool in tools])
+    except (KeyError, TypeError):
         return [_gemini_tool(tool) for tool in tools]
-    cleaned = _cleaned.get(key)
-    if cleaned is None:
-        cleaned = _cleaned[key] = [_gemini_tool(tool) for tool in tools]
-        if len(_cleaned) > _CACHE_SIZE:
-            _cleaned.popitem(last=False)
-    else:
+    found = _cleaned.get(key)
+    if found is not None and found[0] == tools:
         _cleaned.move_to_end(key)
+        return found[1]
+    cleaned = [_gemini_tool(tool) for tool in tools]
+    _cleaned[key] = (tools, cleaned)
+    if len(_cleaned) > _CACHE_SIZE:
+        _cleaned.popitem(last=False)
     return cleaned

@@ -359,4 +359,13 @@ def test_cleaned_tools_are_computed_once_per_distinct_list():
     first = gemini_tools(tools)
     assert first[0]["function"]["parameters"]["properties"]["x"] == {"type": "string"}
     assert tools[0]["function"]["parameters"]["properties"]["x"]["default"] == "a"  # untouched
+    # The SDK sends a new list each request: an equal one gets the same cleaned list ...
     assert gemini_tools(json.loads(json.dumps(tools))) is first
+    # ... and a tool of the same name whose schema changed (an MCP server's) is cleaned anew.
+    changed = json.loads(json.dumps(tools))
+    changed[0]["function"]["parameters"]["properties"]["x"] = {"const": "b"}
+    again = gemini_tools(changed)
+    assert again[0]["function"]["parameters"]["properties"]["x"] == {
+        "enum": ["b"],
+        "type": "string",
+    }
