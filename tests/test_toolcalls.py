@@ -369,3 +369,20 @@ def test_cleaned_tools_are_computed_once_per_distinct_list():
         "enum": ["b"],
         "type": "string",
     }
+
+
+async def test_calls_gemini_ends_with_stop_and_a_signature_sent_on_its_own_still_go_back_whole(
+    gemini,
+):
+    # Gemini 3 has been seen to end a turn of calls with finish_reason "stop", and to send a
+    # call's signature in a delta of its own, after the call, without index, id or name.
+    deltas = []
+    for call in THREE:
+        deltas += tool_call_deltas([ToolCall(call.name, call.arguments)], "gemini")
+        google = {"google": {"thought_signature": call.signature}}
+        deltas.append({"tool_calls": [{"extra_content": google}]})
+    ran = Ran()
+    gemini.script(Reply(raw=deltas, finish_reason="stop", calls=THREE), Reply(text="Done."))
+    await run(gemini, ran.tools, "Go")
+    assert ran.calls == [(c.name, c.arguments) for c in THREE]
+    assert_sent_back(gemini.requests[1], THREE, ran)
