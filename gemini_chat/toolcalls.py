@@ -16,8 +16,9 @@ with 400 "Invalid JSON payload received. Unknown name ..." (reported for ``$ref`
 ``const``, ``default``, ``examples``, ``$schema``, ``additionalProperties``,
 ``propertyNames``, ``exclusiveMinimum``, and ``type`` given as a list). They are rewritten into
 what it takes (references inlined, ``const`` as an enum of one, exclusive bounds as bounds, a
-type list as one type with ``nullable`` or as ``anyOf``) or left out; the SDK still validates the
-model's arguments against the tool's full schema before the tool runs.
+type list as one type with ``nullable`` or as ``anyOf``) or left out. Only what Gemini is told
+changes: a function tool still checks the model's arguments against its full pydantic model, an
+MCP server against its own schema. The tools' own schemas are never modified.
 """
 
 from __future__ import annotations
