@@ -227,6 +227,12 @@ async def test_the_fake_refuses_a_call_sent_back_without_the_signature_it_came_w
     gemini.script(Reply(text="Sunny."))
     status, _ = await _post(gemini, {"messages": _history(THREE[0].signature)})
     assert status == 200
+    # As Gemini, the fake checks the current turn only: after a new user message the old
+    # call's signature is no longer required.
+    gemini.script(Reply(text="Bye."))
+    later = [*_history(None), {"role": "assistant", "content": "Sunny."}]
+    status, _ = await _post(gemini, {"messages": [*later, {"role": "user", "content": "Bye"}]})
+    assert status == 200
 
 
 async def test_the_fake_refuses_results_that_do_not_answer_the_calls_one_for_one(gemini):
