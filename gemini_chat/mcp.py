@@ -292,6 +292,8 @@ class _Connection:
         if not done:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=_STOP_SECONDS)
+        if self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # seen (it was logged where it mattered)
         if self._task.done() and not self._task.cancelled() and self._task.exception():
             logger.warning(
                 "MCP server %r stopped with an error: %r", self.server.name, self._task.exception()
