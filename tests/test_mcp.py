@@ -662,6 +662,8 @@ async def test_the_app_answers_with_mcp_tools_and_goes_on_without_a_server_that_
         # The servers' stderr went to the app's log, never to the chat.
         assert f"MCP server 'notes': test MCP server {last_pid} starting" in app.log()
         assert not any("test MCP server" in text for _, text in chat.transcript())
+        # Nor does the log hold the HTTP server's session id or a line per request to it.
+        assert "session ID" not in app.log() and f":{web_port}/mcp" not in app.log()
     finally:
         await chat.disconnect()
 
