@@ -78,16 +78,19 @@ class ServerConfig:
         return f"ServerConfig(name={self.name!r}, target={target!r})"
 
 
-def load_server_configs(path: str, environ: Mapping[str, str]) -> list[ServerConfig]:
-    """The servers listed in ``path`` (none when it does not exist). Raises ConfigError naming
-    the file and the entry for anything the app cannot use."""
-    path = os.path.abspath(path)
+def load_server_configs(settings: Settings, environ: Mapping[str, str]) -> list[ServerConfig]:
+    """The servers listed in ``MCP_SERVERS_FILE``: none when the default file does not exist,
+    but a file named on purpose must exist. Raises ConfigError naming the file and the entry
+    for anything the app cannot use."""
+    path = os.path.abspath(settings.mcp_servers_file)
     where = f"MCP_SERVERS_FILE={path!r} is not valid"
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
     except FileNotFoundError:
-        return []
+        if settings.mcp_servers_file == Settings.mcp_servers_file:
+            return []
+        raise ConfigError(f"{where}: there is no such file.") from None
     except OSError as error:
         raise ConfigError(f"{where}: it cannot be read ({error.strerror}).") from None
     try:
@@ -468,9 +471,7 @@ class McpServers:
         from .tools import build_tools  # the app's own tools, whose names MCP tools must avoid
 
         self.settings = settings
-        self.configs = load_server_configs(
-            settings.mcp_servers_file, os.environ if environ is None else environ
-        )
+        self.configs = load_server_configs(settings, os.environ if environ is None else environ)
         self._reserved_names = {tool.name for tool in build_tools(settings)}
         self._stopping: set[asyncio.Task] = set()
         self._servers = [_Server(config, settings, self._stopping) for config in self.configs]

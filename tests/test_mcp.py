@@ -237,8 +237,16 @@ async def http_server():
 # --- the config file -----------------------------------------------------------------------------
 
 
-def test_no_file_means_no_servers(tmp_path):
-    assert load_server_configs(str(tmp_path / "missing.json"), {}) == []
+def test_no_file_means_no_servers_but_a_file_named_on_purpose_must_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default file is looked for beside the app
+    assert load_server_configs(Settings(), {}) == []
+    missing = str(tmp_path / "mcp.json")
+    with pytest.raises(ConfigError) as raised:
+        load_server_configs(settings_for(missing), {})
+    assert str(raised.value) == f"MCP_SERVERS_FILE={missing!r} is not valid: there is no such file."
+    # The default name is found where the app runs.
+    write_config(tmp_path, {"files": {"command": "files-server"}})
+    assert [config.name for config in load_server_configs(Settings(), {})] == ["files"]
 
 
 def test_env_and_headers_take_variables_from_the_environment(tmp_path):
@@ -251,7 +259,8 @@ def test_env_and_headers_take_variables_from_the_environment(tmp_path):
                        "headers": {"Authorization": "Bearer ${SEARCH_KEY}"}},
         },
     )  # fmt: skip
-    files, search = load_server_configs(path, {"FILES_TOKEN": "t0k", "SEARCH_KEY": "k3y"})
+    environ = {"FILES_TOKEN": "t0k", "SEARCH_KEY": "k3y"}
+    files, search = load_server_configs(settings_for(path), environ)
     assert files.command == "files-server" and files.args == ("--root", "docs")
     assert files.env == {"TOKEN": "t0k", "PLAIN": "a $b ${"}
     assert files.cwd == str(tmp_path / "srv")  # relative to the file
@@ -362,6 +371,30 @@ async def test_stdio_server_gets_no_secret_of_the_app(tmp_path, mcp_servers, mon
     show = named(tools, "mcp_notes__show_setting")
     assert await call(show, {"name": "GEMINI_API_KEY"}) == "(not set)"
     assert await call(show, {"name": "MCP_TEST_PID_FILE"}) == str(tmp_path / "notes.pid")
+
+
+async def test_tool_approval_takes_an_mcp_tools_name(tmp_path, mcp_servers):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    tools, _ = await mcp_servers(settings_for(path)).tools()
+    settings = Settings(tools=(), tool_approval=("mcp_notes__lookup_note",))
+    asked: list[str] = []
+
+    class Denying(SeenCalls):
+        async def approve(self, call_id, name, arguments, wait_seconds) -> bool:
+            asked.append(name)
+            return False
+
+    for tool in tools[:2]:
+        arguments = json.dumps({"key": "launch"} if tool.name.endswith("note") else {"name": "X"})
+        context = ToolContext(
+            context=TurnContext(Denying()),
+            tool_name=tool.name,
+            tool_call_id="call_a",
+            tool_arguments=arguments,
+        )
+        output = await guard(tool, settings).on_invoke_tool(context, arguments)
+        assert ("did not allow" in output) == (tool.name == "mcp_notes__lookup_note")
+    assert asked == ["mcp_notes__lookup_note"]
 
 
 async def test_many_chats_at_once_share_one_server_process(tmp_path, mcp_servers, caplog):
