@@ -42,6 +42,7 @@ from mcp.shared.exceptions import McpError
 from mcp.types import CONNECTION_CLOSED
 
 from .config import ConfigError, Settings
+from .tools import build_tools
 
 logger = logging.getLogger("gemini_chat.mcp")
 T = TypeVar("T")
@@ -468,11 +469,13 @@ class McpServers:
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
         """Reads ``MCP_SERVERS_FILE`` (ConfigError when it is malformed); starts nothing."""
-        from .tools import build_tools  # the app's own tools, whose names MCP tools must avoid
-
         self.settings = settings
         self.configs = load_server_configs(settings, os.environ if environ is None else environ)
-        self._reserved_names = {tool.name for tool in build_tools(settings)}
+        # The app's own tools' names, which an MCP tool's name must avoid (only looked up when
+        # there are servers).
+        self._reserved_names: set[str] = set()
+        if self.configs:
+            self._reserved_names = {tool.name for tool in build_tools(settings)}
         self._stopping: set[asyncio.Task] = set()
         self._servers = [_Server(config, settings, self._stopping) for config in self.configs]
         self._closed = False
