@@ -23,6 +23,7 @@ line, under its name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -55,6 +56,8 @@ _TRANSPORTS = {"stdio": "command", "http": "url", "streamable-http": "url", "str
 # How long a stopping server may take before it is cancelled: the MCP client gives a stdio
 # server 2 s to exit after its input closes, then 2 s more after SIGTERM before SIGKILL.
 _STOP_SECONDS = 6.0
+# How often a running call to an HTTP server checks that the server is still there.
+_PROBE_SECONDS = 5.0
 
 
 class McpToolError(Exception):
@@ -275,6 +278,29 @@ class _Connection:
                 # Its outcome no longer matters; keep asyncio from reporting it.
                 waiting.add_done_callback(lambda task: task.cancelled() or task.exception())
 
+    async def call(self, work: Coroutine[Any, Any, T], probe_seconds: float) -> T:
+        """``while_up`` for a tool call. An HTTP server that goes away during a call leaves the
+        call waiting on a dead stream; the next request to it is what fails (and ends the
+        connection), so one is sent every ``probe_seconds`` while the call runs."""
+        if not isinstance(self.server, MCPServerStreamableHttp):
+            return await self.while_up(work)
+        probe = asyncio.get_running_loop().create_task(self._probe(probe_seconds))
+        try:
+            return await self.while_up(work)
+        finally:
+            probe.cancel()
+
+    async def _probe(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            session = self.server.session
+            if session is None:
+                return
+            # Its answer does not matter: a server that is gone ends the connection.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(seconds):
+                    await session.send_ping()
+
     async def _list(self, reserved_names: set[str]) -> list[FunctionTool]:
         await asyncio.shield(self._ready)
         tools = await MCPUtil.get_function_tools(
@@ -414,10 +440,11 @@ class _Server:
 
     def _call_through(self, invoke: Any, connection: _Connection) -> Any:
         name = self.config.name
+        probe_seconds = min(_PROBE_SECONDS, self.settings.mcp_timeout)
 
         async def on_invoke_tool(context: Any, arguments: str) -> Any:
             try:
-                output = await connection.while_up(invoke(context, arguments))
+                output = await connection.call(invoke(context, arguments), probe_seconds)
             except Exception as error:
                 if connection.alive and not _is_connection_lost(error):
                     raise

@@ -192,6 +192,8 @@ class HttpServer:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/mcp"
         self.process: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+        self._logged = asyncio.Condition()
 
     async def start(self) -> HttpServer:
         self.process = await asyncio.create_subprocess_exec(
@@ -210,8 +212,19 @@ class HttpServer:
 
     async def _read_rest(self) -> None:
         assert self.process is not None and self.process.stderr is not None
-        while await self.process.stderr.readline():
-            pass
+        while line := await self.process.stderr.readline():
+            async with self._logged:
+                self.lines.append(line.decode(errors="replace"))
+                self._logged.notify_all()
+
+    async def logged(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until the server writes ``text`` to its stderr."""
+
+        async def seen() -> None:
+            async with self._logged:
+                await self._logged.wait_for(lambda: any(text in line for line in self.lines))
+
+        await asyncio.wait_for(seen(), timeout)
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -503,6 +516,23 @@ async def test_a_server_killed_during_a_call_is_a_tool_error_then_back(
     assert await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) == NOTE
 
 
+async def test_stop_during_a_call_ends_it_and_the_server_stays(tmp_path, mcp_servers, wait_for_log):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path))
+    tools, _ = await servers.tools()
+    calling = wait_for_log("Processing request of type CallToolRequest")
+    slow = asyncio.create_task(run_tool(named(tools, "mcp_notes__slow_tool"), {"seconds": 30}))
+    await calling.wait()
+    slow.cancel()  # what Stop does to the turn's task
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(slow, 2)
+    # The same server process goes on serving, in this turn and the next.
+    pid = pid_of(tmp_path)
+    assert await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) == NOTE
+    tools, notices = await servers.tools()
+    assert notices == [] and pid_of(tmp_path) == pid
+
+
 async def test_a_server_that_exits_in_a_call_is_a_tool_error_then_back(tmp_path, mcp_servers):
     path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
     servers = mcp_servers(settings_for(path))
@@ -579,6 +609,23 @@ async def test_http_server_gone_gives_a_notice_and_is_back_when_it_is(
     tools, notices = await servers.tools()
     assert notices == []
     assert await call(named(tools, "mcp_web__lookup_note"), {"key": "launch"}) == NOTE
+
+
+async def test_http_server_gone_during_a_call_is_a_tool_error_within_the_timeout(
+    tmp_path, mcp_servers, http_server
+):
+    server = await http_server()
+    path = write_config(tmp_path, {"web": {"url": server.url}})
+    servers = mcp_servers(settings_for(path, mcp_timeout=1))
+    tools, _ = await servers.tools()
+    slow = asyncio.create_task(run_tool(named(tools, "mcp_web__slow_tool"), {"seconds": 30}))
+    await server.logged("Processing request of type CallToolRequest")
+    await server.kill()
+    killed = time.monotonic()
+    # Known within about MCP_TIMEOUT_SECONDS, not after TOOL_TIMEOUT_SECONDS (30).
+    _, error = await asyncio.wait_for(slow, 10)
+    assert error == f"McpToolError: {STOPPED.format('web')}"
+    assert time.monotonic() - killed < 5
 
 
 async def test_unreachable_http_server_gives_a_notice(tmp_path, mcp_servers):
