@@ -12,9 +12,10 @@ The file has the shape most MCP clients use::
 ``${NAME}`` in an ``env`` or ``headers`` value is replaced by the app's environment variable
 NAME, so secrets stay out of the file. A stdio server gets a minimal environment (PATH, HOME,
 ...) plus its ``env``, never the app's own (no Gemini key). Servers are shared by every chat of
-the process: each starts on the first message that needs tools and is checked on every message
-(listing its tools, within ``MCP_TIMEOUT_SECONDS``); one that cannot be started, does not answer
-or has stopped is left out of that message with a notice, and started again on the next. Its
+the process: each starts on the first message and is checked on every message (listing its
+tools, within ``MCP_TIMEOUT_SECONDS``). One found stopped is started again at once; one that
+cannot be started or reached, or does not answer, is left out of that message with a notice
+and tried again with the next. A call to a server that dies meanwhile fails clearly. Its
 tools are named ``mcp_<server>__<tool>`` (the Agents SDK's prefixing), so they never clash with
 the app's own tools or with another server's. Each server's stderr goes to the log, line by
 line, under its name.
