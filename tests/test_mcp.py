@@ -558,6 +558,19 @@ async def test_close_stops_every_server_process(tmp_path):
     assert await servers.tools() == ([], [])  # after shutdown nothing starts again
 
 
+async def test_close_while_a_server_is_starting_leaves_no_process(tmp_path, wait_for_log):
+    slow = stdio_entry(tmp_path, "slow", MCP_TEST_START_DELAY="60")
+    servers = McpServers(settings_for(write_config(tmp_path, {"slow": slow})), environ={})
+    spawned = wait_for_log(r"test MCP server \d+ starting")
+    waiting = asyncio.create_task(servers.tools())
+    await spawned.wait()
+    pid = pid_of(tmp_path, "slow")
+    await servers.close()
+    assert not running(pid)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting  # the message that was waiting ends with the app
+
+
 # --- streamable HTTP ---------------------------------------------------------------------------
 
 
