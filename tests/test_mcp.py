@@ -479,6 +479,23 @@ async def test_a_server_too_slow_to_start_gives_a_notice_and_is_stopped(tmp_path
     assert await gone(pid_of(tmp_path, "slow"))
 
 
+async def test_a_server_that_stops_answering_gives_a_notice_and_is_replaced(tmp_path, mcp_servers):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path, mcp_timeout=1))
+    await servers.tools()
+    hung = pid_of(tmp_path)
+    os.kill(hung, signal.SIGSTOP)  # alive, but answers nothing
+    tools, notices = await servers.tools()
+    assert tools == []
+    assert notices == [
+        "The tool server 'notes' is not available (it did not answer in 1 s); answering without it."
+    ]
+    assert await gone(hung)  # the hung process is not left behind
+    tools, notices = await servers.tools()
+    assert notices == [] and pid_of(tmp_path) != hung
+    assert await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) == NOTE
+
+
 async def test_a_server_killed_between_messages_is_back_on_the_next(tmp_path, mcp_servers):
     path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
     servers = mcp_servers(settings_for(path))
