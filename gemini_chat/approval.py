@@ -49,11 +49,14 @@ def fenced(text: str, language: str = "text") -> str:
 
 
 def readable_arguments(arguments: str) -> str:
-    """A call's arguments as a code block: pretty JSON, or the text as the model wrote it."""
+    """A call's arguments as a code block: pretty JSON, or the text as the model wrote it;
+    nothing for a call without arguments."""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
     except ValueError:
         return fenced(arguments)
+    if parsed == {}:
+        return ""
     return fenced(json.dumps(parsed, indent=2, ensure_ascii=False), "json")
 
 
@@ -69,19 +72,23 @@ async def ask_approval(
     closed tab are False; Stop (the turn cancelled) ends the wait with CancelledError. The
     buttons go away once answered or timed out, and what was decided stays readable in the
     chat."""
+    shown = readable_arguments(arguments)
     question = (
-        f"Allow **{escaped(tool_name)}** to run with these arguments?\n\n"
-        f"{readable_arguments(arguments)}"
+        f"Allow **{escaped(tool_name)}** to run with these arguments?\n\n{shown}"
+        if shown
+        else f"Allow **{escaped(tool_name)}** to run?"
     )
     message = cl.Message(
         content=question,
         # Not an assistant message: the page puts no copy or thumbs buttons on it, and the
         # history and the export leave it out.
         type="system_message",
-        parent_id=parent_id,
         metadata={"kind": KIND, "tool": tool_name},
         created_at=utc_now(),
     )
+    # Set after construction: Chainlit puts a message under the current step whatever the
+    # constructor was given.
+    message.parent_id = parent_id
     message.wait_for_answer = True
     allow = cl.Action(name=ALLOW, payload={}, label="Allow")
     deny = cl.Action(name=DENY, payload={}, label="Deny")

@@ -34,6 +34,8 @@ BEFORE_ANSWER = timedelta(microseconds=400)
 
 
 def duration(seconds: float) -> str:
+    if seconds < 0.05:
+        return "under 0.1 s"
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
@@ -53,9 +55,9 @@ def shown_result(output: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
     if not output:
         return "*No result.*"
     if len(output) <= max_chars:
-        return fenced(output)
+        return fenced(output, "result")
     return (
-        f"{fenced(output[:max_chars])}\n\n"
+        f"{fenced(output[:max_chars], 'result')}\n\n"
         f"*Shortened for display: the first {max_chars:,} of {len(output):,} characters.*"
     )
 
