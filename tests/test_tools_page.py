@@ -182,7 +182,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
 
 
 @pytest.mark.browser
-async def test_approval_allow_runs_deny_refuses_and_no_answer_counts_as_deny(
+async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts_as_deny(
     browser, tools_app, gemini
 ):
     page = await open_chat(browser, tools_app)
@@ -195,6 +195,8 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_counts_as_deny(
         Reply(text="I did not erase anything."),
         tool_call_reply(ToolCall("confirm_tool", {"action": "wait"}, id="call_6"), shape="openai"),
         Reply(text="Nobody answered, so nothing ran."),
+        tool_call_reply(ToolCall("confirm_tool", {"action": "leave"}, id="call_7"), shape="openai"),
+        Reply(text="The page went away, so nothing ran."),
     )
 
     # Asked: the call and its arguments, with Allow and Deny; the tool waits for the answer.
@@ -243,13 +245,26 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_counts_as_deny(
     assert "did not allow" in refusal and "done:" not in refusal
     await screenshot(page, "approval-no-answer.png")
 
-    # Reloaded: every question with what was decided, and no buttons.
+    # Reloaded while asking: the question went to the page that is gone, so the call counts
+    # as denied at once, and the reloaded page shows the answer going on.
+    await type_and_send(page, "Then leave")
+    question = page.locator(QUESTIONS, has_text="leave").last
+    await expect(question.get_by_role("button", name="Allow")).to_be_visible(timeout=15_000)
     await page.reload()
-    await page.get_by_text("Nobody answered, so nothing ran.").wait_for(timeout=15_000)
+    await page.get_by_text("The page went away, so nothing ran.").wait_for(timeout=15_000)
+    refusal = tool_results((await gemini.arrived(8))[7])["call_7"]
+    assert "did not allow" in refusal and "done:" not in refusal
+
+    # Every question with what was decided, and no buttons.
     questions = page.locator(QUESTIONS)
-    await expect(questions).to_have_count(3)
+    await expect(questions).to_have_count(4)
     for index, outcome in enumerate(
-        ("Allowed", "Denied", f"No answer in {APPROVAL_WAIT} s: denied")
+        (
+            "Allowed",
+            "Denied",
+            f"No answer in {APPROVAL_WAIT} s: denied",
+            "No answer: the page was closed or reloaded; denied",
+        )
     ):
         await expect(questions.nth(index)).to_contain_text(outcome)
     # Each under its step, above the answer, as when it was asked.
