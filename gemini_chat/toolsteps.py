@@ -46,7 +46,7 @@ def outcome_line(error: str | None, seconds: float) -> str:
     if error == "Denied":
         return "Denied"
     if error == "Stopped":
-        return f"Stopped after {duration(seconds)}"
+        return f"Stopped after {duration(seconds)}" if seconds else "Stopped: not run"
     return f"**Failed:** {escaped(error)} ({duration(seconds)})"
 
 
@@ -135,8 +135,14 @@ class ToolSteps:
             await self._update(call)
         else:
             await self._show(call)
-        async with self._asking:
-            return await ask_approval(name, arguments, wait_seconds, call.step.id)
+        try:
+            async with self._asking:
+                return await ask_approval(name, arguments, wait_seconds, call.step.id)
+        except asyncio.CancelledError:
+            # Stopped while asking: the guard never started the call, so it says nothing more;
+            # the step must not be left waiting. Shielded, as a second Stop may come.
+            await asyncio.shield(self.finished(call_id, "", "Stopped", 0.0))
+            raise
 
     # -- the steps
 

@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.app_process import ROOT, start_app
+from tests.chat_client import ChatClient
 from tests.conftest import app_env
 from tests.fake_gemini import Reply, ToolCall, tool_call_reply
 from tests.test_browser import type_and_send
@@ -274,6 +275,116 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     await expect(answer_buttons(page)).to_have_count(0)
     await expect(await opened(launched)).to_contain_text("done: launch")
     await screenshot(page, "approval-reloaded.png")
+
+
+# --- who can answer, and Stop, through the socket as the page speaks it -------------------------
+
+
+async def asking_client(app, on_ask) -> ChatClient:
+    """A client of ``app`` that answers Chainlit's "ask" (the Allow / Deny question) with what
+    ``on_ask`` returns, as the page acknowledges it with the button clicked."""
+    client = ChatClient(app.url)
+    client.sio.on("ask", on_ask)
+    await client.connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    return client
+
+
+def shown(client: ChatClient, step_id: str) -> dict:
+    """The step as the client was last sent it."""
+    sent = [
+        data
+        for name, data in client.events
+        if name in ("new_message", "update_message") and data.get("id") == step_id
+    ]
+    return sent[-1] if sent else {}
+
+
+def tool_step_sent(client: ChatClient, name: str) -> dict:
+    sent = [
+        data
+        for kind, data in client.events
+        if kind in ("new_message", "update_message") and data.get("type") == "tool"
+    ]
+    return next(data for data in reversed(sent) if data["name"] == name)
+
+
+async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app, gemini):
+    questions: list[dict] = []
+    unanswered = asyncio.get_running_loop().create_future()
+
+    async def on_ask(data):
+        questions.append(data)
+        return await unanswered  # a person looking at the buttons, then pressing Stop
+
+    gemini.script(
+        tool_call_reply(ToolCall("confirm_tool", {"action": "go"}, id="call_s"), shape="openai"),
+        Reply(text="This is never asked for."),
+    )
+    client = await asking_client(tools_app, on_ask)
+    try:
+        await client.send("Go")
+        await client.wait_for(lambda: questions, what="the question")
+        question = questions[0]["msg"]["id"]
+        assert [a["label"] for a in client.actions_on(question)] == ["Allow", "Deny"]
+        await client.stop()
+        await client.wait_for(
+            lambda: "Stopped: not run" in shown(client, question).get("output", ""),
+            what="the question marked stopped",
+        )
+        assert client.actions_on(question) == []
+        await client.wait_for(
+            lambda: tool_step_sent(client, "confirm_tool")["output"] == "Stopped: not run",
+            what="the step marked stopped",
+        )
+        assert tool_step_sent(client, "confirm_tool")["isError"] is True
+        await client.wait_idle()
+        assert len(gemini.requests) == 1  # the tool did not run; Gemini was not asked again
+    finally:
+        unanswered.cancel()
+        await client.disconnect()
+
+
+async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offered(
+    tools_app, gemini
+):
+    questions: list[dict] = []
+    reply = asyncio.get_running_loop().create_future()
+
+    async def on_ask(data):
+        questions.append(data)
+        return await reply
+
+    gemini.script(
+        tool_call_reply(ToolCall("confirm_tool", {"action": "go"}, id="call_x"), shape="openai"),
+        Reply(text="Not allowed, so not done."),
+    )
+    owner = await asking_client(tools_app, on_ask)
+    other = await asking_client(tools_app, on_ask)
+    try:
+        await owner.send("Go")
+        await owner.wait_for(lambda: questions, what="the question")
+        question = questions[0]["msg"]["id"]
+        allow = next(a for a in owner.actions_on(question) if a["label"] == "Allow")
+        # Another session clicks the Allow button it learnt of, and the asked one posts it
+        # over HTTP: neither is how the question is answered; the call still waits.
+        for client in (other, owner):
+            status, body = await client.call_action(allow, owner.session_id)
+            assert status == 404 and "No callback found" in body
+        assert len(questions) == 1 and len(gemini.requests) == 1
+        assert "Allowed" not in shown(owner, question).get("output", "")
+        # The asked tab answers with an Allow button it was never offered: denied.
+        reply.set_result({**allow, "id": "forged-id"})
+        await owner.wait_for(
+            lambda: shown(owner, question).get("output", "").endswith("**Denied**"),
+            what="the question denied",
+        )
+        follow_up = (await gemini.arrived(2))[1]
+        refusal = tool_results(follow_up)["call_x"]
+        assert "did not allow" in refusal and "done:" not in refusal
+    finally:
+        await owner.disconnect()
+        await other.disconnect()
 
 
 # --- what the steps cost and hold, without a browser -------------------------------------------
