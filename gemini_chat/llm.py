@@ -45,7 +45,7 @@ from .preferences import (
     with_thinking_config,
 )
 from .thoughts import ThoughtFilter, move_inline_thought
-from .toolrun import guarded
+from .toolrun import guarded, tool_error_message
 from .usage import TokenUsage, token_usage
 
 logger = logging.getLogger("gemini_chat")
@@ -344,6 +344,7 @@ def build_run_config(settings: Settings, model: Any) -> RunConfig:
         # A call to a tool the agent does not have is an error the model reads (and a step
         # says so), not the end of the answer.
         tool_not_found_behavior="return_error_to_model",
+        tool_error_formatter=tool_error_message,
         call_model_input_filter=count_round,
     )
 

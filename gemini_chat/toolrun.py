@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from agents import FunctionTool
 from agents.exceptions import ModelBehaviorError
+from agents.run_config import ToolErrorFormatterArgs
 from agents.tool import default_tool_error_function
 from agents.tool_context import ToolContext
 
@@ -39,7 +40,11 @@ DENIED = (
 )
 TIMED_OUT = "Error: {name} gave no result within {seconds:g} seconds and was stopped."
 FAILED = "Error: {name} failed: {reason}"
-BAD_ARGUMENTS = "Error: the arguments for {name} were not valid: {reason}"
+BAD_ARGUMENTS = (
+    "Error: the arguments for {name} were not valid: {reason}. "
+    "They must be a JSON object fitting this schema: {schema}"
+)
+NO_SUCH_TOOL = "Error: there is no tool named {name!r}. Use only the tools you were given."
 # How long an error reason may be, for the model and on screen.
 REASON_MAX_CHARS = 500
 SHORTENED = (
@@ -145,6 +150,21 @@ def guarded(tools: Iterable[FunctionTool], settings: Settings) -> list[FunctionT
     return [guard(tool, settings) for tool in tools]
 
 
+async def tool_error_message(args: ToolErrorFormatterArgs[Any]) -> str | None:
+    """``RunConfig.tool_error_formatter``: the model called a tool the agent does not have
+    (the SDK hands it this text instead of ending the run); the chat shows the call, failed.
+    Other kinds keep the SDK's text (the guard leaves none of them to the SDK)."""
+    if args.kind != "tool_not_found":
+        return None
+    output = NO_SUCH_TOOL.format(name=args.tool_name)
+    turn = args.run_context.context
+    observer = turn.observer if isinstance(turn, TurnContext) else None
+    if observer is not None:
+        await observer.started(args.call_id, args.tool_name, "")
+        await observer.finished(args.call_id, output, "There is no tool of this name.", 0.0)
+    return output
+
+
 async def _call(inner: FunctionTool, ctx: ToolContext[Any], arguments: str, limit: float) -> str:
     name = inner.name
     deadline = asyncio.timeout(limit)
@@ -152,11 +172,14 @@ async def _call(inner: FunctionTool, ctx: ToolContext[Any], arguments: str, limi
         async with deadline:
             result = await inner.on_invoke_tool(ctx, arguments)
     except ModelBehaviorError as error:
-        # The model's arguments were not JSON or did not fit the schema: the SDK's message
-        # says which, so the model can correct itself.
+        # The model's arguments were not JSON or did not fit the schema. The SDK's message
+        # leaves out the details (they may hold user data), so the model is shown the schema
+        # again to correct itself.
         reason = _short(str(error))
         logger.info("Tool %s refused its arguments: %s", name, reason)
-        raise ToolFailed(BAD_ARGUMENTS.format(name=name, reason=reason), reason) from None
+        schema = json.dumps(inner.params_json_schema, ensure_ascii=False)
+        output = BAD_ARGUMENTS.format(name=name, reason=reason, schema=schema)
+        raise ToolFailed(output, reason) from None
     except Exception as error:
         if isinstance(error, TimeoutError) and deadline.expired():
             logger.warning("Tool %s gave no result within %.1fs", name, limit)
