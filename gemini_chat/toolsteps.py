@@ -29,8 +29,6 @@ SHOW_AFTER = 0.1
 # How much of a result the step shows; the model is given up to TOOL_RESULT_MAX_CHARS.
 DISPLAY_MAX_CHARS = 2_000
 WAITING = "Waiting for your approval…"
-# Tool steps sort between the run and the answer when the chat is loaded again (see _stamp).
-BEFORE_ANSWER = timedelta(microseconds=400)
 
 
 def duration(seconds: float) -> str:
@@ -60,14 +58,6 @@ def shown_result(output: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
         f"{fenced(output[:max_chars], 'result')}\n\n"
         f"*Shortened for display: the first {max_chars:,} of {len(output):,} characters.*"
     )
-
-
-def _moment(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.removesuffix("Z"))
-
-
-def _stamp_of(moment: datetime) -> str:
-    return moment.isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(eq=False)
@@ -186,26 +176,12 @@ class ToolSteps:
         return live
 
     def _stamp(self) -> str:
-        """When the step was created, as stored: the chat is loaded in this order.
-
-        The answer was stamped when the turn began. Until its text shows, steps sort just
-        before it (after the run and the thinking step), in the order they were opened, so a
-        reopened chat shows them above the answer, as they were shown live."""
-        now = _moment(utc_now())
+        """When the step was created, as stored: the chat is loaded in this order."""
         live = self._live()
-        reply = live.reply if live is not None else None
-        if reply is None or not reply.created_at or reply.streaming or reply.content:
-            moment = now
-        else:
-            answer = _moment(reply.created_at)
-            floors = [answer - BEFORE_ANSWER]
-            run = cl.context.current_step
-            if run is not None and run.id == self.parent_id and run.created_at:
-                floors.append(_moment(run.created_at) + timedelta(microseconds=1))
-            if live.thinking is not None and live.thinking.created_at:
-                floors.append(_moment(live.thinking.created_at) + timedelta(microseconds=1))
-            moment = max(floors)
+        if live is not None:
+            return live.stamp_before_answer()
+        moment = datetime.fromisoformat(utc_now().removesuffix("Z"))
         if self._last_stamp is not None and moment <= self._last_stamp:
             moment = self._last_stamp + timedelta(microseconds=1)
         self._last_stamp = moment
-        return _stamp_of(moment)
+        return moment.isoformat(timespec="microseconds") + "Z"

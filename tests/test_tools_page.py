@@ -76,6 +76,19 @@ async def opened(step):
     return step
 
 
+async def step_order(page) -> list[str]:
+    """The steps below the welcome, top to bottom: their kind, and a tool step's name."""
+    kinds = await page.locator(".step[data-step-type]").evaluate_all(
+        """steps => steps.map(step => {
+            const tool = step.dataset.stepType === 'tool'
+                ? ':' + step.querySelector('button[id^="step-"], p[id^="step-"]').id.slice(5)
+                : '';
+            return step.dataset.stepType + tool;
+        })"""
+    )
+    return kinds[2:]  # after the welcome and the first question
+
+
 def tool_results(request) -> dict[str, str]:
     """What a request to the fake Gemini carried back from tools: call id -> content."""
     return {m["tool_call_id"]: m["content"] for m in request.messages if m["role"] == "tool"}
@@ -93,8 +106,12 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
 ):
     page = await open_chat(browser, tools_app)
     gemini.script(
-        tool_call_reply(ToolCall("slow_tool", {"seconds": 3}, id="call_1"), shape="openai"),
-        Reply(text="I waited three seconds."),
+        tool_call_reply(
+            ToolCall("slow_tool", {"seconds": 3}, id="call_1"),
+            shape="openai",
+            thoughts=["Waiting is what was asked."],
+        ),
+        Reply(text="I waited three seconds.", thoughts=["The wait is over."]),
         tool_call_reply(
             ToolCall("lookup_weather", {"city": "Oslo"}, id="call_2"),
             ToolCall("broken_tool", id="call_3"),
@@ -153,11 +170,15 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     assert results["call_2"] == "Sunny in Oslo, 21 °C"
     assert "the widget is jammed" in results["call_3"]
     await screenshot(page, "tool-two-calls.png")
+    shown_live = await step_order(page)
+    assert shown_live[:5] == ["llm", "tool:slow_tool", "llm", "assistant_message", "user_message"]
 
     async def shows_every_step(view) -> None:
         await view.get_by_text("Oslo is sunny; the other tool is out of order.").wait_for(
             timeout=15_000
         )
+        # In the order they were shown live: the thinking of each round, the tool between.
+        assert await step_order(view) == shown_live
         await expect(tool_steps(view)).to_have_count(3)
         slow = await opened(tool_steps(view, "slow_tool"))
         await expect(slow).to_contain_text('"seconds": 3')
