@@ -344,6 +344,7 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
     )
     client = await asking_client(tools_app, on_ask)
     try:
+        client.mark()
         await client.send("Go")
         await client.wait_for(lambda: questions, what="the question")
         question = questions[0]["msg"]["id"]
@@ -406,6 +407,31 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
     finally:
         await owner.disconnect()
         await other.disconnect()
+
+
+async def test_a_turn_with_three_quick_calls_costs_one_socket_event_per_call(tools_app, gemini):
+    cities = ("Oslo", "Lima", "Pune")
+    calls = [ToolCall("lookup_weather", {"city": c}, id=f"call_{c}") for c in cities]
+    gemini.script(tool_call_reply(*calls, shape="openai"), Reply(text="Sunny everywhere."))
+    client = ChatClient(tools_app.url)
+    await client.connect()
+    try:
+        await client.wait_for(client.assistant_messages, what="the welcome message")
+        client.mark()
+        before = len(client.events)
+        await client.send("Weather in three cities")
+        await client.wait_idle()
+        turn = client.events[before:]
+        steps = [data for _, data in turn if isinstance(data, dict) and data.get("type") == "tool"]
+        # Each call ended before it was worth showing as running: one event each, final.
+        assert [s["name"] for s in steps] == ["lookup_weather"] * 3
+        assert [s["output"].split("\n\n", 1)[1] for s in steps] == [
+            f"```result\nSunny in {c}, 21 °C\n```" for c in cities
+        ]
+        assert all(s["end"] is not None for s in steps)
+        print(f"socket events for a turn with three tool calls: {len(turn)}")
+    finally:
+        await client.disconnect()
 
 
 # --- what the steps cost and hold, without a browser -------------------------------------------
