@@ -5,8 +5,10 @@ opens the same chat in a second tab, gets a new session, and the chat Chainlit l
 from the database lacks the answer still being written. Each streaming reply is therefore
 registered here under its chat's thread id; a session that opens that chat is attached as a
 *viewer*: it receives the text written so far as part of the chat it loads, then every later
-piece, the final message, and the turn in its own history. Stop works from any of them, and the
-reply goes on while at least one of them is connected.
+piece, the turn's thinking and tool steps as they change, the final message, and the turn in its
+own history. Stop works from any of them, and the reply goes on while at least one of them is
+connected. The steps a turn opens before its answer get creation stamps in the order they were
+shown (``stamp_before_answer``), so the chat loads again in that order.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import chainlit as cl
 from chainlit.utils import utc_now
@@ -78,7 +77,6 @@ class ToolSteps:
         self.parent_id = parent_id
         self.settings = settings
         self._calls: dict[str, _Call] = {}
-        self._last_stamp: datetime | None = None
         # One question at a time: the page holds one pending Allow / Deny.
         self._asking = asyncio.Lock()
 
@@ -178,10 +176,4 @@ class ToolSteps:
     def _stamp(self) -> str:
         """When the step was created, as stored: the chat is loaded in this order."""
         live = self._live()
-        if live is not None:
-            return live.stamp_before_answer()
-        moment = datetime.fromisoformat(utc_now().removesuffix("Z"))
-        if self._last_stamp is not None and moment <= self._last_stamp:
-            moment = self._last_stamp + timedelta(microseconds=1)
-        self._last_stamp = moment
-        return moment.isoformat(timespec="microseconds") + "Z"
+        return live.stamp_before_answer() if live is not None else utc_now()
