@@ -34,6 +34,8 @@ CLOSED = "No answer: the page was closed or reloaded; denied"
 # How often the wait checks that the tab it asked is still open.
 TAB_CHECK_SECONDS = 0.5
 TAB_GONE = object()
+# How much of a call's arguments or result the chat shows (the model has them whole).
+DISPLAY_MAX_CHARS = 2_000
 # Chainlit's own time limit on the question, a backstop behind ours (it takes whole seconds).
 BACKSTOP_SECONDS = 5
 
@@ -52,16 +54,28 @@ def fenced(text: str, language: str = "text") -> str:
     return f"{fence}{language}\n{text}\n{fence}"
 
 
-def readable_arguments(arguments: str) -> str:
+def readable_arguments(arguments: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
     """A call's arguments as a code block: pretty JSON, or the text as the model wrote it;
-    nothing for a call without arguments."""
+    nothing for a call without arguments. Long ones are cut, with a note saying so."""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
     except ValueError:
-        return fenced(arguments)
-    if parsed == {}:
-        return ""
-    return fenced(json.dumps(parsed, indent=2, ensure_ascii=False), "json")
+        text, language = arguments, "text"
+    else:
+        if parsed == {}:
+            return ""
+        text, language = json.dumps(parsed, indent=2, ensure_ascii=False), "json"
+    return shortened_block(text, language, max_chars)
+
+
+def shortened_block(text: str, language: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
+    """``text`` as a code block, cut to ``max_chars`` with a note saying so."""
+    if len(text) <= max_chars:
+        return fenced(text, language)
+    return (
+        f"{fenced(text[:max_chars], language)}\n\n"
+        f"*Shortened for display: the first {max_chars:,} of {len(text):,} characters.*"
+    )
 
 
 def timed_out(wait_seconds: float) -> str:

@@ -18,15 +18,19 @@ from dataclasses import dataclass
 import chainlit as cl
 from chainlit.utils import utc_now
 
-from .approval import ask_approval, escaped, fenced, readable_arguments
+from .approval import (
+    DISPLAY_MAX_CHARS,
+    ask_approval,
+    escaped,
+    readable_arguments,
+    shortened_block,
+)
 from .config import Settings
 from .live import LiveReply, live_replies
 
 KIND = "tool"
 # Below what a person notices as a wait: a quicker call costs one socket event, not two.
 SHOW_AFTER = 0.1
-# How much of a result the step shows; the model is given up to TOOL_RESULT_MAX_CHARS.
-DISPLAY_MAX_CHARS = 2_000
 WAITING = "Waiting for your approval…"
 
 
@@ -49,14 +53,7 @@ def outcome_line(error: str | None, seconds: float) -> str:
 
 def shown_result(output: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
     """The result as the step shows it: a code block, cut to ``max_chars`` with a note."""
-    if not output:
-        return "*No result.*"
-    if len(output) <= max_chars:
-        return fenced(output, "result")
-    return (
-        f"{fenced(output[:max_chars], 'result')}\n\n"
-        f"*Shortened for display: the first {max_chars:,} of {len(output):,} characters.*"
-    )
+    return shortened_block(output, "result", max_chars) if output else "*No result.*"
 
 
 @dataclass(eq=False)

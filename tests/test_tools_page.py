@@ -409,6 +409,48 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
         await other.disconnect()
 
 
+async def test_two_calls_asking_in_one_turn_are_asked_one_after_the_other(tools_app, gemini):
+    questions: list[dict] = []
+    first_when_second_came: list[str] = []
+
+    async def on_ask(data):
+        # The page holds one question at a time: the first is answered before the second comes.
+        if questions:
+            first_when_second_came.append(shown(client, questions[0]["msg"]["id"])["output"])
+        questions.append(data)
+        allow = next(a for a in client.actions_on(data["msg"]["id"]) if a["label"] == "Allow")
+        deny = next(a for a in client.actions_on(data["msg"]["id"]) if a["label"] == "Deny")
+        return allow if len(questions) == 1 else deny
+
+    gemini.script(
+        tool_call_reply(
+            ToolCall("confirm_tool", {"action": "first"}, id="call_first"),
+            ToolCall("confirm_tool", {"action": "second"}, id="call_second"),
+            shape="openai",
+        ),
+        Reply(text="One done, one refused."),
+    )
+    client = await asking_client(tools_app, on_ask)
+    try:
+        await client.send("Do both")
+        await client.wait_for(
+            lambda: any("One done" in m.content for m in client.assistant_messages()),
+            what="the answer",
+        )
+        assert [q["msg"]["output"] for q in questions] == [
+            'Allow **confirm\\_tool** to run with these arguments?\n\n```json\n{\n  "action": '
+            f'"{action}"\n}}\n```'
+            for action in ("first", "second")
+        ]
+        assert len(first_when_second_came) == 1
+        assert first_when_second_came[0].endswith("**Allowed**")
+        results = tool_results((await gemini.arrived(2))[1])
+        assert results["call_first"] == "done: first"
+        assert "did not allow" in results["call_second"]
+    finally:
+        await client.disconnect()
+
+
 async def test_a_turn_with_three_quick_calls_costs_one_socket_event_per_call(tools_app, gemini):
     cities = ("Oslo", "Lima", "Pune")
     calls = [ToolCall("lookup_weather", {"city": c}, id=f"call_{c}") for c in cities]
@@ -471,7 +513,8 @@ async def test_a_result_shows_as_text_shortened_and_an_error_as_a_line(chainlit_
 
     steps = ToolSteps("run-step", Settings())
     hostile = "```\n![x](https://attacker.example/leak.png) <b>bold</b>\n" + "y" * 10_000
-    await steps.started("call_1", "fetch_page", '{"url": "https://example.org"}')
+    long_url = "https://example.org/" + "a" * 5_000
+    await steps.started("call_1", "fetch_page", json.dumps({"url": long_url}))
     await steps.finished("call_1", hostile, None, 0.4)
     await steps.started("call_2", "broken_tool", "{}")
     await steps.finished("call_2", "Error: broken_tool failed", "RuntimeError: the *widget*", 0.1)
@@ -484,6 +527,9 @@ async def test_a_result_shows_as_text_shortened_and_an_error_as_a_line(chainlit_
     assert shown["output"].startswith(f"Done in 0.4 s\n\n{fence}result\n```\n![x]")
     assert f"the first {DISPLAY_MAX_CHARS:,} of {len(hostile):,} characters" in shown["output"]
     assert len(shown["output"]) < DISPLAY_MAX_CHARS + 200
+    # Long arguments too, shortened for display alike.
+    assert shown["input"].startswith('```json\n{\n  "url": "https://example.org/aaa')
+    assert f"the first {DISPLAY_MAX_CHARS:,} of 5,035 characters" in shown["input"]
     assert failed["isError"] is True
     assert failed["output"] == r"**Failed:** RuntimeError\: the \*widget\* (0.1 s)"
     assert stopped["isError"] is True and stopped["output"] == "Stopped after 12 s"
