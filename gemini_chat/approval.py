@@ -31,6 +31,7 @@ ALLOWED = "Allowed"
 DENIED = "Denied"
 STOPPED = "Stopped: not run"
 CLOSED = "No answer: the page was closed or reloaded; denied"
+ELSEWHERE = "Waiting for an answer in the tab that asked."
 # How often the wait checks that the tab it asked is still open.
 TAB_CHECK_SECONDS = 0.5
 TAB_GONE = object()
@@ -111,7 +112,8 @@ async def ask_approval(
     allow = cl.Action(name=ALLOW, payload={}, label="Allow")
     deny = cl.Action(name=DENY, payload={}, label="Deny")
     await message.send()
-    await _to_viewers(message)
+    # Other tabs cannot answer: they are told where the question waits.
+    await _to_viewers(message, f"{question}\n\n*{ELSEWHERE}*")
     for action in (allow, deny):
         await action.send(for_id=message.id)
     spec = AskActionSpec(
@@ -173,9 +175,13 @@ async def _settle(message: cl.Message, actions, question: str, outcome: str) -> 
     await _to_viewers(message)
 
 
-async def _to_viewers(message: cl.Message) -> None:
-    """Tabs following the answer see the question and its outcome (without the buttons)."""
+async def _to_viewers(message: cl.Message, content: str | None = None) -> None:
+    """Tabs following the answer see the question (as ``content``, if given) and its outcome,
+    without the buttons."""
     session = cl.context.session
     live = live_replies.watched_by(session)
     if live is not None and live.origin is session:
-        await live.show_step(message.to_dict())
+        step = message.to_dict()
+        if content is not None:
+            step["output"] = content
+        await live.show_step(step)

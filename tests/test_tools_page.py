@@ -254,10 +254,24 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     assert "did not allow" in refusal and "done:" not in refusal
     await screenshot(page, "approval-denied.png")
 
-    # No answer: after the wait, the buttons go and the call counts as denied.
+    # No answer: after the wait, the buttons go and the call counts as denied. A second tab
+    # following the answer shows the question, says where it can be answered, and then what
+    # was decided.
     await type_and_send(page, "Wait for me")
     question = page.locator(QUESTIONS, has_text="wait").last
     await expect(question.get_by_role("button", name="Allow")).to_be_visible(timeout=15_000)
+    second = await page.context.new_page()
+    await second.goto(page.url)
+    elsewhere = second.locator(QUESTIONS).last
+    await expect(elsewhere).to_contain_text('"action": "wait"')
+    await expect(elsewhere).to_contain_text("Waiting for an answer in the tab that asked.")
+    await expect(answer_buttons(elsewhere)).to_have_count(0)
+    await screenshot(second, "approval-second-tab.png")
+    await expect(elsewhere).to_contain_text(
+        f"No answer in {APPROVAL_WAIT} s: denied", timeout=(APPROVAL_WAIT + 15) * 1000
+    )
+    await expect(elsewhere).not_to_contain_text("Waiting for an answer")
+    await second.close()
     await page.locator(ANSWERS, has_text="Nobody answered").wait_for(
         timeout=(APPROVAL_WAIT + 15) * 1000
     )
