@@ -325,6 +325,13 @@ async def asking_client(app, on_ask) -> ChatClient:
     return client
 
 
+def brief(client):
+    return [
+        (n, d.get("type"), (d.get("output") or "")[-40:]) if isinstance(d, dict) else (n,)
+        for n, d in client.events[-14:]
+    ]
+
+
 def shown(client: ChatClient, step_id: str) -> dict:
     """The step as the client was last sent it."""
     sent = [
@@ -366,7 +373,7 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
         await client.stop()
         await client.wait_for(
             lambda: "Stopped: not run" in shown(client, question).get("output", ""),
-            what="the question marked stopped",
+            what=f"the question marked stopped (events: {brief(client)})",
         )
         assert client.actions_on(question) == []
         await client.wait_for(
