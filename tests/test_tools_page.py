@@ -23,6 +23,8 @@ from tests.test_page import open_chat, screenshot
 APPROVAL_WAIT = 6
 ANSWERS = '.step[data-step-type="assistant_message"]'
 QUESTIONS = '.step[data-step-type="system_message"]'
+# huge_tool's 10 MB, cut for the model to TOOL_RESULT_MAX_CHARS, then for the page.
+SHORTENED = re.compile(r"Shortened for display: the first 2,000 of 20,000 characters\.")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
         tool_call_reply(
             ToolCall("lookup_weather", {"city": "Oslo"}, id="call_2"),
             ToolCall("broken_tool", id="call_3"),
+            ToolCall("huge_tool", id="call_huge"),
             shape="openai",
         ),
         Reply(text="Oslo is sunny; the other tool is out of order."),
@@ -152,8 +155,8 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     await expect(second_slow).to_contain_text("waited 3.0 s")
     await second.close()
 
-    # Two calls in one turn: a step each; the failing one says why, in red, and the answer goes
-    # on with the other's result.
+    # Three calls in one turn: a step each; the failing one says why, with an alert sign; a
+    # long result shows its beginning and says it was shortened; the answer goes on.
     await type_and_send(page, "Weather in Oslo, and break something")
     await page.get_by_text("Oslo is sunny; the other tool is out of order.").wait_for(
         timeout=20_000
@@ -166,6 +169,8 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     await expect(broken).to_contain_text("the widget is jammed")
     await expect(error_mark(broken)).to_be_visible()
     await expect(error_mark(weather)).to_have_count(0)
+    huge = await opened(tool_steps(page, "huge_tool"))
+    await expect(huge).to_contain_text(SHORTENED)
     results = tool_results((await gemini.arrived(4))[3])
     assert results["call_2"] == "Sunny in Oslo, 21 °C"
     assert "the widget is jammed" in results["call_3"]
@@ -179,7 +184,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
         )
         # In the order they were shown live: the thinking of each round, the tool between.
         assert await step_order(view) == shown_live
-        await expect(tool_steps(view)).to_have_count(3)
+        await expect(tool_steps(view)).to_have_count(4)
         slow = await opened(tool_steps(view, "slow_tool"))
         await expect(slow).to_contain_text('"seconds": 3')
         await expect(slow).to_contain_text("waited 3.0 s")
@@ -189,6 +194,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
         await expect(error_mark(broken)).to_be_visible()
         weather = await opened(tool_steps(view, "lookup_weather"))
         await expect(weather).to_contain_text("Sunny in Oslo, 21 °C")
+        await expect(await opened(tool_steps(view, "huge_tool"))).to_contain_text(SHORTENED)
 
     # Reloaded, then reopened from the sidebar: the same steps, with what they held.
     thread_id = page.url.rsplit("/", 1)[1]
