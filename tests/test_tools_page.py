@@ -19,8 +19,9 @@ from tests.fake_gemini import Reply, ToolCall, tool_call_reply
 from tests.test_browser import type_and_send
 from tests.test_page import open_chat, screenshot
 
-# Short, so that "no answer" is quick to see; long enough to click on a busy machine.
-APPROVAL_WAIT = 6
+# Short, so that "no answer" is quick to see; long enough for a busy machine to click and
+# the socket tests to answer before it.
+APPROVAL_WAIT = 10
 ANSWERS = '.step[data-step-type="assistant_message"]'
 QUESTIONS = '.step[data-step-type="system_message"]'
 # huge_tool's 10 MB, cut for the model to TOOL_RESULT_MAX_CHARS, then for the page.
