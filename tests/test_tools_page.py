@@ -1,7 +1,8 @@
 """Tool calls, seen in Chromium through Chainlit's real frontend: a step per call, there while
 it runs, then with its arguments, result, duration or error; Allow / Deny before a tool that
 needs approval; all of it back when the chat is reloaded or reopened from the sidebar. Beside
-them, what one step costs in socket events."""
+them, through the socket as the page speaks it: Stop while a question waits, who can answer it,
+two questions in one turn, and what the steps cost in socket events."""
 
 from __future__ import annotations
 
