@@ -391,6 +391,11 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
         assert tool_step_sent(client, "confirm_tool")["isError"] is True
         await client.wait_idle()
         assert len(gemini.requests) == 1  # the tool did not run; Gemini was not asked again
+        # The step was sent twice in all: waiting, then stopped.
+        sent = [
+            d["output"] for _, d in client.events if isinstance(d, dict) and d.get("type") == "tool"
+        ]
+        assert sent == ["Waiting for your approval…", "Stopped: not run"]
     finally:
         unanswered.cancel()
         await client.disconnect()
