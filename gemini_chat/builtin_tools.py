@@ -27,12 +27,8 @@ from simpleeval import (
 )
 
 from .config import Settings
+from .toolrun import ToolError
 from .webfetch import FetchError, fetch_readable
-
-
-class ToolError(Exception):
-    """A built-in tool could not do what it was asked; ``str(error)`` says why, in words."""
-
 
 # --- time ----------------------------------------------------------------------------------------
 

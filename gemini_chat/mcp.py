@@ -44,6 +44,7 @@ from mcp.shared.exceptions import McpError
 from mcp.types import CONNECTION_CLOSED
 
 from .config import ConfigError, Settings
+from .toolrun import ToolError
 from .tools import build_tools
 
 logger = logging.getLogger("gemini_chat.mcp")
@@ -61,7 +62,7 @@ _STOP_SECONDS = 6.0
 _PROBE_SECONDS = 5.0
 
 
-class McpToolError(Exception):
+class McpToolError(ToolError):
     """A call to an MCP tool failed because of its server; the message is safe to show."""
 
 

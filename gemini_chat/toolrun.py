@@ -54,6 +54,13 @@ SHORTENED = (
 )
 
 
+class ToolError(Exception):
+    """A tool could not do what it was asked, and says why in words meant for the user and the
+    model alike: the call's step shows the message as it is (the built-in tools and MCP calls
+    fail this way; raise it from your own tools too). Any other exception is shown with its
+    type, as a programming error."""
+
+
 class ToolObserver(Protocol):
     """What the chat shows of the tool calls of one turn. ``call_id`` is the call's stable id
     (the one sent back to Gemini with its result).
@@ -202,7 +209,11 @@ async def _call(inner: FunctionTool, ctx: ToolContext[Any], arguments: str, limi
                 TIMED_OUT.format(name=name, seconds=limit),
                 f"No result within {limit:g} s: stopped.",
             ) from None
-        reason = _short(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+        kind = type(error).__name__
+        if isinstance(error, ToolError):
+            reason = _short(str(error) or kind)
+        else:
+            reason = _short(f"{kind}: {error}" if str(error) else kind)
         logger.warning("Tool %s failed", name, exc_info=True)
         raise ToolFailed(FAILED.format(name=name, reason=reason), reason) from None
     return as_text(result)

@@ -14,7 +14,8 @@ Add your own here (or in a module of your own listed in ``TOOL_MODULES``)::
 Mark a tool ``@function_tool(needs_approval=True)`` (or list its name in ``TOOL_APPROVAL``) and
 the user is asked to Allow or Deny each call in the chat. Every tool, built-in, yours or from an
 MCP server, runs through the same guard (gemini_chat/toolrun.py): time limit, result size,
-errors shown in the chat and handed to the model.
+errors shown in the chat and handed to the model. Raise ``ToolError("why, in words")`` from a tool
+to fail a call with a message the user and the model read as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from agents import FunctionTool
 
 from .builtin_tools import BUILTIN_TOOLS, build_builtin_tools
 from .config import ConfigError, Settings
+from .toolrun import ToolError
+
+__all__ = ["TOOLS", "ToolError", "build_tools"]
 
 # Your own tools: every one listed here is offered to the model in every chat.
 TOOLS: list[FunctionTool] = []

@@ -6,6 +6,8 @@ import asyncio
 
 from agents import function_tool
 
+from gemini_chat.tools import ToolError
+
 
 @function_tool
 def lookup_weather(city: str) -> str:
@@ -27,6 +29,12 @@ def broken_tool() -> str:
 
 
 @function_tool
+def sold_out_tool(item: str) -> str:
+    """A tool that fails with a reason meant for the user."""
+    raise ToolError(f"No {item} left in stock.")
+
+
+@function_tool
 def huge_tool() -> str:
     """A tool whose result is 10 MB."""
     return "x" * 10_000_000
@@ -38,4 +46,4 @@ def confirm_tool(action: str) -> str:
     return f"done: {action}"
 
 
-TOOLS = [lookup_weather, slow_tool, broken_tool, huge_tool, confirm_tool]
+TOOLS = [lookup_weather, slow_tool, broken_tool, sold_out_tool, huge_tool, confirm_tool]

@@ -827,6 +827,8 @@ def test_simpleeval_evaluates_through_its_node_table_and_eval_methods():
     del evaluator.nodes[ast.Compare]
     with pytest.raises(FeatureNotAvailable):
         evaluator.eval("1 < 2")
+
+
 def test_mcp_clients_hooks_the_app_uses_are_there():
     """gemini_chat/mcp.py sends a stdio server's stderr to the log through the SDK's
     ``create_streams`` hook and the MCP client's ``errlog``; it tells a server gone mid-call

@@ -522,11 +522,11 @@ async def test_a_server_killed_during_a_call_is_a_tool_error_then_back(
     await calling.wait()
     os.kill(first, signal.SIGKILL)
     output, error = await asyncio.wait_for(slow, 5)
-    assert error == f"McpToolError: {STOPPED.format('notes')}"
-    assert output == f"Error: mcp_notes__slow_tool failed: McpToolError: {STOPPED.format('notes')}"
+    assert error == f"{STOPPED.format('notes')}"
+    assert output == f"Error: mcp_notes__slow_tool failed: {STOPPED.format('notes')}"
     # A tool of the dead server called again in the same turn fails the same clear way.
     output, error = await run_tool(named(tools, "mcp_notes__lookup_note"), {"key": "launch"})
-    assert error == f"McpToolError: {STOPPED.format('notes')}"
+    assert error == f"{STOPPED.format('notes')}"
 
     tools, notices = await servers.tools()
     assert notices == [] and pid_of(tmp_path) != first
@@ -556,7 +556,7 @@ async def test_a_server_that_exits_in_a_call_is_a_tool_error_then_back(tmp_path,
     tools, _ = await servers.tools()
     first = pid_of(tmp_path)
     _, error = await run_tool(named(tools, "mcp_notes__exit_server"), {})
-    assert error == f"McpToolError: {STOPPED.format('notes')}"
+    assert error == f"{STOPPED.format('notes')}"
     tools, notices = await servers.tools()
     assert notices == [] and pid_of(tmp_path) != first
     assert await call(named(tools, "mcp_notes__slow_tool"), {"seconds": 0}) == "Waited 0 s."
@@ -627,7 +627,7 @@ async def test_http_server_gone_gives_a_notice_and_is_back_when_it_is(
     await server.kill()
     started = time.monotonic()
     _, error = await run_tool(named(tools, "mcp_web__lookup_note"), {"key": "budget"})
-    assert error == f"McpToolError: {STOPPED.format('web')}"
+    assert error == f"{STOPPED.format('web')}"
     assert time.monotonic() - started < 2  # not after a time limit: the server is known gone
     tools, notices = await servers.tools()
     assert tools == []
@@ -654,7 +654,7 @@ async def test_http_server_gone_during_a_call_is_a_tool_error_within_the_timeout
     killed = time.monotonic()
     # Known within about MCP_TIMEOUT_SECONDS, not after TOOL_TIMEOUT_SECONDS (30).
     _, error = await asyncio.wait_for(slow, 10)
-    assert error == f"McpToolError: {STOPPED.format('web')}"
+    assert error == f"{STOPPED.format('web')}"
     assert time.monotonic() - killed < 5
 
 
@@ -747,7 +747,7 @@ async def test_the_app_answers_with_mcp_tools_and_goes_on_without_a_server_that_
         _, follow_up = await gemini.arrived(2)
         # (The history carries the earlier turns' calls too.)
         assert tool_results(follow_up)["call_2"] == (
-            "Error: mcp_notes__exit_server failed: McpToolError: " + STOPPED.format("notes")
+            "Error: mcp_notes__exit_server failed: " + STOPPED.format("notes")
         )
 
         # 4. Both are back on the next message (the HTTP one once it listens again).

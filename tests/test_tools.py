@@ -77,6 +77,7 @@ async def test_a_tool_call_runs_and_its_result_goes_back_to_gemini(chat, gemini)
         "lookup_weather",
         "slow_tool",
         "broken_tool",
+        "sold_out_tool",
         "huge_tool",
         "confirm_tool",
     ]
@@ -210,6 +211,14 @@ async def test_a_tool_that_raises_is_an_error_the_model_reads(chat, gemini):
     assert shown == ["Handled."]
 
 
+async def test_a_tool_error_reads_as_its_author_wrote_it(chat, gemini):
+    result, shown = await outcome_of(
+        chat, gemini, ToolCall("sold_out_tool", {"item": "widgets"}, id="c1")
+    )
+    assert result == "Error: sold_out_tool failed: No widgets left in stock."
+    assert shown == ["Handled."]
+
+
 async def test_a_tool_that_hangs_is_stopped_at_the_time_limit(chat, gemini):
     result, shown = await outcome_of(chat, gemini, ToolCall("slow_tool", {"seconds": 60}, id="c1"))
     assert result == "Error: slow_tool gave no result within 2 seconds and was stopped."
@@ -237,7 +246,7 @@ async def test_after_the_last_tool_round_the_model_must_answer(chat, gemini):
     requests = await gemini.arrived(4)
     assert [r.body.get("tool_choice") for r in requests] == [None, None, None, "none"]
     # The tools are still declared: the calls in the history refer to them.
-    assert len(requests[3].body["tools"]) == 5
+    assert len(requests[3].body["tools"]) == 6
 
 
 async def test_a_model_that_calls_tools_past_the_cap_is_stopped_with_a_notice(chat, gemini):
