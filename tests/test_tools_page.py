@@ -401,6 +401,24 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
         await client.disconnect()
 
 
+ASKED = "Go, from the tab that is asked"
+
+
+def requests_for(gemini, text: str) -> list:
+    """The requests of the chat whose message was ``text``: a chat of an earlier test still
+    winding down on the shared app must not count."""
+    return [r for r in list(gemini.requests) if ("user", text) in r.conversation]
+
+
+async def eventually_requests(gemini, text: str, count: int) -> list:
+    deadline = asyncio.get_running_loop().time() + 15
+    while len(found := requests_for(gemini, text)) < count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"expected {count} request(s) for {text!r}, got {len(found)}")
+        await gemini.arrived(len(gemini.requests) + 1, timeout=15)
+    return found
+
+
 async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offered(
     tools_app, gemini
 ):
@@ -418,7 +436,7 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
     owner = await asking_client(tools_app, on_ask)
     other = await asking_client(tools_app, on_ask)
     try:
-        await owner.send("Go")
+        await owner.send(ASKED)
         await owner.wait_for(lambda: questions, what="the question")
         question = questions[0]["msg"]["id"]
         allow = next(a for a in owner.actions_on(question) if a["label"] == "Allow")
@@ -427,7 +445,7 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
         for client in (other, owner):
             status, body = await client.call_action(allow, owner.session_id)
             assert status == 404 and "No callback found" in body
-        assert len(questions) == 1 and len(gemini.requests) == 1
+        assert len(questions) == 1 and len(requests_for(gemini, ASKED)) == 1
         assert "Allowed" not in shown(owner, question).get("output", "")
         # The asked tab answers with an Allow button it was never offered: denied.
         reply.set_result({**allow, "id": "forged-id"})
@@ -435,7 +453,7 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
             lambda: shown(owner, question).get("output", "").endswith("**Denied**"),
             what="the question denied",
         )
-        follow_up = (await gemini.arrived(2))[1]
+        follow_up = (await eventually_requests(gemini, ASKED, 2))[1]
         refusal = tool_results(follow_up)["call_x"]
         assert "did not allow" in refusal and "done:" not in refusal
     finally:
