@@ -29,6 +29,7 @@ import aiohttp
 from tqdm import tqdm
 
 from bench.client import BrowserChat, login
+from bench.tools import bench_clock
 from tests.app_process import ROOT, AppServer, start_app
 from tests.fake_gemini import DEFAULT_KEY, bench_tokens
 
@@ -36,6 +37,11 @@ RESULTS = ROOT / "bench" / "results"
 MODEL = "gemini-3.8-flash"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MEMORY_SETTLE_S = 25
+# The turn with one tool call: the fake calls bench/tools.py's tool, then streams this many
+# tokens at full speed once the follow-up request carries the result.
+TOOL_TURN_TOKENS = 100
+TOOL_TURN = f"bench-tool {TOOL_TURN_TOKENS} 0 0"
+TOOL_TARGET = 1.10  # within 10% of the Agents SDK alone
 
 
 # --- measuring processes ------------------------------------------------------------------------
@@ -93,6 +99,80 @@ async def sdk_stream(agent, run_config, text: str) -> tuple[float, float, str]:
             first = first or time.perf_counter()
             parts.append(event.data.delta)
     return first - start, time.perf_counter() - start, "".join(parts)
+
+
+async def bare_tool_turn(client, text: str) -> tuple[float, float, float, str]:
+    """A turn with one tool call through a bare openai client: the first request, the tool's
+    call collected from the stream, the tool run, the follow-up request carrying the call and
+    its result. (first token, tool done, total) in seconds from the start, and the text."""
+    from bench.tools import bench_clock, clock
+
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": bench_clock.name,
+                "description": bench_clock.description,
+                "parameters": bench_clock.params_json_schema,
+            },
+        }
+    ]
+    start = time.perf_counter()
+    messages: list[dict] = [{"role": "user", "content": text}]
+    calls: list[dict] = []
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=messages, tools=tools, stream=True
+    )
+    async for chunk in stream:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            if delta.id:  # a new call; later pieces of its arguments come without an id
+                calls.append({"id": delta.id, "name": delta.function.name, "arguments": ""})
+            calls[-1]["arguments"] += delta.function.arguments or ""
+    messages.append(
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for call in calls
+            ],
+        }
+    )
+    for call in calls:
+        output = clock(**json.loads(call["arguments"]))
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": output})
+    tool_done = time.perf_counter()
+    first = None
+    parts = []
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=messages, tools=tools, stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            parts.append(chunk.choices[0].delta.content)
+    return first - start, tool_done - start, time.perf_counter() - start, "".join(parts)
+
+
+async def sdk_tool_turn(agent, run_config, text: str) -> tuple[float, float, float, str]:
+    """The same turn through the Agents SDK alone (an agent with the same tool): one
+    Runner.run_streamed runs both requests and the tool."""
+    from agents import Runner
+
+    start = time.perf_counter()
+    first = tool_done = None
+    parts = []
+    result = Runner.run_streamed(agent, text, run_config=run_config)
+    async for event in result.stream_events():
+        if event.type == "raw_response_event" and event.data.type == "response.output_text.delta":
+            first = first or time.perf_counter()
+            parts.append(event.data.delta)
+        elif event.type == "run_item_stream_event" and event.name == "tool_output":
+            tool_done = time.perf_counter()
+    return first - start, tool_done - start, time.perf_counter() - start, "".join(parts)
 
 
 async def sdk_wave(
@@ -268,13 +348,20 @@ async def settle(seconds: float) -> None:
 async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
     results: dict = {"machine": machine(), "quick": quick}
     client, agent, run_config = build_baselines(fake_url)
+    tool_agent = agent.clone(tools=[bench_clock])
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         driver = AppDriver(app.url, http)
         await driver.start()
         (solo,) = await driver.open_chats(1)
 
-        # Warm-up of every path, long replies included.
+        # Warm-up of every path, long replies and tool turns included.
+        for _ in range(3):
+            await bare_tool_turn(client, TOOL_TURN)
+            await sdk_tool_turn(tool_agent, run_config, TOOL_TURN)
+            (chat,) = await driver.open_chats(1)
+            await driver.one(chat, TOOL_TURN)
+            await chat.close()
         for text in ["bench 20 0 0"] * 3 + ["bench 5000 0 0"]:
             await bare_stream(client, text)
             await sdk_stream(agent, run_config, text)
@@ -341,6 +428,10 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
             for name, values in long.items()
         }
 
+        results["tool_turn"] = await measure_tool_turn(
+            app, driver, client, tool_agent, run_config, 15 if quick else 40
+        )
+
         # Capacity: chats streaming 500 tokens at 10 ms each, their starts spread over a second
         # so the load is sustained rather than a burst; a load fits when every chat finishes
         # within 1.1x its own natural time. For the app and, as its floor, the SDK alone.
@@ -402,6 +493,59 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
         }
     await client.close()
     return results
+
+
+async def measure_tool_turn(
+    app: AppServer, driver: AppDriver, client, tool_agent, run_config, trials: int
+) -> dict:
+    """A turn with one tool call, one at a time, the three ways in turn: the first token of the
+    answer (after the tool), the gap from the tool's end to it, the whole turn, CPU per turn."""
+    expected = expected_text(TOOL_TURN_TOKENS)
+    turns: dict[str, list[tuple[float, float, float, float]]] = {"bare": [], "sdk": [], "app": []}
+    for _ in tqdm(range(trials), desc="tool turn", leave=False):
+        for name, call in (
+            ("bare", lambda: bare_tool_turn(client, TOOL_TURN)),
+            ("sdk", lambda: sdk_tool_turn(tool_agent, run_config, TOOL_TURN)),
+        ):
+            cpu = time.process_time()
+            first, tool_done, total, text = await call()
+            cpu = time.process_time() - cpu
+            assert text == expected, f"{name}: tool turn not intact"
+            turns[name].append((first, first - tool_done, total, cpu))
+        (chat,) = await driver.open_chats(1)
+        cpu = cpu_seconds(app.pid)
+        await driver.one(chat, TOOL_TURN)
+        await settle(0.05)  # the turn's last writes (its steps, the reply) count as its own
+        cpu = cpu_seconds(app.pid) - cpu
+        reply = chat.reply
+        await chat.close()
+        steps = list(reply.tool_steps.values())
+        assert reply.text == expected, f"app: tool turn not intact: {reply.text[:200]!r}"
+        assert len(steps) == 1 and not steps[0].get("isError") and steps[0].get("output"), (
+            f"app: expected one tool step with a result, got {steps}"
+        )
+        turns["app"].append(
+            (
+                reply.first_token_at - reply.sent_at,
+                reply.first_token_at - reply.tool_done_at,
+                reply.done_at - reply.sent_at,
+                cpu,
+            )
+        )
+    # Medians of times; CPU as a mean, since the app's is read from /proc in 10 ms ticks.
+    return {
+        "tokens": TOOL_TURN_TOKENS,
+        "trials": trials,
+        **{
+            name: {
+                "first_token_ms": statistics.median(v[0] for v in values) * 1000,
+                "tool_to_first_token_ms": statistics.median(v[1] for v in values) * 1000,
+                "total_ms": statistics.median(v[2] for v in values) * 1000,
+                "cpu_ms_per_turn": statistics.mean(v[3] for v in values) * 1000,
+            }
+            for name, values in turns.items()
+        },
+    }
 
 
 def summary(wave: Wave) -> dict:
@@ -496,6 +640,20 @@ def verdicts(r: dict) -> list[tuple[str, str, bool]]:
                 and wave["completion_ratio"] <= ratio,
             )
         )
+    if turn := r.get("tool_turn"):
+        for key, what in (
+            ("first_token_ms", "first token after the tool"),
+            ("total_ms", "whole turn"),
+            ("cpu_ms_per_turn", "CPU per turn"),
+        ):
+            app, sdk = turn["app"][key], turn["sdk"][key]
+            rows.append(
+                (
+                    f"turn with one tool call, {what}: within 10% of the SDK alone",
+                    f"{app:.1f} ms against {sdk:.1f} ms ({app / sdk - 1:+.0%})",
+                    app <= sdk * TOOL_TARGET,
+                )
+            )
     added = r["memory_mb"]["second_wave_added"]
     rows.append(("memory added by the second 500-chat wave", f"{added:+.1f} MB", added <= 5))
     return rows
@@ -509,6 +667,24 @@ def thinking_lines(t: dict | None) -> list[str]:
     return [
         f"{'  after 5,000 thought pieces':34}{'':>28}{events:>14}",
         f"{'  thought+answer pieces/s, CPU (us)':34}{'':>28}{rate:>14}",
+    ]
+
+
+def tool_turn_lines(t: dict | None) -> list[str]:
+    if t is None:
+        return []
+    rows = (
+        ("first token after the tool (ms)", "first_token_ms"),
+        ("  from the tool's end (ms)", "tool_to_first_token_ms"),
+        ("whole turn (ms)", "total_ms"),
+        ("CPU per turn (ms)", "cpu_ms_per_turn"),
+    )
+    return [
+        f"Turn with one tool call, {t['tokens']} tokens after it (median of {t['trials']}):",
+        *(
+            f"{'  ' + label:34}{t['bare'][key]:>14.1f}{t['sdk'][key]:>14.1f}{t['app'][key]:>14.1f}"
+            for label, key in rows
+        ),
     ]
 
 
@@ -527,6 +703,7 @@ def render(r: dict) -> str:
         f"{long['sdk']['cpu_us_per_token']:>14.0f}{long['app']['cpu_us_per_token']:>14.0f}",
         f"{'socket events per 5,000-token reply':34}{'':>28}{r['events_per_5000_token_reply']:>14}",
         *thinking_lines(r.get("thinking_reply")),
+        *tool_turn_lines(r.get("tool_turn")),
         "",
         "SDK: the Agents SDK alone, stock client, one Agent. SDK+: the Agents SDK alone on the",
         "app's client (GeminiClient) with an agent copy per run. app: the app, through socket.io.",
@@ -615,6 +792,10 @@ def main() -> int:
         "GEMINI_BASE_URL": fake_url,
         "CHAINLIT_ENV_FILE": "/nonexistent/.env",
         "DATABASE_URL": f"sqlite+aiosqlite:///{directory}/bench.db",
+        # The app gets the same one tool as the Agents SDK alone, so both send the same request.
+        "TOOLS": "none",
+        "TOOL_MODULES": "bench.tools",
+        "PYTHONPATH": str(ROOT),
     }
     app = None
     try:
