@@ -25,7 +25,9 @@ settings = server.settings
 # OpenAIChatCompletionsModel, an Agent and a RunConfig (tracing off, one retry layer).
 # Built once per process; without GEMINI_API_KEY nothing is built and nothing goes upstream.
 client = build_client(settings) if settings.api_key else None
-backend = build_backend(settings, build_model(settings, client), client) if client else None
+backend = (
+    build_backend(settings, build_model(settings, client), client, server.tools) if client else None
+)
 # Per-user limits on messages and tokens, counted in the database (off in local mode by default).
 controller = ChatController(settings, backend, build_usage_counter(settings, server.access.local))
 # Buttons with ready-made first messages under the welcome (CHAT_STARTERS).
@@ -34,6 +36,8 @@ install_starters(settings.starters)
 
 @cl.on_app_shutdown
 async def on_app_shutdown() -> None:
+    if backend is not None and backend.mcp is not None:
+        await backend.mcp.close()  # the MCP servers' processes and connections
     if client is not None:
         await client.close()  # its pooled connections to Gemini
 

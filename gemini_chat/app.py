@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from agents import FunctionTool
 from chainlit.config import config as chainlit_config
 from chainlit.data import get_data_layer
 from sqlalchemy.engine import make_url
@@ -30,6 +31,7 @@ from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
 from .sharing import install_sharing
 from .storage import ChatDataLayer
+from .tools import build_tools
 from .uploads import install_upload_routes, upload_limit
 
 logger = logging.getLogger("gemini_chat")
@@ -45,6 +47,8 @@ class Server:
     data_layer: ChatDataLayer
     access: Access
     edge: EdgeRules
+    # The agent's own tools (TOOLS, TOOL_MODULES), checked at start-up.
+    tools: list[FunctionTool] = field(default_factory=list)
 
 
 # The server being prepared; the edge reads its rules from it on every request.
@@ -64,6 +68,7 @@ def prepare_server() -> Server:
     tune_runtime()
     try:
         settings = load_settings()
+        tools = build_tools(settings)
     except ConfigError as error:
         _exit(f"Configuration error: {error}")
     logging.getLogger("gemini_chat").setLevel(logging.INFO)
@@ -133,7 +138,7 @@ def prepare_server() -> Server:
         page_login=access.page_login_headers,
     )
     data_layer = ChatDataLayer(settings.database_url, settings.max_message_chars)
-    current = Server(settings, data_layer, access, edge)
+    current = Server(settings, data_layer, access, edge, tools)
     # Downloads and share links, the owner check kept (sharing.py).
     install_sharing(app, get_data_layer, settings.assistant_name)
     # The data layer checks every id against the user Chainlit authenticated (ownership.py).

@@ -34,11 +34,13 @@ from .errors import (
 )
 from .framework import after_resume_sent
 from .history import (
+    ITEMS_KEY,
     PROMPT_KEY,
     REPLY_MARKS,
     STOPPED_BEFORE_TEXT,
     History,
     Part,
+    continued_items,
     history_from_steps,
 )
 from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
@@ -61,6 +63,7 @@ from .runtime import idle_collector
 from .starters import offer_starters
 from .streaming import EventBudget, ReplyStream
 from .thinking import ThinkingStep
+from .toolsteps import ToolSteps
 from .uploads import discard_files, keep_files, message_files, release_uploads, stored_files
 from .usage import METADATA_KEY as USAGE_KEY
 from .usage import TokenUsage
@@ -433,6 +436,8 @@ class ChatController:
         assert self.backend is not None
         backend = self.backend.for_chat(conversation.preferences or defaults(self.settings))
         history = conversation.history
+        # Before the reply exists: a server slow to start holds up nothing that Stop must undo.
+        server_tools = await self._server_tools(backend)
         await conversation.answers.withdraw()
         if continued is not None and continued.reply is not None:
             reply, prefix = continued.reply, continued.text
@@ -466,19 +471,39 @@ class ChatController:
             files=tuple(files),
         )
         live_replies.start(live)
-        thinking = (
-            ThinkingStep(
+
+        def thinking_step() -> ThinkingStep:
+            return ThinkingStep(
                 live, self.settings.flush_interval, self.event_budget, self.settings.assistant_name
             )
-            if self.settings.show_thoughts
-            else None
-        )
-        stream = ReplyStream(backend, live.sink(), self.event_budget, thinking)
 
-        def keep(answer: str) -> None:
+        stream = ReplyStream(
+            backend,
+            live.sink(),
+            self.event_budget,
+            thinking_step() if self.settings.show_thoughts else None,
+            observer=ToolSteps(reply.parent_id, self.settings),
+            tools=server_tools,
+            more_thoughts=thinking_step,
+        )
+
+        def settle() -> tuple[dict, ...]:
+            """The turn's tool items (none without tools), noted in the reply's metadata so a
+            reopened chat sends them again."""
+            items = stream.items
+            if continued is not None:
+                earlier = history.last_turn_for(message_id)
+                items = continued_items(earlier, prefix, items, stream.text)
+            meta = {k: v for k, v in (reply.metadata or {}).items() if k != ITEMS_KEY}
+            if items:
+                meta[ITEMS_KEY] = list(items)
+            reply.metadata = meta
+            return items
+
+        def keep(answer: str, items: tuple[dict, ...]) -> None:
             if continued is not None:
                 history.take_back(message_id)
-            history.record(text, answer, message_id, files)
+            history.record(text, answer, message_id, files, items)
 
         answer = ""
         stopped = False
@@ -491,20 +516,23 @@ class ChatController:
             finally:
                 usage = self._account(conversation, reply, stream, continued)
             reply.content = answer
+            items = settle()
             reply.metadata = {**reply.metadata, "status": "complete"}
             await reply.send()
-            keep(answer)
+            keep(answer, items)
         except asyncio.CancelledError:
             stopped = True
             answer = prefix + stream.text
+            items = settle()
             await self._finish_partial(reply, answer, "stopped")
-            keep(answer)
+            keep(answer, items)
             raise
         except ChatError as error:
             failure = error
             answer = prefix + stream.text
+            items = settle()
             await self._finish_partial(reply, answer, "incomplete")
-            keep(answer)
+            keep(answer, items)
             truncated = isinstance(failure, AnswerTruncated) and bool(answer)
             extra = {"for": message_id, "truncated": truncated}
             if not answer and usage is not None:
@@ -534,6 +562,20 @@ class ChatController:
                 # Done before the turn ends, so the next message sees it; shielded, so a
                 # second stop cannot lose what the reply cost.
                 await asyncio.shield(spending)
+
+    async def _server_tools(self, backend: Backend) -> list:
+        """The MCP servers' tools for this message, behind the guard; a notice in the chat for
+        each server that is not there (the answer goes on without it)."""
+        if backend.mcp is None:
+            return []
+        try:
+            tools, notices = await backend.mcp.tools()
+        except Exception:
+            logger.exception("MCP servers' tools could not be listed")
+            return []
+        for notice in notices:
+            await self._notice(notice)
+        return backend.with_guard(tools) if tools else []
 
     def _account(
         self,

@@ -9,6 +9,7 @@ reason, quota id, request id) goes to the log through ``log_detail``.
     │   ├── EmptyMessage
     │   └── MessageTooLong
     ├── MissingApiKey
+    ├── ToolRoundsExceeded       the model kept calling tools past MAX_TOOL_ROUNDS
     └── UpstreamError
         ├── RateLimited          per-minute request quota, or a 429 naming none; has retryDelay
         ├── TokenRateLimited     per-minute input-token quota: the chat's size
@@ -91,6 +92,15 @@ class MessageTooLong(InputError):
 class MissingApiKey(ChatError):
     def __init__(self) -> None:
         super().__init__(f"The Gemini API key is missing, so I can't answer yet. {KEY_HELP}")
+
+
+class ToolRoundsExceeded(ChatError):
+    def __init__(self, rounds: int) -> None:
+        super().__init__(
+            f"The answer was stopped after {rounds} rounds of tool calls, the most one message "
+            "may use. Ask again, perhaps for less at once.",
+            rounds=rounds,
+        )
 
 
 class UpstreamError(ChatError):

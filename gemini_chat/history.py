@@ -1,10 +1,17 @@
-"""A chat's history: what the model is sent on each turn, trimmed to a token budget."""
+"""A chat's history: what the model is sent on each turn, trimmed to a token budget.
+
+A turn that used tools keeps the exact input items the Agents SDK produced for it (``items``:
+function calls with their thought signatures in ``provider_data``, their outputs, the assistant
+messages), sent as they are on later turns; Gemini 3 refuses a follow-up without the signatures.
+A turn without tools is sent as a user and an assistant message, as always.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 # Gemini counts roughly four bytes of UTF-8 per token for English and about one token per CJK
@@ -21,6 +28,8 @@ def estimate_tokens(text: str) -> int:
 
 # Where a reply's metadata keeps Gemini's reported prompt size and the app's estimate of it.
 PROMPT_KEY = "prompt"
+# Where a reply's metadata keeps the items of a turn that used tools (``Turn.items``).
+ITEMS_KEY = "items"
 # Bounds of the calibration: a figure far outside them is a fault, not a tokenizer.
 MIN_SCALE = 0.25
 MAX_SCALE = 8.0
@@ -59,16 +68,117 @@ def user_tokens(text: str, files: Sequence[Part] = ()) -> int:
 
 @dataclass(frozen=True)
 class Turn:
-    """One exchange: the user's text (and files) as sent and the assistant's text as received."""
+    """One exchange: the user's text (and files) as sent and the assistant's text as received;
+    with ``items`` when it used tools, which are sent after the user's message in place of the
+    text (see ``turn_items``)."""
 
     user: str
     assistant: str
     user_message_id: str | None = None
     files: tuple[Part, ...] = ()
+    items: tuple[dict[str, Any], ...] = ()
 
-    @property
+    @cached_property
     def tokens(self) -> int:
+        if self.items:
+            return user_tokens(self.user, self.files) + items_tokens(self.items)
         return user_tokens(self.user, self.files) + estimate_tokens(self.assistant)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """What the model is sent for this turn."""
+        user = {"role": "user", "content": user_content(self.user, self.files)}
+        if self.items:
+            return [user, *self.items]
+        return [user, {"role": "assistant", "content": self.assistant}]
+
+
+def items_tokens(items: Sequence[dict[str, Any]]) -> int:
+    """The estimate for a turn's items: their JSON, as near as it gets to what is sent."""
+    return sum(
+        estimate_tokens(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
+        for item in items
+    )
+
+
+# Item types a turn keeps. Reasoning items (thought summaries) are left out: thoughts are never
+# sent back, the signatures Gemini needs ride on the function calls.
+KEPT_ITEM_TYPES = ("function_call", "function_call_output", "message", None)
+
+
+def turn_items(
+    items: Sequence[dict[str, Any]], unfinished_text: str = ""
+) -> tuple[dict[str, Any], ...]:
+    """What the history keeps of a turn from the SDK's input items for it (``to_input_item()``
+    of the run's ``new_items``): empty when no tool was called (the turn is kept as text).
+
+    A call without its output (stopped while the tool ran) is dropped, and an output without its
+    call: Gemini refuses either. ``unfinished_text`` is the text of a last round that did not
+    finish (stopped or failed), which the SDK has no item for: it is kept as an assistant
+    message after the last complete call and result.
+    """
+    kept = [
+        item for item in items if isinstance(item, dict) and item.get("type") in KEPT_ITEM_TYPES
+    ]
+    calls = {item.get("call_id") for item in kept if item.get("type") == "function_call"}
+    outputs = {item.get("call_id") for item in kept if item.get("type") == "function_call_output"}
+    paired = calls & outputs
+    kept = [
+        item
+        for item in kept
+        if item.get("type") not in ("function_call", "function_call_output")
+        or item.get("call_id") in paired
+    ]
+    if not paired:
+        return ()
+    if unfinished_text and _is_call_or_output(kept[-1]):
+        kept.append({"role": "assistant", "content": unfinished_text})
+    return tuple(kept)
+
+
+def _is_call_or_output(item: dict[str, Any]) -> bool:
+    return item.get("type") in ("function_call", "function_call_output")
+
+
+def continued_items(
+    earlier: Turn | None, prefix: str, items: Sequence[dict[str, Any]], rest: str
+) -> tuple[dict[str, Any], ...]:
+    """The items of a turn whose cut-off answer (``prefix``, the ``earlier`` turn) was
+    continued with ``items`` (the continuation's, maybe none) and ``rest`` (its text): empty
+    when neither part used tools. Two assistant texts that meet become one message."""
+    before = earlier.items if earlier is not None else ()
+    if not before and not items:
+        return ()
+    merged = list(before or ({"role": "assistant", "content": prefix},))
+    for item in items or ({"role": "assistant", "content": rest},):
+        last = _assistant_text(merged[-1]) if merged else None
+        this = _assistant_text(item)
+        if last is not None and this is not None:
+            merged[-1] = {"role": "assistant", "content": last + this}
+        else:
+            merged.append(item)
+    return tuple(merged)
+
+
+def _assistant_text(item: dict[str, Any]) -> str | None:
+    """The text of an assistant message item (either shape), None for anything else."""
+    if item.get("role") != "assistant" or item.get("type", "message") != "message":
+        return None
+    content = item.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "output_text" for part in content
+    ):
+        return "".join(part.get("text", "") for part in content)
+    return None
+
+
+def stored_items(value: Any) -> tuple[dict[str, Any], ...]:
+    """A turn's items as stored in its reply's metadata, checked again on the way back (only
+    plain dicts, orphan calls dropped); empty for anything else."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        return ()
+    return turn_items(value)
 
 
 @dataclass
@@ -100,9 +210,10 @@ class History:
         assistant: str,
         user_message_id: str | None = None,
         files: Sequence[Part] = (),
+        items: Sequence[dict[str, Any]] = (),
     ) -> None:
-        if assistant:
-            self.turns.append(Turn(user, assistant, user_message_id, tuple(files)))
+        if assistant or items:
+            self.turns.append(Turn(user, assistant, user_message_id, tuple(files), tuple(items)))
 
     def last_turn_for(self, user_message_id: str) -> Turn | None:
         """The last turn, if it answers ``user_message_id``."""
@@ -148,8 +259,7 @@ class History:
         self.request_tokens = needed
         items: list[dict[str, Any]] = []
         for turn in self.turns[len(self.turns) - kept :]:
-            items.append({"role": "user", "content": user_content(turn.user, turn.files)})
-            items.append({"role": "assistant", "content": turn.assistant})
+            items.extend(turn.messages())
         items.append({"role": "user", "content": user_content(user, files)})
         return items
 
@@ -171,6 +281,7 @@ def history_from_steps(
     users: dict[str, str] = {}
     order: list[str] = []
     replies: dict[str, str] = {}
+    tool_items: dict[str, tuple[dict[str, Any], ...]] = {}
     calibration: dict[str, Any] = {}
     for step in steps:
         if step.get("type") == "user_message":
@@ -188,6 +299,7 @@ def history_from_steps(
             text = ""
         if meta.get("for"):
             replies[meta["for"]] = text
+            tool_items[meta["for"]] = stored_items(meta.get(ITEMS_KEY))
         if isinstance(meta.get(PROMPT_KEY), dict):
             calibration = meta[PROMPT_KEY]
     history = History(token_budget)
@@ -201,6 +313,7 @@ def history_from_steps(
                 replies[message_id],
                 message_id,
                 (files or {}).get(message_id, ()),
+                tool_items.get(message_id, ()),
             )
     return history
 

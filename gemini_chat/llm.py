@@ -21,6 +21,7 @@ import httpx2
 import pydantic
 from agents import (
     Agent,
+    FunctionTool,
     ModelRetrySettings,
     ModelSettings,
     OpenAIChatCompletionsModel,
@@ -29,12 +30,14 @@ from agents import (
     RunConfig,
     set_tracing_disabled,
 )
+from agents.run_config import CallModelData, ModelInputData
 from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
 from openai.resources.chat import AsyncChat, AsyncCompletions
 from openai.types.chat import ChatCompletionChunk
 
 from .config import Settings
 from .errors import MalformedResponse, classify, log_detail
+from .mcp import McpServers
 from .preferences import (
     Preferences,
     chat_model_settings,
@@ -42,6 +45,7 @@ from .preferences import (
     with_thinking_config,
 )
 from .thoughts import ThoughtFilter, move_inline_thought
+from .toolrun import guarded, tool_error_message
 from .usage import TokenUsage, token_usage
 
 logger = logging.getLogger("gemini_chat")
@@ -71,6 +75,15 @@ class StreamReport:
     # The last usage Gemini sent in each attempt (cumulative on every chunk, so the last one is
     # the attempt's), None for an attempt that carried none. Kept raw: read once, at the end.
     attempts: list[Any] = field(default_factory=list)
+    # Model requests of the run so far (retries not counted), and how many may offer tools:
+    # the request after the last tool round allowed gets tool_choice "none", so it answers
+    # with what the tools gave (see ``count_round``).
+    rounds: int = 0
+    max_tool_rounds: int | None = None
+
+    @property
+    def tools_off(self) -> bool:
+        return self.max_tool_rounds is not None and self.rounds > self.max_tool_rounds
 
     @property
     def total_tokens(self) -> int | None:
@@ -154,8 +167,14 @@ class GeminiChatModel(OpenAIChatCompletionsModel):
     """Chat Completions against Gemini, reporting each stream's finish reason to the caller."""
 
     async def _fetch_response(self, *args: Any, **kwargs: Any) -> Any:
-        result = await super()._fetch_response(*args, **kwargs)
         report = current_report.get()
+        if report is not None and report.tools_off and len(args) > 3 and args[3]:
+            # (system_instructions, input, model_settings, tools, ...): the tool rounds are
+            # used up, so this request may only answer.
+            settings = copy.copy(args[2])
+            settings.tool_choice = "none"
+            args = (*args[:2], settings, *args[3:])
+        result = await super()._fetch_response(*args, **kwargs)
         if isinstance(result, tuple) and report is not None:
             response, stream = result
             return response, _ObservedStream(stream, report)
@@ -250,8 +269,24 @@ def build_model(settings: Settings, client: AsyncOpenAI | None = None) -> Gemini
     return GeminiChatModel(model=settings.model, openai_client=client or build_client(settings))
 
 
-def build_agent(settings: Settings, model: Any) -> Agent:
-    return Agent(name=settings.assistant_name, instructions=settings.instructions, model=model)
+def build_agent(settings: Settings, model: Any, tools: list[FunctionTool] | None = None) -> Agent:
+    """The agent, with ``tools`` behind the app's guard (gemini_chat/toolrun.py)."""
+    return Agent(
+        name=settings.assistant_name,
+        instructions=settings.instructions,
+        model=model,
+        tools=guarded(tools or (), settings),
+    )
+
+
+def count_round(data: CallModelData[Any]) -> ModelInputData:
+    """Called by the SDK once before each model request of a run (not before its retries):
+    counts the run's requests in its StreamReport, which turns tools off once
+    ``MAX_TOOL_ROUNDS`` rounds of calls are done. The input goes as it is."""
+    report = current_report.get()
+    if report is not None:
+        report.rounds += 1
+    return data.model_data
 
 
 def build_retry_policy(settings: Settings):
@@ -303,7 +338,14 @@ def build_run_config(settings: Settings, model: Any) -> RunConfig:
     # so nothing ever tries, and so the Gemini key is never handed to an exporter.
     set_tracing_disabled(True)
     return RunConfig(
-        model=model, tracing_disabled=True, model_settings=build_model_settings(settings)
+        model=model,
+        tracing_disabled=True,
+        model_settings=build_model_settings(settings),
+        # A call to a tool the agent does not have is an error the model reads (and a step
+        # says so), not the end of the answer.
+        tool_not_found_behavior="return_error_to_model",
+        tool_error_formatter=tool_error_message,
+        call_model_input_filter=count_round,
     )
 
 
@@ -318,6 +360,29 @@ class Backend:
     # The one client every chat's model shares, and those models by name.
     client: AsyncOpenAI | None = None
     models: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The operator's MCP servers (MCP_SERVERS_FILE), shared by every chat.
+    mcp: McpServers | None = field(default=None, compare=False, repr=False)
+    # MCP tools behind the guard, by the identity of the tool McpServers gave: guarded once,
+    # not on every message.
+    guarded_tools: dict[int, tuple[FunctionTool, FunctionTool]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def with_guard(self, tools: list[FunctionTool]) -> list[FunctionTool]:
+        """``tools`` (an MCP server's) behind the app's guard; the ones seen before reuse their
+        guarded copy, and those gone (a restarted server's old tools) are forgotten."""
+        cache = self.guarded_tools
+        result = []
+        for tool in tools:
+            known = cache.get(id(tool))
+            if known is None or known[0] is not tool:
+                known = cache[id(tool)] = (tool, guarded([tool], self.settings)[0])
+            result.append(known[1])
+        if len(cache) > len(tools):
+            current = {id(tool) for tool in tools}
+            for key in [key for key in cache if key not in current]:
+                del cache[key]
+        return result
 
     def model_named(self, name: str) -> Any:
         if name == self.settings.model or self.client is None:
@@ -340,19 +405,29 @@ class Backend:
         run_config.model = model
         run_config.model_settings = chat_model_settings(self.run_config.model_settings, preferences)
         settings = dataclasses.replace(self.settings, model=preferences.model)
-        return Backend(settings, agent, run_config, self.client, self.models)
+        return Backend(
+            settings, agent, run_config, self.client, self.models, self.mcp, self.guarded_tools
+        )
 
 
 def build_backend(
-    settings: Settings, model: Any | None = None, client: AsyncOpenAI | None = None
+    settings: Settings,
+    model: Any | None = None,
+    client: AsyncOpenAI | None = None,
+    tools: list[FunctionTool] | None = None,
 ) -> Backend | None:
     """The model side for ``settings``; None when no key is configured (nothing may go out).
-    With ``client``, chats may use other models than ``settings.model``, through it."""
+    With ``client``, chats may use other models than ``settings.model``, through it; ``tools``
+    (gemini_chat/tools.py ``build_tools``) are the agent's own, MCP servers' join per message."""
     if model is None:
         if not settings.api_key:
             return None
         client = client or build_client(settings)
         model = build_model(settings, client)
     return Backend(
-        settings, build_agent(settings, model), build_run_config(settings, model), client
+        settings,
+        build_agent(settings, model, tools),
+        build_run_config(settings, model),
+        client,
+        mcp=McpServers(settings),
     )

@@ -3,6 +3,12 @@
 The model's thought summary, when one streams and something is there to show it, goes to a
 ``ThoughtSink`` (gemini_chat/thinking.py): every thought delta until the answer's first text,
 then the sink is told the answer has begun, or how the reply ended without one.
+
+A reply that uses tools takes several model rounds (request, tool calls, their results, the
+next request): the text of every round goes into the one answer, a blank line between rounds;
+thoughts of a later round go to a new sink (``more_thoughts``). The run's tools reach the chat
+through a ``TurnContext`` (gemini_chat/toolrun.py), and ``items`` are what the history keeps of
+a turn that used tools.
 """
 
 from __future__ import annotations
@@ -13,10 +19,21 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
-from agents import Runner
+from agents import FunctionTool, Runner
+from agents.exceptions import MaxTurnsExceeded
 
-from .errors import AnswerTruncated, ChatError, ContentBlocked, EmptyAnswer, classify, log_detail
+from .errors import (
+    AnswerTruncated,
+    ChatError,
+    ContentBlocked,
+    EmptyAnswer,
+    ToolRoundsExceeded,
+    classify,
+    log_detail,
+)
+from .history import turn_items
 from .llm import Backend, StreamReport, current_report
+from .toolrun import ToolObserver, TurnContext
 
 logger = logging.getLogger("gemini_chat")
 
@@ -26,6 +43,10 @@ TextSink = Callable[[str], Awaitable[Any]]
 # thoughts moved there by gemini_chat/thoughts.py).
 THOUGHT_DELTA = "response.reasoning_summary_text.delta"
 ANSWER_DELTA = "response.output_text.delta"
+# The run item event of a tool call the model made: the round's text and thoughts are over.
+TOOL_CALLED = "tool_called"
+# Between the text of two model rounds of one answer.
+ROUND_BREAK = "\n\n"
 
 
 class ThoughtSink(Protocol):
@@ -132,14 +153,38 @@ class ReplyStream:
         sink: TextSink,
         budget: EventBudget | None = None,
         thoughts: ThoughtSink | None = None,
+        observer: ToolObserver | None = None,
+        tools: list[FunctionTool] | None = None,
+        more_thoughts: Callable[[], ThoughtSink] | None = None,
     ) -> None:
         self.backend = backend
         self.parts: list[str] = []
         self.thoughts = thoughts
+        self.more_thoughts = more_thoughts
         self.thought_parts: list[str] = []
         self.budget = budget or EventBudget()
         self.coalescer = Coalescer(sink, backend.settings.flush_interval, self.budget)
-        self.report = StreamReport()
+        self.report = StreamReport(max_tool_rounds=backend.settings.max_tool_rounds)
+        self.observer = observer
+        # Tools for this run only (an MCP server's), already behind the guard.
+        self.tools = tools
+        # Where the current model round's text begins in ``text``, and whether the round has
+        # had text yet (its thoughts go to the thinking sink until then).
+        self._round_start = 0
+        self._round_text = False
+        self._new_round = False
+        self._result: Any = None
+
+    @property
+    def items(self) -> tuple[dict[str, Any], ...]:
+        """What the history keeps of this reply when it used tools (gemini_chat/history.py
+        ``turn_items``), so far: empty when no tool was called."""
+        if self._result is None:
+            return ()
+        return turn_items(
+            [item.to_input_item() for item in self._result.new_items],
+            self.text[self._round_start :],
+        )
 
     @property
     def text(self) -> str:
@@ -152,15 +197,22 @@ class ReplyStream:
         and CancelledError when stopped, after cancelling the upstream request.
         """
         token = current_report.set(self.report)
+        # A copy per run, as the SDK advises for concurrent runs: it checks every run of one
+        # Agent object against all others still going, which made each start cost grow with
+        # the number of chats streaming (500 at once: about 2 ms more each). A shallow copy
+        # rather than Agent.clone(), which re-validates the whole agent.
+        agent = copy.copy(self.backend.agent)
+        if self.tools:
+            agent.tools = [*agent.tools, *self.tools]
         try:
-            result = Runner.run_streamed(
-                # A copy per run, as the SDK advises for concurrent runs: it checks every run of
-                # one Agent object against all others still going, which made each start cost
-                # grow with the number of chats streaming (500 at once: about 2 ms more each).
-                # A shallow copy rather than Agent.clone(), which re-validates the whole agent.
-                copy.copy(self.backend.agent),
+            result = self._result = Runner.run_streamed(
+                agent,
                 items,
+                context=TurnContext(self.observer),
                 run_config=self.backend.run_config,
+                # One more request than tool rounds: the last one answers (tool_choice "none",
+                # llm.count_round); a model that calls tools even then is stopped here.
+                max_turns=self.backend.settings.max_tool_rounds + 1,
             )
         finally:
             current_report.reset(token)
@@ -170,18 +222,22 @@ class ReplyStream:
         try:
             async for event in result.stream_events():
                 if event.type != "raw_response_event":
+                    if event.type == "run_item_stream_event" and event.name == TOOL_CALLED:
+                        await self._end_round()
                     continue
                 kind = event.data.type
                 if kind == ANSWER_DELTA:
                     delta = event.data.delta
                     if delta:
-                        if thoughts is not None and not self.parts:
-                            await thoughts.close("answered")
-                        self.parts.append(delta)
-                        await self.coalescer.add(delta)
+                        await self._add_text(delta)
                 elif kind == THOUGHT_DELTA and thoughts is not None:
                     delta = event.data.delta
-                    if delta and not self.parts:
+                    if delta and self._new_round and self.more_thoughts is not None:
+                        # Thinking again after tool calls: a step of its own.
+                        self._new_round = False
+                        self.thought_parts = []
+                        thoughts = self.thoughts = self.more_thoughts()
+                    if delta and not self._round_text:
                         self.thought_parts.append(delta)
                         await thoughts.add(delta)
         except asyncio.CancelledError:
@@ -195,6 +251,10 @@ class ReplyStream:
             result.cancel()
             await self._recover_dropped_thoughts()
             await self._recover_dropped_text()
+            if isinstance(error, MaxTurnsExceeded):
+                failure: ChatError = ToolRoundsExceeded(self.backend.settings.max_tool_rounds)
+                self._log(failure, error)
+                raise failure from error
             failure = classify(
                 error,
                 model=self.backend.settings.model,
@@ -221,17 +281,14 @@ class ReplyStream:
         and the history keeps, everything Gemini sent before the fault.
         """
         received = "".join(self.report.received)
-        shown = self.text
+        shown = self.text[self._round_start :]
         if len(received) > len(shown) and received.startswith(shown):
             rest = received[len(shown) :]
-            if self.thoughts is not None and not self.parts:
-                await self.thoughts.close("answered")
-            self.parts.append(rest)
-            await self.coalescer.add(rest)
+            await self._add_text(rest)
 
     async def _recover_dropped_thoughts(self) -> None:
         """As ``_recover_dropped_text``, for a thought summary the answer had not yet followed."""
-        if self.thoughts is None or self.parts:
+        if self.thoughts is None or self._round_text:
             return
         received = "".join(self.report.thoughts)
         shown = "".join(self.thought_parts)
@@ -239,6 +296,33 @@ class ReplyStream:
             rest = received[len(shown) :]
             self.thought_parts.append(rest)
             await self.thoughts.add(rest)
+
+    async def _add_text(self, delta: str) -> None:
+        if not self._round_text:
+            # The round's first text: its thinking is over; after an earlier round's text, a
+            # blank line, so two rounds do not run together in one paragraph.
+            self._round_text = True
+            self._new_round = False
+            if self.thoughts is not None:
+                await self.thoughts.close("answered")
+            if self.parts:
+                text = self.text
+                gap = "" if text.endswith("\n\n") else "\n" if text.endswith("\n") else ROUND_BREAK
+                if gap:
+                    self.parts.append(gap)
+                    await self.coalescer.add(gap)
+                self._round_start = len(self.text)
+        self.parts.append(delta)
+        await self.coalescer.add(delta)
+
+    async def _end_round(self) -> None:
+        """The model called a tool: this round's text and thinking are over; what comes next
+        belongs to the next round (after the tools ran)."""
+        if self.thoughts is not None:
+            await self.thoughts.close("answered")
+        self._round_text = False
+        self._new_round = True
+        self._round_start = len(self.text)
 
     def _check_finish(self) -> None:
         reason = self.report.finish_reason

@@ -1,0 +1,339 @@
+"""Tools end to end: the real app (``TOOL_MODULES=tests.sample_tools``) answering through the
+fake Gemini, which calls tools; the tests assert the requests Gemini received and what the chat
+shows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.app_process import ROOT, app_directory, start_app
+from tests.chat_client import ChatClient
+from tests.conftest import app_env
+from tests.fake_gemini import Reply, ToolCall, tool_call_reply
+
+TOOL_SETTINGS = {
+    "TOOL_MODULES": "tests.sample_tools",
+    # The built-ins are part C1's; these tests need only the sample tools.
+    "TOOLS": "none",
+    "TOOL_TIMEOUT_SECONDS": "2",
+    "TOOL_RESULT_MAX_CHARS": "5000",
+    "MAX_TOOL_ROUNDS": "3",
+    # The app runs in a directory of its own: the tests package is found through here.
+    "PYTHONPATH": str(ROOT),
+}
+
+
+@pytest.fixture(scope="module")
+def tools_app(fake_gemini_server):
+    server = start_app(app_env(fake_gemini_server, **TOOL_SETTINGS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def chat(tools_app, gemini):
+    client = await ChatClient(tools_app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    yield client
+    await client.disconnect()
+
+
+def tool_messages(request) -> list[dict]:
+    """The assistant tool-call messages and tool results of a request, as sent."""
+    return [m for m in request.messages if m.get("tool_calls") or m["role"] == "tool"]
+
+
+async def test_a_tool_call_runs_and_its_result_goes_back_to_gemini(chat, gemini):
+    gemini.script(
+        tool_call_reply(ToolCall("lookup_weather", {"city": "Oslo"}, id="call_1"), shape="openai"),
+        Reply("It is sunny in Oslo."),
+    )
+    replies = await chat.ask("Weather in Oslo?")
+    assert [m.content for m in replies if not m.is_error] == ["It is sunny in Oslo."]
+    first, second = await gemini.arrived(2)
+    assert [t["function"]["name"] for t in first.body["tools"]] == [
+        "lookup_weather",
+        "slow_tool",
+        "broken_tool",
+        "huge_tool",
+        "confirm_tool",
+    ]
+    assert tool_messages(second) == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny in Oslo, 21 °C"},
+    ]
+
+
+def tool_results(request) -> dict[str, str]:
+    """The tool results a request carries, by call id."""
+    return {m["tool_call_id"]: m["content"] for m in request.messages if m["role"] == "tool"}
+
+
+def weather(city: str, call_id: str) -> ToolCall:
+    return ToolCall("lookup_weather", {"city": city}, id=call_id)
+
+
+async def test_parallel_calls_each_run_and_answer_under_their_own_id(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_a"), weather("Paris", "call_b"), shape="openai"),
+        Reply("Sunny in both."),
+    )
+    await chat.ask("Weather in Oslo and Paris?")
+    second = (await gemini.arrived(2))[1]
+    calls = tool_messages(second)[0]["tool_calls"]
+    assert [(c["id"], c["function"]["arguments"]) for c in calls] == [
+        ("call_a", '{"city": "Oslo"}'),
+        ("call_b", '{"city": "Paris"}'),
+    ]
+    assert tool_results(second) == {
+        "call_a": "Sunny in Oslo, 21 °C",
+        "call_b": "Sunny in Paris, 21 °C",
+    }
+
+
+async def test_the_text_of_every_round_goes_into_the_one_answer(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai", text="Let me look."),
+        Reply("It is sunny."),
+    )
+    replies = await chat.ask("Weather in Oslo?")
+    assert [m.content for m in replies] == ["Let me look.\n\nIt is sunny."]
+
+
+async def test_the_next_turn_carries_the_calls_and_results_as_items(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai", text="Checking."),
+        Reply("It is sunny in Oslo."),
+        Reply("You are welcome."),
+    )
+    await chat.ask("Weather in Oslo?")
+    await chat.ask("Thanks!")
+    second, third = (await gemini.arrived(3))[1:]
+    # The follow-up of the first turn and the next turn send the calls and results alike.
+    assert third.messages[1 : len(second.messages)] == second.messages[1:]
+    assert third.messages[len(second.messages) :] == [
+        {"role": "assistant", "content": "It is sunny in Oslo."},
+        {"role": "user", "content": "Thanks!"},
+    ]
+    assert tool_messages(third) == [
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny in Oslo, 21 °C"},
+    ]
+
+
+async def outcome_of(chat, gemini, call: ToolCall) -> tuple[str, list[str]]:
+    """Ask for ``call``; the result Gemini was sent for it and the answer shown. The chat
+    then carries on: the next message is answered."""
+    before = len(gemini.requests)
+    gemini.script(tool_call_reply(call, shape="openai"), Reply("Handled."))
+    replies = await chat.ask("Go")
+    follow_up = (await gemini.arrived(before + 2))[before + 1]
+    gemini.script(Reply("Still here."))
+    assert [m.content for m in await chat.ask("Next")] == ["Still here."]
+    return tool_results(follow_up)[call.id], [m.content for m in replies]
+
+
+async def test_a_call_to_an_unknown_tool_is_an_error_the_model_reads(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("teleport", {"to": "Mars"}, id="c1"))
+    assert result == "Error: there is no tool named 'teleport'. Use only the tools you were given."
+    assert shown == ["Handled."]
+
+
+async def test_arguments_that_are_not_json_are_an_error_the_model_reads(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("lookup_weather", '{"city": ', id="c1"))
+    assert result.startswith(
+        "Error: the arguments for lookup_weather were not valid: "
+        "Invalid JSON input for tool lookup_weather"
+    )
+    assert shown == ["Handled."]
+
+
+async def test_arguments_that_do_not_fit_the_schema_are_an_error_the_model_reads(chat, gemini):
+    result, shown = await outcome_of(
+        chat, gemini, ToolCall("lookup_weather", {"town": "Oslo"}, id="c1")
+    )
+    assert result.startswith(
+        "Error: the arguments for lookup_weather were not valid: "
+        "Invalid JSON input for tool lookup_weather. "
+        "They must be a JSON object fitting this schema: {"
+    )
+    schema = json.loads(result.split("schema: ", 1)[1])
+    assert schema["required"] == ["city"]
+    assert shown == ["Handled."]
+
+
+async def test_a_tool_that_raises_is_an_error_the_model_reads(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("broken_tool", {}, id="c1"))
+    assert result == "Error: broken_tool failed: RuntimeError: the widget is jammed"
+    assert shown == ["Handled."]
+
+
+async def test_a_tool_that_hangs_is_stopped_at_the_time_limit(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("slow_tool", {"seconds": 60}, id="c1"))
+    assert result == "Error: slow_tool gave no result within 2 seconds and was stopped."
+    assert shown == ["Handled."]
+
+
+async def test_a_huge_result_is_cut_to_the_limit(chat, gemini):
+    result, shown = await outcome_of(chat, gemini, ToolCall("huge_tool", {}, id="c1"))
+    assert len(result) <= 5000
+    assert result.startswith("x" * 4000)
+    assert result.endswith(
+        "[Shortened: the tool returned 10,000,000 characters; only the first "
+        f"{result.count('x'):,} are here.]"
+    )
+    assert shown == ["Handled."]
+
+
+async def test_after_the_last_tool_round_the_model_must_answer(chat, gemini):
+    gemini.script(
+        *(tool_call_reply(weather(city, f"call_{city}"), shape="openai") for city in "ABC"),
+        Reply("Enough looking."),
+    )
+    replies = await chat.ask("Weather everywhere")
+    assert [m.content for m in replies] == ["Enough looking."]
+    requests = await gemini.arrived(4)
+    assert [r.body.get("tool_choice") for r in requests] == [None, None, None, "none"]
+    # The tools are still declared: the calls in the history refer to them.
+    assert len(requests[3].body["tools"]) == 5
+
+
+async def test_a_model_that_calls_tools_past_the_cap_is_stopped_with_a_notice(chat, gemini):
+    gemini.script(
+        *(tool_call_reply(weather(city, f"call_{city}"), shape="openai") for city in "ABCD"),
+    )
+    replies = await chat.ask("Weather everywhere")
+    assert [m.content for m in replies if m.is_error] == [
+        "The answer was stopped after 3 rounds of tool calls, the most one message may use. "
+        "Ask again, perhaps for less at once."
+    ]
+    assert len(await gemini.arrived(4)) == 4
+    gemini.script(Reply("Fine."))
+    assert [m.content for m in await chat.ask("OK")] == ["Fine."]
+    last = (await gemini.arrived(5))[4]
+    # Every call of the capped turn is sent with its result.
+    assert sorted(tool_results(last)) == ["call_A", "call_B", "call_C", "call_D"]
+
+
+async def test_stop_during_a_tool_cancels_it_and_the_history_keeps_only_whole_calls(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai"),
+        tool_call_reply(ToolCall("slow_tool", {"seconds": 1.5}, id="call_2"), shape="openai"),
+    )
+    chat.mark()
+    await chat.send("Weather, slowly")
+    second = (await gemini.arrived(2))[1]
+    await asyncio.to_thread(second.finished.wait, 10)  # slow_tool is running now
+    await chat.stop()
+    await chat.wait_idle()
+    assert [m.content for m in chat.assistant_messages()][-1] == "*Stopped before any answer.*"
+    # Past the tool's 2 s time limit: had the call gone on, its result (or its time-out
+    # error) would have gone to Gemini in a third request. Nothing to wait on but time.
+    await asyncio.sleep(2.5)
+    assert len(gemini.requests) == 2
+
+    gemini.script(Reply("Here now."))
+    assert [m.content for m in await chat.ask("Still there?")] == ["Here now."]
+    last = (await gemini.arrived(3))[2]
+    # The complete call and its result are sent; the stopped one (call_2) is not.
+    assert [m["role"] for m in last.messages[1:]] == ["user", "assistant", "tool", "user"]
+    assert tool_results(last) == {"call_1": "Sunny in Oslo, 21 °C"}
+    assert "call_2" not in json.dumps(last.messages)
+
+
+async def test_thoughts_of_each_round_get_a_thinking_step_of_their_own(chat, gemini):
+    gemini.script(
+        tool_call_reply(
+            weather("Oslo", "call_1"),
+            shape="openai",
+            thoughts=["Need the weather."],
+            thought_shape="reasoning_content",
+        ),
+        Reply("Sunny.", thoughts=["The tool says sunny."]),
+        Reply("Bye."),
+    )
+    await chat.ask("Weather in Oslo?")
+    thinking: dict[str, dict] = {}
+    for name, data in chat.events:
+        if name in ("new_message", "update_message") and data.get("type") == "llm":
+            thinking[data["id"]] = data
+    assert [(step["name"], step["output"]) for step in thinking.values()] == [
+        ("Thought for 1 s", "Need the weather."),
+        ("Thought for 1 s", "The tool says sunny."),
+    ]
+    # Thoughts are never sent back, not even those of a tool turn.
+    await chat.ask("Bye")
+    last = (await gemini.arrived(3))[2]
+    assert "Need the weather" not in json.dumps(last.messages)
+
+
+async def test_a_resumed_chat_sends_the_same_items_after_a_restart(fake_gemini_server, gemini):
+    directory = app_directory()
+    env = app_env(fake_gemini_server, **TOOL_SETTINGS)
+    first_app = start_app(env, directory=directory)
+    try:
+        client = await ChatClient(first_app.url).connect()
+        await client.wait_for(client.assistant_messages, what="the welcome message")
+        gemini.script(
+            tool_call_reply(
+                ToolCall("lookup_weather", {"city": "Oslo"}, id="call_1", signature="c2lnLTE="),
+                weather("Paris", "call_2"),
+                shape="openai",
+                text="Checking both.",
+            ),
+            Reply("Sunny in both."),
+            Reply("Before the restart."),
+        )
+        await client.ask("Weather in Oslo and Paris?")
+        await client.ask("Thanks")
+        before = (await gemini.arrived(3))[2]
+        thread_id = await client.chat_thread()
+        await client.disconnect()
+    finally:
+        first_app.stop()
+    # The thought signature went back to Gemini in Google's field, with its call.
+    call = tool_messages(before)[0]["tool_calls"][0]
+    assert call["extra_content"] == {"google": {"thought_signature": "c2lnLTE="}}
+
+    second_app = start_app(env, directory=directory)
+    try:
+        resumed = ChatClient(second_app.url, headers=dict(client.headers))
+        await resumed.connect(thread_id=thread_id)
+        await resumed.wait_for(
+            lambda: sum(m.from_user for m in resumed.messages.values()) == 2, what="the old chat"
+        )
+        gemini.script(Reply("After the restart."))
+        await resumed.ask("Thanks")
+        after = (await gemini.arrived(4))[3]
+        await resumed.disconnect()
+    finally:
+        second_app.stop()
+    # Exactly what the chat sent before the restart, and the turn that followed.
+    assert after.messages == [
+        *before.messages,
+        {"role": "assistant", "content": "Before the restart."},
+        {"role": "user", "content": "Thanks"},
+    ]
