@@ -45,6 +45,7 @@ from .preferences import (
     with_thinking_config,
 )
 from .thoughts import ThoughtFilter, move_inline_thought
+from .toolcalls import CallNumbering, gemini_tools
 from .toolrun import guarded, tool_error_message
 from .usage import TokenUsage, token_usage
 
@@ -122,6 +123,7 @@ class _ObservedStream:
         self._report = report
         self.response = getattr(stream, "response", None)
         self._thoughts = ThoughtFilter()
+        self._calls = CallNumbering()
         report.received = []  # a retried attempt starts over
         report.thoughts = []
         self._attempt = len(report.attempts)  # earlier attempts cost tokens too
@@ -134,6 +136,7 @@ class _ObservedStream:
         thought_text = report.thoughts
         chunks_before = report.chunks
         attempts, attempt = report.attempts, self._attempt
+        calls = self._calls
         async for chunk in self._stream:
             report.chunks += 1
             usage = getattr(chunk, "usage", None)
@@ -150,6 +153,9 @@ class _ObservedStream:
                     move_inline_thought(delta, thoughts.strip(delta))
                     if delta.content:
                         received.append(delta.content)
+                if delta.tool_calls:
+                    # Gemini's calls, each given its own index and an id (toolcalls.py).
+                    calls.number(delta.tool_calls)
                 if delta.model_extra and (reasoning := delta.model_extra.get("reasoning_content")):
                     thought_text.append(reasoning)
             yield chunk
@@ -206,6 +212,9 @@ class _PlainMessagesCompletions(AsyncCompletions):
     """
 
     async def create(self, *, messages: Any, extra_body: Any = None, **params: Any) -> Any:
+        if params.get("tools"):
+            # Every tool's schema, the agent's own and MCP servers' alike, as Gemini takes it.
+            params["tools"] = gemini_tools(params["tools"])
         if type(messages) is list and is_plain_json(messages):
             extra_body = {"messages": messages, **(extra_body or {})}
             messages = []

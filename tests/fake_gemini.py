@@ -137,6 +137,74 @@ class RecordedRequest:
                 found.append((mime, data))
         return found
 
+    @property
+    def tool_calls(self) -> list[SentToolCall]:
+        """Every tool call the request's assistant messages carry, in order."""
+        return [
+            SentToolCall.of(call, position)
+            for position, message in enumerate(self.messages)
+            if message.get("role") == "assistant"
+            for call in message.get("tool_calls") or ()
+        ]
+
+    @property
+    def tool_results(self) -> list[SentToolResult]:
+        """Every tool message of the request, in order."""
+        return [
+            SentToolResult(message.get("tool_call_id"), _text_of(message.get("content")), position)
+            for position, message in enumerate(self.messages)
+            if message.get("role") == "tool"
+        ]
+
+    @property
+    def tool_schemas(self) -> dict[str, Any]:
+        """The parameters schema of each tool the request declares, by the tool's name."""
+        return {
+            tool["function"]["name"]: tool["function"].get("parameters")
+            for tool in self.body.get("tools") or ()
+        }
+
+
+@dataclass(frozen=True)
+class SentToolCall:
+    """One tool call in a request's history, as the app sent it back."""
+
+    id: str | None
+    name: str
+    argument_text: str
+    # extra_content.google.thought_signature, None when absent.
+    signature: str | None
+    position: int  # the index of its assistant message in ``messages``
+
+    @property
+    def arguments(self) -> Any:
+        """The arguments as JSON, or their text when it is not JSON."""
+        try:
+            return json.loads(self.argument_text)
+        except ValueError:
+            return self.argument_text
+
+    @classmethod
+    def of(cls, call: dict[str, Any], position: int) -> SentToolCall:
+        function = call.get("function") or {}
+        google = (call.get("extra_content") or {}).get("google") or {}
+        return cls(
+            call.get("id"),
+            function.get("name", ""),
+            function.get("arguments", ""),
+            google.get("thought_signature"),
+            position,
+        )
+
+
+@dataclass(frozen=True)
+class SentToolResult:
+    """One tool message in a request: the call it answers and its text."""
+
+    tool_call_id: str | None
+    output: str
+    position: int  # its index in ``messages``
+
 
 def _data_url(url: str) -> tuple[str, bytes]:
     header, _, encoded = url.partition(",")
@@ -236,6 +304,8 @@ class Reply:
     thought_shape: str = "inline"
     # Deltas sent as they are instead of text (e.g. a tool call), the last with the finish.
     raw: list[dict[str, Any]] | None = None
+    # The tool calls ``raw`` makes (tool_call_reply): the server remembers their signatures.
+    calls: list[ToolCall] = field(default_factory=list)
 
     def pieces(self, request: RecordedRequest) -> list[str]:
         if self.chunks is not None:
@@ -317,7 +387,7 @@ def tool_call_reply(
     deltas = tool_call_deltas(calls, shape)
     if text:
         deltas.insert(0, {"role": "assistant", "content": text})
-    return Reply(raw=deltas, finish_reason="tool_calls", **options)
+    return Reply(raw=deltas, finish_reason="tool_calls", calls=list(calls), **options)
 
 
 def asks_for_thoughts(body: dict[str, Any]) -> bool:
@@ -633,6 +703,108 @@ def unknown_field(name: str) -> Fail:
     )
 
 
+# JSON Schema keywords Gemini refuses in a tool's parameters (gemini-openai-compat.md; reports of
+# 400 "Unknown name" for each).
+REFUSED_SCHEMA_KEYWORDS = ("$ref", "$defs", "const", "default", "examples")
+
+
+def _refused_keywords(schema: Any, path: str) -> Iterable[tuple[str, str]]:
+    """(keyword, Gemini's path to it) for each refused keyword in ``schema``; property names
+    are names, not keywords."""
+    if not isinstance(schema, dict):
+        return
+    for keyword in REFUSED_SCHEMA_KEYWORDS:
+        if keyword in schema:
+            yield keyword, path
+    for position, sub in enumerate((schema.get("properties") or {}).values()):
+        yield from _refused_keywords(sub, f"{path}.properties[{position}].value")
+    if isinstance(schema.get("items"), dict):
+        yield from _refused_keywords(schema["items"], f"{path}.items")
+    for keyword, name in (("anyOf", "any_of"), ("oneOf", "one_of"), ("allOf", "all_of")):
+        for position, sub in enumerate(schema.get(keyword) or ()):
+            yield from _refused_keywords(sub, f"{path}.{name}[{position}]")
+    for name, sub in (schema.get("$defs") or {}).items():
+        yield from _refused_keywords(sub, f"{path}.$defs.{name}")
+
+
+def schema_refusal(body: dict[str, Any]) -> Fail | None:
+    """Gemini's 400 for tools whose schemas use keywords it does not know (every one listed)."""
+    found = [
+        (keyword, path)
+        for position, tool in enumerate(body.get("tools") or ())
+        for keyword, path in _refused_keywords(
+            (tool.get("function") or {}).get("parameters"),
+            f"tools[0].function_declarations[{position}].parameters",
+        )
+    ]
+    if not found:
+        return None
+    lines = [
+        f"Invalid JSON payload received. Unknown name \"{keyword}\" at '{path}': Cannot find field."
+        for keyword, path in found
+    ]
+    violations = [
+        {"field": path, "description": line} for (_, path), line in zip(found, lines, strict=True)
+    ]
+    return Fail(
+        400,
+        error_body(
+            400,
+            "INVALID_ARGUMENT",
+            "\n".join(lines),
+            [{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}],
+        ),
+    )
+
+
+MISSING_SIGNATURE = (
+    "Function call is missing a thought_signature in functionCall parts. This is required for "
+    "tools to work correctly, and missing thought_signature may lead to degraded model "
+    "performance. Additional data, function call `default_api:{name}` , position {position}. "
+    "Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details."
+)
+UNPAIRED_RESULTS = (
+    "Please ensure that the number of function response parts should be equal to number of "
+    "function call parts of the function call turn."
+)
+
+
+def signature_refusal(request: RecordedRequest, issued: dict[tuple[str, str], str]) -> Fail | None:
+    """Gemini 3's 400 for a call it made with a thought signature, sent back without it (or
+    with another). ``issued``: (name, argument text) -> the signature it was sent with."""
+    if not str(request.body.get("model", "")).startswith("gemini-3"):
+        return None
+    turns = [m for m in request.messages if isinstance(m, dict) and m.get("role") != "system"]
+    for call in request.tool_calls:
+        expected = issued.get((call.name, call.argument_text))
+        if expected is None:
+            continue
+        if call.signature is None:
+            position = turns.index(request.messages[call.position]) + 1
+            message = MISSING_SIGNATURE.format(name=call.name, position=position)
+            return Fail(400, error_body(400, "INVALID_ARGUMENT", message))
+        if call.signature != expected:
+            return Fail(400, error_body(400, "INVALID_ARGUMENT", "Corrupted thought signature."))
+    return None
+
+
+def pairing_refusal(request: RecordedRequest) -> Fail | None:
+    """Gemini's 400 when tool results do not answer the calls before them one for one: a
+    result for no call in the request, or a call turn with more or fewer results."""
+    messages = [m for m in request.messages if isinstance(m, dict)]
+    call_ids = {call.id for call in request.tool_calls}
+    for position, message in enumerate(messages):
+        role = message.get("role")
+        unpaired = role == "tool" and message.get("tool_call_id") not in call_ids
+        if role == "assistant" and message.get("tool_calls"):
+            after = messages[position + 1 :]
+            answers = next((i for i, m in enumerate(after) if m.get("role") != "tool"), len(after))
+            unpaired = answers != len(message["tool_calls"])
+        if unpaired:
+            return Fail(400, error_body(400, "INVALID_ARGUMENT", UNPAIRED_RESULTS))
+    return None
+
+
 Behaviour = Reply | Fail | Reset | Recorded
 
 
@@ -651,6 +823,8 @@ class FakeGemini:
         self.model_listings: list[RecordedRequest] = []
         self.model_list_fault: Behaviour | None = None
         self._script: deque[Behaviour] = deque()
+        # The thought signature of each tool call answered with one: (name, argument text).
+        self.signatures: dict[tuple[str, str], str] = {}
         self._changed = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -712,6 +886,7 @@ class FakeGemini:
             self.requests.clear()
             self.model_listings.clear()
             self.model_list_fault = None
+            self.signatures.clear()
 
     @property
     def pending(self) -> int:
@@ -816,6 +991,12 @@ class FakeGemini:
             behaviour = refusal
         elif problem := next(filter(None, map(content_part_problem, _parts(recorded))), None):
             behaviour = Fail(400, error_body(400, "INVALID_ARGUMENT", problem))
+        elif refusal := (
+            schema_refusal(recorded.body)
+            or pairing_refusal(recorded)
+            or signature_refusal(recorded, self.signatures)
+        ):
+            behaviour = refusal
         behaviour = behaviour or bench_reply(recorded) or bench_tool_reply(recorded) or Reply()
 
         if isinstance(behaviour, Reset):
@@ -827,6 +1008,9 @@ class FakeGemini:
             )
         if isinstance(behaviour, Recorded):
             return await self._replay(request, behaviour)
+        for call in behaviour.calls:
+            if call.signature is not None:
+                self.signatures[(call.name, call.argument_text)] = call.signature
         return await self._stream(request, recorded, behaviour)
 
     async def _replay(self, request: web.Request, recorded: Recorded) -> web.StreamResponse:

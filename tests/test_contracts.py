@@ -445,6 +445,162 @@ async def test_the_agents_sdk_streams_reasoning_content_set_on_a_delta_as_reason
     assert report.thoughts == kinds[THOUGHT_DELTA]
 
 
+# --- openai-agents and openai: tool calls (toolcalls.py) -----------------------------------------
+# toolcalls.CallNumbering rewrites ``index`` and ``id`` of the parsed tool-call deltas because
+# the SDK's stream handler tells calls apart by ``index`` alone and takes a call's id and thought
+# signature from its deltas; the converter then sends the signature back in ``extra_content``.
+
+
+def _tool_call_chunk(*calls: dict, finish: str | None = None) -> str:
+    choice: dict = {"delta": {"role": "assistant", "tool_calls": list(calls)}, "index": 0}
+    if finish:
+        choice["finish_reason"] = finish
+    return json.dumps(
+        {
+            "choices": [choice],
+            "created": 1,
+            "id": "c",
+            "model": "gemini-3.8-flash",
+            "object": "chat.completion.chunk",
+        }
+    )
+
+
+def _call(index: int | None, call_id: str, name: str, arguments: str, signature: str = "") -> dict:
+    call: dict = {"function": {"arguments": arguments, "name": name}, "id": call_id}
+    if index is not None:
+        call["index"] = index
+    if signature:
+        call["extra_content"] = {"google": {"thought_signature": signature}}
+    return call
+
+
+async def _streamed_calls(chunks: list[str], numbered: bool) -> list:
+    """The function calls openai-agents makes of ``chunks`` (through the app's model, with or
+    without the app's per-stream numbering of calls)."""
+    from agents.models.chatcmpl_stream_handler import ChatCmplStreamHandler
+    from openai.types.responses import Response
+
+    client = _client(GeminiClient, _streaming(chunks))
+    stream = await client.chat.completions.create(
+        model="gemini-3.8-flash", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    if numbered:
+        from gemini_chat.llm import _ObservedStream
+
+        stream = _ObservedStream(stream, StreamReport())
+    response = Response(
+        id="r",
+        created_at=0,
+        model="gemini-3.8-flash",
+        object="response",
+        output=[],
+        tool_choice="auto",
+        tools=[],
+        parallel_tool_calls=True,
+    )
+    output = []
+    async for event in ChatCmplStreamHandler.handle_stream(
+        response, stream, model="gemini-3.8-flash"
+    ):
+        if event.type == "response.completed":
+            output = event.response.output
+    await client.close()
+    return [item for item in output if item.type == "function_call"]
+
+
+async def test_the_agents_sdk_tells_streamed_tool_calls_apart_by_index_alone():
+    same_index = [
+        _tool_call_chunk(_call(0, "", "a", '{"x": 1}', "c2ln")),
+        _tool_call_chunk(_call(0, "", "b", '{"y": 2}'), finish="tool_calls"),
+    ]
+    # Left as Gemini sent them, two calls with one index become one broken call without an id:
+    merged = await _streamed_calls(same_index, numbered=False)
+    assert [(c.name, c.arguments, c.call_id) for c in merged] == [("b", '{"x": 1}{"y": 2}', "")]
+    # ... with distinct indexes and ids, two calls, each with its own signature in provider_data.
+    distinct = [
+        _tool_call_chunk(_call(0, "i1", "a", '{"x": 1}', "c2ln")),
+        _tool_call_chunk(_call(1, "i2", "b", '{"y": 2}'), finish="tool_calls"),
+    ]
+    calls = await _streamed_calls(distinct, numbered=False)
+    assert [(c.name, c.arguments, c.call_id) for c in calls] == [
+        ("a", '{"x": 1}', "i1"),
+        ("b", '{"y": 2}', "i2"),
+    ]
+    assert calls[0].provider_data["thought_signature"] == "c2ln"
+    assert "thought_signature" not in calls[1].provider_data
+    # The app's numbering on the stream turns the first case into the second.
+    numbered = await _streamed_calls(same_index, numbered=True)
+    assert [(c.name, c.arguments) for c in numbered] == [("a", '{"x": 1}'), ("b", '{"y": 2}')]
+    assert all(c.call_id.startswith("call_") for c in numbered)
+    assert numbered[0].provider_data["thought_signature"] == "c2ln"
+
+
+def test_openai_reads_a_tool_call_delta_without_index_as_index_none_and_lets_it_be_set():
+    from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
+
+    lenient = GeminiClient(api_key="k", base_url=BASE_URL)._process_response_data(
+        data=json.loads(_tool_call_chunk(_call(None, "", "a", "{}", "c2ln"))),
+        cast_to=ChatCompletionChunk,
+        response=httpx2.Response(200, request=httpx2.Request("POST", BASE_URL)),
+    )
+    call = lenient.choices[0].delta.tool_calls[0]
+    assert type(call) is ChoiceDeltaToolCall
+    assert call.index is None
+    assert call.extra_content == {"google": {"thought_signature": "c2ln"}}
+    call.index, call.id = 3, "call_x"
+    assert (call.index, call.id) == (3, "call_x")
+    strict = ChatCompletionChunk.model_validate(
+        json.loads(_tool_call_chunk(_call(0, "", "a", "{}")))
+    )
+    call = strict.choices[0].delta.tool_calls[0]
+    call.index, call.id = 3, "call_x"
+    assert (call.index, call.id) == (3, "call_x")
+
+
+def test_the_agents_sdk_sends_a_calls_signature_back_in_extra_content_for_gemini_models():
+    from agents.models.chatcmpl_converter import Converter
+
+    item = {
+        "type": "function_call",
+        "call_id": "call_1",
+        "name": "a",
+        "arguments": '{"x": 1}',
+        "provider_data": {"thought_signature": "c2ln", "model": "gemini-3.8-flash"},
+    }
+    messages = Converter.items_to_messages([item], model="gemini-3.8-flash")
+    assert messages[0]["tool_calls"] == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "a", "arguments": '{"x": 1}'},
+            "extra_content": {"google": {"thought_signature": "c2ln"}},
+        }
+    ]
+
+
+async def test_the_agents_sdk_passes_tool_schemas_to_create_as_tools_where_they_are_cleaned():
+    from agents import function_tool
+
+    @function_tool
+    def tool(x: int = 3) -> str:
+        """A tool."""
+        return str(x)
+
+    sent: list[bytes] = []
+    client = _client(GeminiClient, _streaming([GEMINI_CHUNKS[0], GEMINI_CHUNKS[1]], sent))
+    model = GeminiChatModel(model="gemini-3.8-flash", openai_client=client)
+    agent = Agent(name="a", model=model, tools=[tool])
+    result = Runner.run_streamed(agent, "hi", run_config=RunConfig(tracing_disabled=True))
+    async for _ in result.stream_events():
+        pass
+    await client.close()
+    assert tool.params_json_schema["properties"]["x"]["default"] == 3
+    (declared,) = json.loads(sent[0])["tools"]
+    assert declared["function"]["name"] == "tool"
+    assert "default" not in declared["function"]["parameters"]["properties"]["x"]
+
+
 # --- Chainlit's SQLAlchemy data layer (storage.ChatDataLayer) ------------------------------------
 
 
