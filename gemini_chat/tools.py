@@ -23,7 +23,7 @@ import importlib
 
 from agents import FunctionTool
 
-from .builtin_tools import BUILTIN_TOOLS
+from .builtin_tools import BUILTIN_TOOLS, build_builtin_tools
 from .config import ConfigError, Settings
 
 # Your own tools: every one listed here is offered to the model in every chat.
@@ -40,7 +40,8 @@ def build_tools(settings: Settings) -> list[FunctionTool]:
             f"TOOLS={','.join(settings.tools)!r} is not valid: unknown tool {unknown[0]!r}"
             f" (built-in tools: {', '.join(BUILTIN_TOOLS)})."
         )
-    tools = [BUILTIN_TOOLS[name] for name in settings.tools] + list(TOOLS)
+    builtins = build_builtin_tools(settings)
+    tools = [builtins[name] for name in settings.tools] + list(TOOLS)
     for module_name in settings.tool_modules:
         try:
             module = importlib.import_module(module_name)
