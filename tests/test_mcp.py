@@ -1,0 +1,550 @@
+"""MCP servers (gemini_chat/mcp.py): the config file, a real MCP server (tests/mcp_server.py)
+over stdio and streamable HTTP, its tools called through the Agents SDK against the fake
+Gemini, and the server failing, timing out, dying and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from agents import Agent, Runner
+from agents.tool_context import ToolContext
+
+from gemini_chat.config import ConfigError, Settings
+from gemini_chat.llm import build_client, build_model
+from gemini_chat.mcp import McpServers, McpToolError, load_server_configs
+from tests.app_process import ROOT, free_port
+from tests.fake_gemini import DEFAULT_KEY, Reply, ToolCall, tool_call_reply
+
+MCP_SERVER = str(ROOT / "tests" / "mcp_server.py")
+NOTE = "The launch is on Tuesday at 10:00."
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def write_config(directory: Path, servers: dict) -> str:
+    path = directory / "mcp_servers.json"
+    path.write_text(json.dumps({"mcpServers": servers}))
+    return str(path)
+
+
+def stdio_entry(directory: Path, name: str = "notes", **env: str) -> dict:
+    """The test server over stdio; it writes its pid to ``<directory>/<name>.pid``."""
+    return {
+        "command": sys.executable,
+        "args": [MCP_SERVER],
+        "env": {"MCP_TEST_PID_FILE": str(directory / f"{name}.pid"), **env},
+    }
+
+
+def pid_of(directory: Path, name: str = "notes") -> int:
+    return int((directory / f"{name}.pid").read_text())
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child that ended but was not yet reaped is gone for every purpose here.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended (it can only be polled: it is not our child)."""
+    deadline = time.monotonic() + timeout
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def settings_for(config: str, **overrides) -> Settings:
+    return Settings(mcp_servers_file=config, tools=(), **overrides)
+
+
+async def call(tool, arguments: dict) -> str:
+    """Call a tool as the Agents SDK does."""
+    text = json.dumps(arguments)
+    context = ToolContext(
+        context=None, tool_name=tool.name, tool_call_id="call_test", tool_arguments=text
+    )
+    return await tool.on_invoke_tool(context, text)
+
+
+async def run_agent(gemini, tools, question: str) -> str:
+    """The app's Gemini model (against the fake) in an agent with ``tools``; its answer."""
+    settings = Settings(api_key=DEFAULT_KEY, base_url=gemini.base_url, show_thoughts=False)
+    client = build_client(settings)
+    agent = Agent(
+        name="Gemini", instructions="Be brief.", model=build_model(settings, client), tools=tools
+    )
+    try:
+        result = Runner.run_streamed(agent, question)
+        async for _ in result.stream_events():
+            pass
+    finally:
+        await client.close()
+    return result.final_output
+
+
+def named(tools, name: str):
+    return next(tool for tool in tools if tool.name == name)
+
+
+class LogWaiter(logging.Handler):
+    """Lets a test wait for a log line (the server's stderr arrives from a reader thread)."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+        self.loop = asyncio.get_running_loop()
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.pattern.search(record.getMessage()):
+            self.loop.call_soon_threadsafe(self.seen.set)
+
+    async def wait(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self.seen.wait(), timeout)
+
+
+@pytest.fixture
+async def wait_for_log():
+    handlers = []
+
+    def make(pattern: str) -> LogWaiter:
+        handler = LogWaiter(pattern)
+        logging.getLogger("gemini_chat.mcp").addHandler(handler)
+        handlers.append(handler)
+        return handler
+
+    logging.getLogger("gemini_chat.mcp").setLevel(logging.INFO)
+    yield make
+    for handler in handlers:
+        logging.getLogger("gemini_chat.mcp").removeHandler(handler)
+
+
+@pytest.fixture
+async def mcp_servers():
+    """Make McpServers; every one is closed at the end of the test."""
+    made: list[McpServers] = []
+
+    def make(settings: Settings, environ: dict | None = None) -> McpServers:
+        servers = McpServers(settings, environ=environ or {})
+        made.append(servers)
+        return servers
+
+    yield make
+    for servers in made:
+        await servers.close()
+
+
+class HttpServer:
+    """tests/mcp_server.py over streamable HTTP, as a process of its own."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/mcp"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> HttpServer:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            MCP_SERVER,
+            "--http",
+            str(self.port),
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        assert self.process.stderr is not None
+        while b"Uvicorn running on" not in (line := await self.process.stderr.readline()):
+            assert line, "the HTTP MCP server exited before serving"
+        self._drain = asyncio.create_task(self._read_rest())
+        return self
+
+    async def _read_rest(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while await self.process.stderr.readline():
+            pass
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+            await self._drain
+
+
+@pytest.fixture
+async def http_server():
+    started: list[HttpServer] = []
+
+    async def start(port: int | None = None) -> HttpServer:
+        server = await HttpServer(port or free_port()).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.kill()
+
+
+# --- the config file -----------------------------------------------------------------------------
+
+
+def test_no_file_means_no_servers(tmp_path):
+    assert load_server_configs(str(tmp_path / "missing.json"), {}) == []
+
+
+def test_env_and_headers_take_variables_from_the_environment(tmp_path):
+    path = write_config(
+        tmp_path,
+        {
+            "files": {"command": "files-server", "args": ["--root", "docs"], "cwd": "srv",
+                      "env": {"TOKEN": "${FILES_TOKEN}", "PLAIN": "a $b ${"}},
+            "search": {"url": "https://mcp.example.com/mcp",
+                       "headers": {"Authorization": "Bearer ${SEARCH_KEY}"}},
+        },
+    )  # fmt: skip
+    files, search = load_server_configs(path, {"FILES_TOKEN": "t0k", "SEARCH_KEY": "k3y"})
+    assert files.command == "files-server" and files.args == ("--root", "docs")
+    assert files.env == {"TOKEN": "t0k", "PLAIN": "a $b ${"}
+    assert files.cwd == str(tmp_path / "srv")  # relative to the file
+    assert search.url == "https://mcp.example.com/mcp"
+    assert search.headers == {"Authorization": "Bearer k3y"}
+    # Secrets from the environment stay out of reprs (and so out of log lines).
+    assert "t0k" not in repr(files) and "k3y" not in repr(search)
+
+
+@pytest.mark.parametrize(
+    ("servers", "problem"),
+    [
+        ({"files": {"command": "x", "arg": ["-v"]}}, "server 'files': unknown field 'arg'"),
+        ({"files": {"command": "x", "url": "http://a/"}}, "either \"command\""),
+        ({"files": {}}, "either \"command\" (stdio) or \"url\""),
+        ({"files": {"command": ""}}, '"command" must be a non-empty string'),
+        ({"files": {"command": "x", "args": "-v"}}, '"args" must be a list of strings'),
+        ({"files": {"command": "x", "env": {"A": 1}}}, '"env" must be an object of strings'),
+        ({"files": {"command": "x", "env": {"A": "${MISSING}"}}},
+         "${MISSING}, which is not set in the environment"),
+        ({"files": {"command": "x", "headers": {}}}, '"headers" belongs to an HTTP server'),
+        ({"web": {"url": "ftp://example.com/"}}, '"url" must be an http(s) URL'),
+        ({"web": {"url": "https://a/", "headers": {"K": "${1X}"}}}, "is not a variable name"),
+        ({"web": {"url": "https://a/", "type": "sse"}}, '"type" \'sse\' is not supported'),
+        ({"web": {"url": "https://a/", "cwd": "/"}}, '"cwd" belongs to a command'),
+        ({"my files": {"command": "x"}}, "server 'my files': a server's name may hold only"),
+        ({"files": ["x"]}, 'server \'files\': it must be an object with "command" or "url"'),
+    ],
+)  # fmt: skip
+def test_a_malformed_entry_stops_the_start_naming_the_file_and_the_entry(
+    tmp_path, servers, problem
+):
+    path = write_config(tmp_path, servers)
+    with pytest.raises(ConfigError) as raised:
+        McpServers(settings_for(path))
+    message = str(raised.value)
+    assert message.startswith(f"MCP_SERVERS_FILE={path!r} is not valid: server ")
+    assert problem in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"mcpServers": {"a": ', "it is not JSON (Expecting value at line 1, column 22)"),
+        ('{"servers": {}}', 'it must be an object with "mcpServers"'),
+        ("[]", 'it must be an object with "mcpServers"'),
+    ],
+)
+def test_a_malformed_file_stops_the_start_naming_the_file(tmp_path, text, problem):
+    path = tmp_path / "mcp.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"MCP_SERVERS_FILE={str(path)!r}")) as raised:
+        McpServers(settings_for(str(path)))
+    assert problem in str(raised.value)
+
+
+# --- tools over stdio ----------------------------------------------------------------------------
+
+
+async def test_stdio_server_tools_answer_through_the_agents_sdk(
+    tmp_path, gemini, mcp_servers, caplog
+):
+    caplog.set_level(logging.INFO, logger="gemini_chat.mcp")
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path, TEAM="${TEAM_NAME}")})
+    servers = mcp_servers(settings_for(path), {"TEAM_NAME": "rockets"})
+    tools, notices = await servers.tools()
+    assert notices == []
+    # Prefixed with the server's name: never the name of a built-in or of another server's tool.
+    assert [tool.name for tool in tools] == [
+        "mcp_notes__lookup_note",
+        "mcp_notes__show_setting",
+        "mcp_notes__slow_tool",
+        "mcp_notes__exit_server",
+    ]
+
+    gemini.script(
+        tool_call_reply(
+            ToolCall("mcp_notes__lookup_note", {"key": "launch"}, id="call_1"),
+            ToolCall("mcp_notes__show_setting", {"name": "TEAM"}, id="call_2"),
+            shape="openai",
+        ),
+        Reply(text="The launch is on Tuesday."),
+    )
+    assert await run_agent(gemini, tools, "When is the launch?") == "The launch is on Tuesday."
+
+    first, follow_up = await gemini.arrived(2)
+    offered = {tool["function"]["name"]: tool["function"] for tool in first.body["tools"]}
+    assert offered["mcp_notes__lookup_note"]["parameters"]["properties"] == {
+        "key": {"title": "Key", "type": "string"}
+    }
+    assert offered["mcp_notes__lookup_note"]["description"].startswith("A note from the team's")
+    results = [m for m in follow_up.messages if m["role"] == "tool"]
+    assert [(m["tool_call_id"], m["content"]) for m in results] == [
+        ("call_1", NOTE),
+        # The ${TEAM_NAME} of the file, taken from the environment, reached the server.
+        ("call_2", "rockets"),
+    ]
+    # The server's stderr is in the log, under its name.
+    pid = pid_of(tmp_path)
+    assert f"MCP server 'notes': test MCP server {pid} starting" in caplog.text
+
+
+async def test_stdio_server_gets_no_secret_of_the_app(tmp_path, mcp_servers, monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", "the-apps-own-key")
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    tools, _ = await mcp_servers(settings_for(path)).tools()
+    show = named(tools, "mcp_notes__show_setting")
+    assert await call(show, {"name": "GEMINI_API_KEY"}) == "(not set)"
+    assert await call(show, {"name": "MCP_TEST_PID_FILE"}) == str(tmp_path / "notes.pid")
+
+
+async def test_many_chats_at_once_share_one_server_process(tmp_path, mcp_servers, caplog):
+    caplog.set_level(logging.INFO, logger="gemini_chat.mcp")
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path))
+    results = await asyncio.gather(*(servers.tools() for _ in range(20)))
+    assert all(len(tools) == 4 and notices == [] for tools, notices in results)
+    answers = await asyncio.gather(
+        *(call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) for tools, _ in results)
+    )
+    assert answers == [NOTE] * 20
+    assert caplog.text.count("Starting MCP server 'notes'") == 1
+    assert len(re.findall(r"test MCP server \d+ starting", caplog.text)) == 1
+
+
+async def test_a_chat_stopped_while_waiting_does_not_stop_the_start_for_the_others(
+    tmp_path, mcp_servers
+):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path))
+    stopped = asyncio.create_task(servers.tools())
+    other = asyncio.create_task(servers.tools())
+    await asyncio.sleep(0)  # both are waiting on the one start
+    stopped.cancel()
+    tools, notices = await other
+    assert len(tools) == 4 and notices == []
+    with pytest.raises(asyncio.CancelledError):
+        await stopped
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+
+async def test_a_server_that_cannot_start_gives_a_notice_and_the_others_still_work(
+    tmp_path, mcp_servers, caplog
+):
+    path = write_config(
+        tmp_path,
+        {"broken": {"command": str(tmp_path / "no-such-server")}, "notes": stdio_entry(tmp_path)},
+    )
+    servers = mcp_servers(settings_for(path))
+    tools, notices = await servers.tools()
+    assert notices == [
+        "The tool server 'broken' is not available (it could not be started); answering without it."
+    ]
+    assert [tool.name for tool in tools][:1] == ["mcp_notes__lookup_note"]
+    assert "no-such-server" in caplog.text  # the detail is for the operator's log
+    # Tried again on the next message.
+    _, notices = await servers.tools()
+    assert len(notices) == 1
+    assert caplog.text.count("MCP server 'broken' is not available") == 2
+
+
+async def test_a_server_too_slow_to_start_gives_a_notice_and_is_stopped(tmp_path, mcp_servers):
+    path = write_config(
+        tmp_path, {"slow": stdio_entry(tmp_path, "slow", MCP_TEST_START_DELAY="60")}
+    )
+    servers = mcp_servers(settings_for(path, mcp_timeout=1.5))
+    started = time.monotonic()
+    tools, notices = await servers.tools()
+    waited = time.monotonic() - started
+    assert tools == []
+    assert notices == [
+        "The tool server 'slow' is not available (it did not start in 1.5 s); answering without it."
+    ]
+    assert 1.5 <= waited < 3
+    # The process that did not start in time is not left behind.
+    assert await gone(pid_of(tmp_path, "slow"))
+
+
+async def test_a_server_killed_between_messages_is_back_on_the_next(tmp_path, mcp_servers):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path))
+    await servers.tools()
+    first = pid_of(tmp_path)
+    os.kill(first, signal.SIGKILL)
+    assert await gone(first)
+
+    tools, notices = await servers.tools()
+    assert notices == []
+    assert pid_of(tmp_path) != first
+    assert await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) == NOTE
+
+
+async def test_a_server_killed_during_a_call_is_a_tool_error_then_back(
+    tmp_path, mcp_servers, wait_for_log
+):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path))
+    tools, _ = await servers.tools()
+    first = pid_of(tmp_path)
+    calling = wait_for_log("Processing request of type CallToolRequest")
+    slow = asyncio.create_task(call(named(tools, "mcp_notes__slow_tool"), {"seconds": 30}))
+    await calling.wait()
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(McpToolError) as raised:
+        await asyncio.wait_for(slow, 5)
+    assert str(raised.value) == (
+        "The tool server 'notes' stopped during the call; it will be started again with the "
+        "next message."
+    )
+    # A tool of the dead server called again in the same turn fails the same clear way.
+    with pytest.raises(McpToolError):
+        await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"})
+
+    tools, notices = await servers.tools()
+    assert notices == [] and pid_of(tmp_path) != first
+    assert await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) == NOTE
+
+
+async def test_a_server_that_exits_in_a_call_is_a_tool_error_then_back(tmp_path, mcp_servers):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path))
+    tools, _ = await servers.tools()
+    first = pid_of(tmp_path)
+    with pytest.raises(McpToolError, match="The tool server 'notes' stopped during the call"):
+        await call(named(tools, "mcp_notes__exit_server"), {})
+    tools, notices = await servers.tools()
+    assert notices == [] and pid_of(tmp_path) != first
+    assert await call(named(tools, "mcp_notes__slow_tool"), {"seconds": 0}) == "Waited 0 s."
+
+
+async def test_close_stops_every_server_process(tmp_path):
+    path = write_config(
+        tmp_path, {"notes": stdio_entry(tmp_path), "more": stdio_entry(tmp_path, "more")}
+    )
+    servers = McpServers(settings_for(path), environ={})
+    await servers.tools()
+    pids = [pid_of(tmp_path), pid_of(tmp_path, "more")]
+    assert all(running(pid) for pid in pids)
+    await servers.close()
+    assert not any(running(pid) for pid in pids)
+    assert await servers.tools() == ([], [])  # after shutdown nothing starts again
+
+
+# --- streamable HTTP ---------------------------------------------------------------------------
+
+
+async def test_http_server_tools_with_headers_from_the_environment(
+    tmp_path, gemini, mcp_servers, http_server
+):
+    server = await http_server()
+    path = write_config(
+        tmp_path, {"web": {"url": server.url, "headers": {"X-Team-Token": "${TEAM_TOKEN}"}}}
+    )
+    servers = mcp_servers(settings_for(path), {"TEAM_TOKEN": "s3cret-token"})
+    tools, notices = await servers.tools()
+    assert notices == []
+    gemini.script(
+        tool_call_reply(
+            ToolCall("mcp_web__show_setting", {"name": "x-team-token"}, id="call_1"),
+            shape="openai",
+        ),
+        Reply(text="Your token arrived."),
+    )
+    assert await run_agent(gemini, tools, "Did my token arrive?") == "Your token arrived."
+    _, follow_up = await gemini.arrived(2)
+    assert [m["content"] for m in follow_up.messages if m["role"] == "tool"] == ["s3cret-token"]
+
+
+async def test_http_server_gone_gives_a_notice_and_is_back_when_it_is(
+    tmp_path, mcp_servers, http_server
+):
+    server = await http_server()
+    path = write_config(tmp_path, {"web": {"url": server.url}})
+    servers = mcp_servers(settings_for(path))
+    tools, _ = await servers.tools()
+    assert await call(named(tools, "mcp_web__lookup_note"), {"key": "budget"}) == (
+        "The budget is 4,200 EUR."
+    )
+
+    await server.kill()
+    with pytest.raises(McpToolError, match="The tool server 'web' stopped during the call"):
+        await call(named(tools, "mcp_web__lookup_note"), {"key": "budget"})
+    tools, notices = await servers.tools()
+    assert tools == []
+    assert notices == [
+        "The tool server 'web' is not available (it could not be reached); answering without it."
+    ]
+
+    await http_server(server.port)  # back on the same address
+    tools, notices = await servers.tools()
+    assert notices == []
+    assert await call(named(tools, "mcp_web__lookup_note"), {"key": "launch"}) == NOTE
+
+
+async def test_unreachable_http_server_gives_a_notice(tmp_path, mcp_servers):
+    path = write_config(tmp_path, {"web": {"url": f"http://127.0.0.1:{free_port()}/mcp"}})
+    tools, notices = await mcp_servers(settings_for(path)).tools()
+    assert tools == []
+    assert notices == [
+        "The tool server 'web' is not available (it could not be reached); answering without it."
+    ]
+
+
+# --- never from the browser --------------------------------------------------------------------
+
+
+def test_chainlits_mcp_panel_stays_off():
+    config = tomllib.loads((ROOT / ".chainlit" / "config.toml").read_text())
+    assert config["features"]["mcp"]["enabled"] is False
+    assert config["features"]["mcp"]["user_servers"]["enabled"] is False
+
+
+async def test_the_browser_cannot_add_an_mcp_server(chat, tmp_path):
+    marker = tmp_path / "added-from-the-browser"
+    for body in (
+        {"clientType": "stdio", "name": "evil", "fullCommand": f"touch {marker}"},
+        {"clientType": "streamable-http", "name": "evil", "url": "http://127.0.0.1:9/mcp"},
+    ):
+        status, _ = await asyncio.to_thread(
+            chat._post_json, "/mcp", {"sessionId": chat.session_id, **body}
+        )
+        assert status == 403
+    assert not marker.exists()
