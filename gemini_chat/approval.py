@@ -1,6 +1,64 @@
-"""Allow / Deny in the chat before a tool that needs confirmation runs."""
+"""Allow / Deny in the chat before a tool that needs confirmation runs.
+
+The question is a message under the tool's step, with two buttons, asked as Chainlit's
+``AskActionMessage`` asks: the "ask" socket call to the tab that sent the message. The answer
+can only come back as that call's acknowledgement, on that tab's socket, so no other tab,
+session or user can answer it, whatever they send. While the question waits the page shows the
+buttons, not Stop, and the composer is disabled (Chainlit's frontend does both). Answered or
+not, the buttons go away and the message keeps the question with what was decided.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+
+import chainlit as cl
+from chainlit.types import AskActionSpec
+from chainlit.utils import utc_now
+
+from .live import live_replies
+
+logger = logging.getLogger("gemini_chat")
+
+KIND = "approval"
+ALLOW = "allow_tool_call"
+DENY = "deny_tool_call"
+ALLOWED = "Allowed"
+DENIED = "Denied"
+STOPPED = "Stopped: not run"
+# Chainlit's own time limit on the question, a backstop behind ours (it takes whole seconds).
+BACKSTOP_SECONDS = 5
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
+
+
+def escaped(text: str) -> str:
+    """``text`` shown as typed in Markdown: no emphasis, link, image or HTML can come of it."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
+
+
+def fenced(text: str, language: str = "text") -> str:
+    """``text`` in a code block that nothing inside it can close."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"
+
+
+def readable_arguments(arguments: str) -> str:
+    """A call's arguments as a code block: pretty JSON, or the text as the model wrote it."""
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        return fenced(arguments)
+    return fenced(json.dumps(parsed, indent=2, ensure_ascii=False), "json")
+
+
+def timed_out(wait_seconds: float) -> str:
+    return f"No answer in {wait_seconds:g} s: denied"
 
 
 async def ask_approval(
@@ -8,6 +66,70 @@ async def ask_approval(
 ) -> bool:
     """Show the call (tool and arguments) with Allow and Deny buttons under ``parent_id``;
     True only when the user clicks Allow within ``wait_seconds`` seconds. Deny, no answer and a
-    closed tab are False. The buttons go away once answered or timed out, and what was decided
-    stays readable in the chat."""
-    raise NotImplementedError
+    closed tab are False; Stop (the turn cancelled) ends the wait with CancelledError. The
+    buttons go away once answered or timed out, and what was decided stays readable in the
+    chat."""
+    question = (
+        f"Allow **{escaped(tool_name)}** to run with these arguments?\n\n"
+        f"{readable_arguments(arguments)}"
+    )
+    message = cl.Message(
+        content=question,
+        # Not an assistant message: the page puts no copy or thumbs buttons on it, and the
+        # history and the export leave it out.
+        type="system_message",
+        parent_id=parent_id,
+        metadata={"kind": KIND, "tool": tool_name},
+        created_at=utc_now(),
+    )
+    message.wait_for_answer = True
+    allow = cl.Action(name=ALLOW, payload={}, label="Allow")
+    deny = cl.Action(name=DENY, payload={}, label="Deny")
+    await message.send()
+    await _to_viewers(message)
+    for action in (allow, deny):
+        await action.send(for_id=message.id)
+    spec = AskActionSpec(
+        type="action",
+        step_id=message.id,
+        timeout=math.ceil(wait_seconds) + BACKSTOP_SECONDS,
+        keys=[allow.id, deny.id],
+    )
+    outcome = DENIED
+    allowed = False
+    try:
+        async with asyncio.timeout(wait_seconds):
+            answer = await cl.context.emitter.send_ask_user(message.to_dict(), spec)
+        # Whatever the tab sends back, only the Allow button this question offered allows.
+        allowed = isinstance(answer, dict) and answer.get("id") == allow.id
+        outcome = ALLOWED if allowed else DENIED
+    except TimeoutError:
+        outcome = timed_out(wait_seconds)
+    except asyncio.CancelledError:
+        outcome = STOPPED
+        raise
+    finally:
+        # Shielded: a second Stop must not leave the buttons on the page.
+        await asyncio.shield(_settle(message, (allow, deny), question, outcome))
+    logger.info("Approval for tool %s: %s", tool_name, outcome)
+    return allowed
+
+
+async def _settle(message: cl.Message, actions, question: str, outcome: str) -> None:
+    for action in actions:
+        await action.remove()
+    # Chainlit clears the question itself when it is answered, not when our time runs out or
+    # the turn is stopped; the composer waits on it.
+    await cl.context.emitter.clear("clear_ask")
+    message.wait_for_answer = False
+    message.content = f"{question}\n\n**{outcome}**"
+    await message.update()
+    await _to_viewers(message)
+
+
+async def _to_viewers(message: cl.Message) -> None:
+    """Tabs following the answer see the question and its outcome (without the buttons)."""
+    session = cl.context.session
+    live = live_replies.watched_by(session)
+    if live is not None and live.origin is session:
+        await live.show_step(message.to_dict())

@@ -58,6 +58,9 @@ class LiveReply:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # The answer's thinking step (gemini_chat/thinking.py) once its first thought came.
     thinking: cl.Step | None = None
+    # Other steps of the turn, by id, as last shown: its tool calls and the questions about
+    # them (gemini_chat/toolsteps.py, gemini_chat/approval.py).
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def sink(self) -> Callable[[str], Awaitable[None]]:
         """Where the reply's text goes: the asking session, then every viewer."""
@@ -73,9 +76,10 @@ class LiveReply:
         return write
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """The thinking step, if any, and the reply, as stored steps would show them, with the
-        text written so far."""
+        """The thinking step, if any, the turn's other steps and the reply, as stored steps
+        would show them, with the text written so far."""
         steps = [self.thinking.to_dict()] if self.thinking is not None else []
+        steps.extend(self.steps.values())
         steps.append({**self.reply.to_dict(), "streaming": True})
         return steps
 
@@ -90,6 +94,14 @@ class LiveReply:
             else:
                 viewer.shown.add(step.id)
                 await _quietly(viewer.emitter.stream_start(step.to_dict()))
+
+    async def show_step(self, step: dict[str, Any]) -> None:
+        """A step of the turn was shown to the asking session or changed there: the viewers
+        get it as it is now (the page adds a step it does not have, and updates one it has)."""
+        self.steps[step["id"]] = step
+        for viewer in list(self.viewers):
+            viewer.shown.add(step["id"])
+            await _quietly(viewer.emitter.send_step(step))
 
     async def finish_thinking(self, step: cl.Step) -> None:
         for viewer in list(self.viewers):
