@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 from tqdm import tqdm
 
-from bench.client import BrowserChat, login
+from bench.client import BrowserChat, Reply, login
 from bench.tools import bench_clock
 from tests.app_process import ROOT, AppServer, start_app
 from tests.fake_gemini import DEFAULT_KEY, bench_tokens
@@ -38,9 +38,11 @@ MODEL = "gemini-3.8-flash"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MEMORY_SETTLE_S = 25
 # The turn with one tool call: the fake calls bench/tools.py's tool, then streams this many
-# tokens at full speed once the follow-up request carries the result.
+# tokens, 1 ms apart, once the follow-up request carries the result. (Paced, so the first token
+# arrives alone and its time is latency, not the time to parse a burst of chunks.)
 TOOL_TURN_TOKENS = 100
-TOOL_TURN = f"bench-tool {TOOL_TURN_TOKENS} 0 0"
+TOOL_TURN_DELAY = 0.001
+TOOL_TURN = f"bench-tool {TOOL_TURN_TOKENS} {TOOL_TURN_DELAY} 0"
 TOOL_TARGET = 1.10  # within 10% of the Agents SDK alone
 
 
@@ -499,28 +501,48 @@ async def measure_tool_turn(
     app: AppServer, driver: AppDriver, client, tool_agent, run_config, trials: int
 ) -> dict:
     """A turn with one tool call, one at a time, the three ways in turn: the first token of the
-    answer (after the tool), the gap from the tool's end to it, the whole turn, CPU per turn."""
+    answer (after the tool), the gap from the tool's end to it, the whole turn, CPU per turn.
+    Beside it, the same reply without the tool call (same agent, same tool offered), so the
+    tool call's own cost shows apart from the cost of any turn."""
     expected = expected_text(TOOL_TURN_TOKENS)
+    plain = f"bench {TOOL_TURN_TOKENS} {TOOL_TURN_DELAY} 0"
     turns: dict[str, list[tuple[float, float, float, float]]] = {"bare": [], "sdk": [], "app": []}
+    plains: dict[str, list[tuple[float, float, float]]] = {"bare": [], "sdk": [], "app": []}
+
+    async def app_turn(text: str) -> tuple[Reply, float]:
+        (chat,) = await driver.open_chats(1)
+        cpu = cpu_seconds(app.pid)
+        await driver.one(chat, text)
+        await settle(0.05)  # the turn's last writes (its steps, the reply) count as its own
+        cpu = cpu_seconds(app.pid) - cpu
+        await chat.close()
+        assert chat.reply.text == expected, f"app: {text!r} not intact: {chat.reply.text[:200]!r}"
+        return chat.reply, cpu
+
     for _ in tqdm(range(trials), desc="tool turn", leave=False):
-        for name, call in (
-            ("bare", lambda: bare_tool_turn(client, TOOL_TURN)),
-            ("sdk", lambda: sdk_tool_turn(tool_agent, run_config, TOOL_TURN)),
+        for name, call, without in (
+            (
+                "bare",
+                lambda: bare_tool_turn(client, TOOL_TURN),
+                lambda: bare_stream(client, plain),
+            ),
+            (
+                "sdk",
+                lambda: sdk_tool_turn(tool_agent, run_config, TOOL_TURN),
+                lambda: sdk_stream(tool_agent, run_config, plain),
+            ),
         ):
             cpu = time.process_time()
             first, tool_done, total, text = await call()
             cpu = time.process_time() - cpu
             assert text == expected, f"{name}: tool turn not intact"
             turns[name].append((first, first - tool_done, total, cpu))
-        (chat,) = await driver.open_chats(1)
-        cpu = cpu_seconds(app.pid)
-        await driver.one(chat, TOOL_TURN)
-        await settle(0.05)  # the turn's last writes (its steps, the reply) count as its own
-        cpu = cpu_seconds(app.pid) - cpu
-        reply = chat.reply
-        await chat.close()
+            cpu = time.process_time()
+            first, total, text = await without()
+            plains[name].append((first, total, time.process_time() - cpu))
+            assert text == expected, f"{name}: reply not intact"
+        reply, cpu = await app_turn(TOOL_TURN)
         steps = list(reply.tool_steps.values())
-        assert reply.text == expected, f"app: tool turn not intact: {reply.text[:200]!r}"
         assert len(steps) == 1 and not steps[0].get("isError") and steps[0].get("output"), (
             f"app: expected one tool step with a result, got {steps}"
         )
@@ -532,6 +554,10 @@ async def measure_tool_turn(
                 cpu,
             )
         )
+        reply, cpu = await app_turn(plain)
+        plains["app"].append(
+            (reply.first_token_at - reply.sent_at, reply.done_at - reply.sent_at, cpu)
+        )
     # Medians of times; CPU as a mean, since the app's is read from /proc in 10 ms ticks.
     return {
         "tokens": TOOL_TURN_TOKENS,
@@ -542,6 +568,11 @@ async def measure_tool_turn(
                 "tool_to_first_token_ms": statistics.median(v[1] for v in values) * 1000,
                 "total_ms": statistics.median(v[2] for v in values) * 1000,
                 "cpu_ms_per_turn": statistics.mean(v[3] for v in values) * 1000,
+                "without_tool": {
+                    "first_token_ms": statistics.median(v[0] for v in plains[name]) * 1000,
+                    "total_ms": statistics.median(v[1] for v in plains[name]) * 1000,
+                    "cpu_ms_per_turn": statistics.mean(v[2] for v in plains[name]) * 1000,
+                },
             }
             for name, values in turns.items()
         },
@@ -579,6 +610,8 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        # Other work on the machine moves the timings: the load when the run began.
+        "load_average": os.getloadavg(),
     }
 
 
@@ -687,11 +720,22 @@ def tool_turn_lines(t: dict | None) -> list[str]:
         ("whole turn (ms)", "total_ms"),
         ("CPU per turn (ms)", "cpu_ms_per_turn"),
     )
+    without = (
+        ("  without the tool: first token", "first_token_ms"),
+        ("  without the tool: whole turn", "total_ms"),
+        ("  without the tool: CPU", "cpu_ms_per_turn"),
+    )
     return [
-        f"Turn with one tool call, {t['tokens']} tokens after it (median of {t['trials']}):",
+        f"Turn with one tool call, {t['tokens']} tokens 1 ms apart after it "
+        f"(median of {t['trials']}):",
         *(
             f"{'  ' + label:34}{t['bare'][key]:>14.1f}{t['sdk'][key]:>14.1f}{t['app'][key]:>14.1f}"
             for label, key in rows
+        ),
+        *(
+            f"{'  ' + label:34}"
+            + "".join(f"{t[who]['without_tool'][key]:>14.1f}" for who in ("bare", "sdk", "app"))
+            for label, key in without
         ),
     ]
 
@@ -700,7 +744,8 @@ def render(r: dict) -> str:
     first, long = r["first_token_ms"], r["long_reply"]
     lines = [
         f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, "
-        f"Python {r['machine']['python']}, {r['machine']['date']}",
+        f"Python {r['machine']['python']}, {r['machine']['date']}, load average "
+        + ", ".join(f"{load:.1f}" for load in r["machine"].get("load_average", ())),
         "",
         f"{'':34}{'bare openai':>14}{'Agents SDK':>14}{'the app':>14}",
         f"{'first token, median (ms)':34}{first['bare']:>14.1f}{first['sdk']:>14.1f}"
@@ -809,6 +854,7 @@ def main() -> int:
     try:
         app = start_app(env)
         results = asyncio.run(measure(app, fake_url, args.quick))
+        results["machine"]["load_average_at_end"] = os.getloadavg()
     finally:
         if app is not None:
             app.stop()
