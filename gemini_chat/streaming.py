@@ -181,9 +181,12 @@ class ReplyStream:
         ``turn_items``), so far: empty when no tool was called."""
         if self._result is None:
             return ()
+        new_items = self._result.new_items
+        # Most turns call no tool: they are kept as text, with nothing to convert.
+        if not any(item.type == "tool_call_item" for item in new_items):
+            return ()
         return turn_items(
-            [item.to_input_item() for item in self._result.new_items],
-            self.text[self._round_start :],
+            [item.to_input_item() for item in new_items], self.text[self._round_start :]
         )
 
     @property

@@ -668,3 +668,105 @@ async def test_chainlits_reads_and_the_layers_writes_go_through_execute_sql(
     assert (await layer.get_step(step_id))["id"] == step_id
     assert any(query.startswith("SELECT") for query in queries)
     await layer.engine.dispose()
+
+
+# --- openai-agents: running tools (toolrun.py, llm.count_round, streaming.ReplyStream) ----------
+
+
+def test_a_copied_tool_with_its_failure_policy_off_raises_what_the_tool_raised():
+    """toolrun.guard turns the SDK's generic "An error occurred" off on a copy of each tool
+    (``_use_default_failure_error_function``, ``_failure_error_function``), relying on
+    ``copy.copy`` to rebind the tool's invoker to the copy, so it can say what went wrong."""
+    import asyncio
+
+    from agents import function_tool
+    from agents.mcp.util import MCPUtil
+    from agents.tool import default_tool_error_function
+    from agents.tool_context import ToolContext
+
+    from gemini_chat.toolrun import _raising
+
+    @function_tool
+    def jammed() -> str:
+        """Fails."""
+        raise RuntimeError("jammed")
+
+    def call(tool):
+        context = ToolContext(None, tool_name="jammed", tool_call_id="c", tool_arguments="{}")
+        return asyncio.run(tool.on_invoke_tool(context, "{}"))
+
+    assert jammed._use_default_failure_error_function is True
+    assert call(jammed) == default_tool_error_function(None, RuntimeError())
+    with pytest.raises(RuntimeError, match="jammed"):
+        call(_raising(jammed))
+    assert call(jammed) == default_tool_error_function(None, RuntimeError())  # untouched
+    # MCP tools name the default formatter explicitly: the guard treats them alike.
+    default = inspect.signature(MCPUtil.to_function_tool).parameters["failure_error_function"]
+    assert default.default is default_tool_error_function
+
+
+def test_the_sdk_passes_model_settings_third_and_tools_fourth_to_fetch_response():
+    """GeminiChatModel._fetch_response swaps the model settings by position (tool_choice
+    "none" once the tool rounds are used up)."""
+    names = list(inspect.signature(OpenAIChatCompletionsModel._fetch_response).parameters)
+    assert names[1:5] == ["system_instructions", "input", "model_settings", "tools"]
+
+
+async def test_rounds_are_counted_per_model_request_not_per_retry_and_the_last_may_only_answer():
+    """llm.count_round is RunConfig.call_model_input_filter, which the SDK calls once before
+    each model request and not again for its retries: a retried request must not use up a
+    round. After MAX_TOOL_ROUNDS rounds, the request goes with tool_choice "none"."""
+    from gemini_chat.config import load_settings
+    from gemini_chat.llm import build_backend
+    from gemini_chat.streaming import ReplyStream
+    from tests import sample_tools
+
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup_weather", "arguments": '{"city": "Oslo"}'},
+    }
+    tool_chunk = json.dumps(
+        {
+            "choices": [
+                {
+                    "delta": {"role": "assistant", "tool_calls": [call]},
+                    "finish_reason": "tool_calls",
+                    "index": 0,
+                }
+            ],
+            "created": 1,
+            "id": "c",
+            "model": "gemini-3.8-flash",
+            "object": "chat.completion.chunk",
+        }
+    )
+    bodies: list[dict] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        bodies.append(json.loads(request.content))
+        if len(bodies) == 1:
+            error = [{"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}]
+            return httpx2.Response(503, json=error)
+        chunks = [tool_chunk] if len(bodies) == 2 else [GEMINI_CHUNKS[5], GEMINI_CHUNKS[4]]
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=_sse(chunks)
+        )
+
+    settings = load_settings(
+        {"GEMINI_API_KEY": "k", "GEMINI_MAX_RETRIES": "1", "MAX_TOOL_ROUNDS": "1"}
+    )
+    client = _client(GeminiClient, answer)
+    model = GeminiChatModel(model="gemini-3.8-flash", openai_client=client)
+    backend = build_backend(settings, model, tools=[sample_tools.lookup_weather])
+    try:
+        text = await ReplyStream(backend, _ignore).run([{"role": "user", "content": "hi"}])
+    finally:
+        await client.close()
+    assert text == "OK."
+    assert [body.get("tool_choice") for body in bodies] == [None, None, "none"]
+
+
+async def _ignore(_text: str) -> None:
+    pass

@@ -6,13 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from unittest.mock import AsyncMock
 
 import pytest
+from agents import function_tool
+from agents.testing import ModelStep, ScriptedModel, function_call
+from agents.tool_context import ToolContext
 
+from gemini_chat.actions import CONTINUE_PROMPT
+from gemini_chat.config import load_settings
+from gemini_chat.history import History, stored_items, turn_items
+from gemini_chat.llm import build_backend
+from gemini_chat.streaming import ReplyStream
+from gemini_chat.toolrun import TurnContext, as_text, guard, shortened
+from tests import sample_tools
 from tests.app_process import ROOT, app_directory, start_app
 from tests.chat_client import ChatClient
 from tests.conftest import app_env
 from tests.fake_gemini import Reply, ToolCall, tool_call_reply
+from tests.fake_models import streamed_reply
+from tests.test_regenerate import offered
 
 TOOL_SETTINGS = {
     "TOOL_MODULES": "tests.sample_tools",
@@ -337,3 +350,229 @@ async def test_a_resumed_chat_sends_the_same_items_after_a_restart(fake_gemini_s
         {"role": "assistant", "content": "Before the restart."},
         {"role": "user", "content": "Thanks"},
     ]
+
+
+async def test_regenerate_asks_a_tool_turn_again_and_keeps_only_the_new_calls(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_old"), shape="openai"),
+        Reply("Old answer."),
+        tool_call_reply(weather("Oslo", "call_new"), shape="openai"),
+        Reply("New answer."),
+        Reply("Three."),
+    )
+    [old] = await chat.ask("Weather in Oslo?")
+    regenerate = await offered(chat, old.id, "regenerate")
+    chat.mark()
+    status, body = await chat.call_action(regenerate)
+    assert status == 200, body
+    await chat.wait_idle()
+    requests = await gemini.arrived(4)
+    assert requests[2].messages == requests[0].messages  # asked exactly as the first time
+    assert chat.assistant_messages()[-1].content == "New answer."
+
+    await chat.ask("three")
+    last = (await gemini.arrived(5))[4]
+    assert tool_results(last) == {"call_new": "Sunny in Oslo, 21 °C"}
+    assert "call_old" not in json.dumps(last.messages)
+
+
+async def test_continue_goes_on_after_a_tool_turn_and_the_history_holds_it_whole(chat, gemini):
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai"),
+        Reply(chunks=["Sunny", " and"], finish_reason="length"),
+        Reply(chunks=[" warm."]),
+        Reply("Next."),
+    )
+    [cut, notice] = await chat.ask("Weather in Oslo?")
+    cont = await offered(chat, notice.id, "continue")
+    chat.mark()
+    status, body = await chat.call_action(cont)
+    assert status == 200, body
+    await chat.wait_idle()
+    continuing = (await gemini.arrived(3))[2]
+    assert chat.messages[cut.id].content == "Sunny and warm."
+    assert continuing.messages[-2:] == [
+        {"role": "assistant", "content": "Sunny and"},
+        {"role": "user", "content": CONTINUE_PROMPT},
+    ]
+    await chat.ask("More")
+    last = (await gemini.arrived(4))[3]
+    assert [m["role"] for m in last.messages[1:]] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+    assert last.messages[-2] == {"role": "assistant", "content": "Sunny and warm."}
+    assert tool_results(last) == {"call_1": "Sunny in Oslo, 21 °C"}
+
+
+# --- the guard and the run, without a server (ScriptedModel) ------------------------------------
+
+
+class RecordingObserver:
+    """A ToolObserver that notes what it was told and answers approvals as scripted."""
+
+    def __init__(self, allow: bool = True) -> None:
+        self.allow = allow
+        self.seen: list[tuple] = []
+        self.running = asyncio.Event()
+
+    async def started(self, call_id: str, name: str, arguments: str) -> None:
+        self.seen.append(("started", call_id, name, arguments))
+        self.running.set()
+
+    async def finished(self, call_id: str, output: str, error: str | None, seconds: float) -> None:
+        self.seen.append(("finished", call_id, output, error))
+
+    async def approve(self, call_id: str, name: str, arguments: str, wait_seconds: float) -> bool:
+        self.seen.append(("approve", call_id, name, arguments, wait_seconds))
+        return self.allow
+
+
+def unit_settings(**env: str):
+    return load_settings({"GEMINI_API_KEY": "k", "GEMINI_MAX_RETRIES": "0", **env})
+
+
+async def invoke(tool, observer, arguments: str = "{}", call_id: str = "call_9"):
+    context = ToolContext(
+        context=TurnContext(observer),
+        tool_name=tool.name,
+        tool_call_id=call_id,
+        tool_arguments=arguments,
+    )
+    return await tool.on_invoke_tool(context, arguments)
+
+
+async def test_the_observer_sees_each_call_start_and_end_under_the_sdks_call_id():
+    model = ScriptedModel(
+        [
+            ModelStep(output=[function_call("lookup_weather", {"city": "Oslo"}, call_id="c-1")]),
+            streamed_reply("Sunny."),
+        ]
+    )
+    observer = RecordingObserver()
+    settings = unit_settings()
+    backend = build_backend(settings, model, tools=[sample_tools.lookup_weather])
+    stream = ReplyStream(backend, AsyncMock(), observer=observer)
+    assert await stream.run([{"role": "user", "content": "Weather?"}]) == "Sunny."
+    assert observer.seen == [
+        ("started", "c-1", "lookup_weather", '{"city":"Oslo"}'),
+        ("finished", "c-1", "Sunny in Oslo, 21 °C", None),
+    ]
+    assert model.last_call.input[-1] == {
+        "call_id": "c-1",
+        "output": "Sunny in Oslo, 21 °C",
+        "type": "function_call_output",
+    }
+    # What the history keeps: the call and its result, then the answer.
+    assert [item.get("type") for item in stream.items] == [
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+
+
+async def test_a_turn_without_tools_keeps_no_items():
+    model = ScriptedModel([streamed_reply("Just text.")])
+    backend = build_backend(unit_settings(), model, tools=[sample_tools.lookup_weather])
+    stream = ReplyStream(backend, AsyncMock())
+    await stream.run([{"role": "user", "content": "Hi"}])
+    assert stream.items == ()
+
+
+async def test_a_tool_that_needs_approval_runs_only_when_allowed():
+    settings = unit_settings()
+    tool = guard(sample_tools.confirm_tool, settings)
+    assert tool.needs_approval is False  # the SDK never interrupts the run to ask
+
+    allowing = RecordingObserver(allow=True)
+    assert await invoke(tool, allowing, '{"action": "launch"}') == "done: launch"
+    assert [event[0] for event in allowing.seen] == ["approve", "started", "finished"]
+    assert allowing.seen[0] == ("approve", "call_9", "confirm_tool", '{"action": "launch"}', 120.0)
+
+    denying = RecordingObserver(allow=False)
+    output = await invoke(tool, denying, '{"action": "launch"}')
+    assert output == (
+        "The user did not allow this call to confirm_tool; it did not run. "
+        "Do not call it again unless the user asks to."
+    )
+    assert [event[0] for event in denying.seen] == ["approve", "finished"]
+    assert denying.seen[1] == ("finished", "call_9", output, "Denied")
+
+
+async def test_a_tool_named_in_tool_approval_asks_too():
+    tool = guard(sample_tools.lookup_weather, unit_settings(TOOL_APPROVAL="lookup_weather"))
+    observer = RecordingObserver(allow=False)
+    assert (await invoke(tool, observer, '{"city": "Oslo"}')).startswith("The user did not allow")
+    assert observer.seen[0][0] == "approve"
+
+
+async def test_without_an_observer_a_tool_that_needs_approval_does_not_run():
+    tool = guard(sample_tools.confirm_tool, unit_settings())
+    assert (await invoke(tool, None, '{"action": "x"}')).startswith("The user did not allow")
+
+
+async def test_a_stopped_call_is_reported_stopped_and_the_stop_goes_on():
+    tool = guard(sample_tools.slow_tool, unit_settings())
+    observer = RecordingObserver()
+    task = asyncio.create_task(invoke(tool, observer, '{"seconds": 30}'))
+    await observer.running.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert observer.seen[-1] == ("finished", "call_9", "", "Stopped")
+
+
+async def test_a_failure_formatter_of_the_tools_own_is_kept():
+    @function_tool(failure_error_function=lambda ctx, error: f"custom: {error}")
+    def fragile() -> str:
+        """Fails."""
+        raise ValueError("bent")
+
+    observer = RecordingObserver()
+    assert await invoke(guard(fragile, unit_settings()), observer) == "custom: bent"
+    assert observer.seen[-1] == ("finished", "call_9", "custom: bent", None)
+
+
+def test_results_of_every_kind_become_text():
+    assert as_text("plain") == "plain"
+    assert as_text({"type": "text", "text": "one"}) == "one"
+    assert as_text([{"type": "text", "text": "a"}, {"type": "image", "image_url": "u"}]) == (
+        "a\n[image: not shown to the model]"
+    )
+    assert as_text({"temperature": 21}) == '{"temperature": 21}'
+    assert as_text(21) == "21"
+    assert shortened("abcdef", 100) == "abcdef"
+
+
+def test_orphan_calls_and_outputs_are_never_kept():
+    call = {"type": "function_call", "call_id": "a", "name": "t", "arguments": "{}"}
+    orphan = {"type": "function_call", "call_id": "b", "name": "t", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "a", "output": "r"}
+    stray = {"type": "function_call_output", "call_id": "z", "output": "r"}
+    reasoning = {"type": "reasoning", "id": "r", "summary": []}
+    assert turn_items([reasoning, call, orphan, output, stray], "partial") == (
+        call,
+        output,
+        {"role": "assistant", "content": "partial"},
+    )
+    assert turn_items([orphan]) == ()
+    assert stored_items("not a list") == ()
+    assert stored_items([call, "junk"]) == ()
+
+
+def test_the_budget_drops_whole_tool_turns_only():
+    call = {"type": "function_call", "call_id": "a", "name": "t", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "a", "output": "r" * 8000}
+    history = History(token_budget=1200)
+    history.record("old", "old answer", "m1", (), (call, output))
+    history.record("recent", "recent answer", "m2")
+    assert history.request_items("new") == [
+        {"role": "user", "content": "recent"},
+        {"role": "assistant", "content": "recent answer"},
+        {"role": "user", "content": "new"},
+    ]
+    history.token_budget = 5000
+    assert history.request_items("new")[:3] == [{"role": "user", "content": "old"}, call, output]
