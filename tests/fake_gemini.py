@@ -771,11 +771,17 @@ UNPAIRED_RESULTS = (
 
 def signature_refusal(request: RecordedRequest, issued: dict[tuple[str, str], str]) -> Fail | None:
     """Gemini 3's 400 for a call it made with a thought signature, sent back without it (or
-    with another). ``issued``: (name, argument text) -> the signature it was sent with."""
+    with another) in the current turn: the messages after the last user message (Gemini
+    validates no earlier turn). ``issued``: (name, argument text) -> the signature it sent."""
     if not str(request.body.get("model", "")).startswith("gemini-3"):
         return None
-    turns = [m for m in request.messages if isinstance(m, dict) and m.get("role") != "system"]
+    messages = request.messages
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") != "system"]
+    users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
+    current = users[-1] if users else -1
     for call in request.tool_calls:
+        if call.position < current:
+            continue
         expected = issued.get((call.name, call.argument_text))
         if expected is None:
             continue

@@ -601,6 +601,46 @@ async def test_the_agents_sdk_passes_tool_schemas_to_create_as_tools_where_they_
     assert "default" not in declared["function"]["parameters"]["properties"]["x"]
 
 
+async def test_tools_skip_openais_request_transform_and_send_the_same_bytes(monkeypatch):
+    import openai.resources.chat.completions.completions as completions_module
+
+    transformed: list = []
+    transform = completions_module.async_maybe_transform
+
+    async def spy(data, *args, **kwargs):
+        transformed.append(data.get("tools"))
+        return await transform(data, *args, **kwargs)
+
+    monkeypatch.setattr(completions_module, "async_maybe_transform", spy)
+    # A schema Gemini takes as it is, so both clients send the same tools.
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "description": "A tool.",
+                "parameters": {"type": "object", "properties": {"x": {"type": "string"}}},
+                "strict": True,
+            },
+        }
+    ]
+    sent: dict[type, list[bytes]] = {GeminiClient: [], openai.AsyncOpenAI: []}
+    for client_class, bodies in sent.items():
+        client = _client(client_class, _streaming(GEMINI_CHUNKS[:1], bodies))
+        stream = await client.chat.completions.create(
+            model="gemini-3.8-flash",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=tools,
+            parallel_tool_calls=True,
+            stream=True,
+        )
+        _ = [chunk async for chunk in stream]
+        await client.close()
+    # openai merges extra_body over the transformed body key by key, in the body's order.
+    assert transformed == [[], tools]
+    assert sent[GeminiClient] == sent[openai.AsyncOpenAI]
+
+
 # --- Chainlit's SQLAlchemy data layer (storage.ChatDataLayer) ------------------------------------
 
 

@@ -227,6 +227,12 @@ async def test_the_fake_refuses_a_call_sent_back_without_the_signature_it_came_w
     gemini.script(Reply(text="Sunny."))
     status, _ = await _post(gemini, {"messages": _history(THREE[0].signature)})
     assert status == 200
+    # As Gemini, the fake checks the current turn only: after a new user message the old
+    # call's signature is no longer required.
+    gemini.script(Reply(text="Bye."))
+    later = [*_history(None), {"role": "assistant", "content": "Sunny."}]
+    status, _ = await _post(gemini, {"messages": [*later, {"role": "user", "content": "Bye"}]})
+    assert status == 200
 
 
 async def test_the_fake_refuses_results_that_do_not_answer_the_calls_one_for_one(gemini):
@@ -386,3 +392,48 @@ async def test_calls_gemini_ends_with_stop_and_a_signature_sent_on_its_own_still
     await run(gemini, ran.tools, "Go")
     assert ran.calls == [(c.name, c.arguments) for c in THREE]
     assert_sent_back(gemini.requests[1], THREE, ran)
+
+
+async def test_a_tool_with_a_hand_written_schema_as_mcp_servers_send_reaches_gemini_cleaned(gemini):
+    # An MCP server's inputSchema becomes a FunctionTool's schema as it is (not strict).
+    schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "$defs": {"Unit": {"type": "string", "enum": ["c", "f"], "default": "c"}},
+        "properties": {
+            "city": {"type": "string", "examples": ["Oslo"]},
+            "unit": {"$ref": "#/$defs/Unit"},
+            "days": {"type": ["integer", "null"], "default": None},
+        },
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    original = json.loads(json.dumps(schema))
+    received: list[str] = []
+
+    async def invoke(context, arguments: str) -> str:
+        received.append(arguments)
+        return "cold"
+
+    forecast = FunctionTool(
+        name="forecast",
+        description="A forecast.",
+        params_json_schema=schema,
+        on_invoke_tool=invoke,
+        strict_json_schema=False,
+    )
+    call = ToolCall("forecast", {"city": "Oslo", "unit": "f"}, signature="c2ln")
+    gemini.script(tool_call_reply(call, shape="split"), Reply(text="Cold."))
+    result = await run(gemini, [forecast], "Forecast?")
+    assert result.final_output == "Cold."
+    assert [json.loads(a) for a in received] == [{"city": "Oslo", "unit": "f"}]
+    assert gemini.requests[0].tool_schemas["forecast"] == {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["c", "f"]},
+            "days": {"type": "integer", "nullable": True},
+        },
+        "required": ["city"],
+    }
+    assert forecast.params_json_schema == original  # the tool's own schema is left alone
