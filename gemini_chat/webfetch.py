@@ -26,7 +26,6 @@ from html import unescape
 
 import aiohttp
 import charset_normalizer
-import trafilatura
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
@@ -237,9 +236,10 @@ async def download(
                         current = checked_url(target, allowed)
                         continue
                     if response.status >= 400:
+                        # The reason phrase is the server's own text: kept short.
+                        reason = (response.reason or "")[:100]
                         raise FetchError(
-                            f"{current} answered {response.status} {response.reason or ''}".strip()
-                            + "."
+                            f"{current} answered {response.status} {reason}".strip() + "."
                         )
                     content_type = response.content_type
                     if not _text_like(content_type):
@@ -250,9 +250,8 @@ async def download(
                     body, cut = await _read(response, max_bytes)
                     return Download(str(response.url), content_type, response.charset, body, cut)
             except aiohttp.ClientConnectorError as error:
-                raise FetchError(
-                    f"Could not connect to {current.host}: {error.strerror}."
-                ) from None
+                reason = error.strerror or type(error).__name__
+                raise FetchError(f"Could not connect to {current.host}: {reason}.") from None
             except aiohttp.ClientError as error:
                 raise FetchError(f"Could not fetch {current}: {type(error).__name__}.") from None
     raise FetchError(f"Refused: {url} redirects more than {MAX_REDIRECTS} times.")
@@ -296,6 +295,9 @@ def readable(page: Download, links: bool) -> str:
     text = decode(page.body, page.charset, page.content_type in HTML_TYPES)
     title = None
     if page.content_type in HTML_TYPES:
+        # Imported on first use: it takes most of a second, and most chats never fetch a page.
+        import trafilatura
+
         title = _title(text)
         text = (
             trafilatura.extract(

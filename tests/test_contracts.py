@@ -810,3 +810,20 @@ async def test_rounds_are_counted_per_model_request_not_per_retry_and_the_last_m
 
 async def _ignore(_text: str) -> None:
     pass
+
+
+def test_simpleeval_evaluates_through_its_node_table_and_eval_methods():
+    """builtin_tools._Arithmetic holds simpleeval to arithmetic by trimming ``nodes`` (the table
+    ``_eval`` dispatches on: an expression kind missing from it is refused) and overriding
+    ``_eval_constant`` and ``_eval_name``. Were either to move, strings, comparisons or
+    attributes would slip back into the calculator."""
+    import ast
+
+    from simpleeval import FeatureNotAvailable, SimpleEval
+
+    evaluator = SimpleEval()
+    assert evaluator.nodes[ast.Constant] == evaluator._eval_constant
+    assert evaluator.nodes[ast.Name] == evaluator._eval_name
+    del evaluator.nodes[ast.Compare]
+    with pytest.raises(FeatureNotAvailable):
+        evaluator.eval("1 < 2")
