@@ -26,6 +26,7 @@ from .edge import (
 from .framework import install_stop_without_notice, install_user_note
 from .frontend import install_frontend
 from .logs import install_secret_filter, quiet_library_logs
+from .mcp import load_server_configs
 from .ownership import note_authenticated
 from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
@@ -69,6 +70,9 @@ def prepare_server() -> Server:
     try:
         settings = load_settings()
         tools = build_tools(settings)
+        # MCP_SERVERS_FILE is read again where the servers are made (llm.build_backend); a
+        # malformed one stops the start here, in one line.
+        load_server_configs(settings.mcp_servers_file, os.environ)
     except ConfigError as error:
         _exit(f"Configuration error: {error}")
     logging.getLogger("gemini_chat").setLevel(logging.INFO)

@@ -308,6 +308,8 @@ class _Server:
         self.connection: _Connection | None = None
         self._check: asyncio.Task | None = None
         self._stopping = stopping
+        # The connection, the signature and the tools of the last listing.
+        self._listed: tuple[_Connection, list, list[FunctionTool]] | None = None
 
     async def tools(self, reserved_names: set[str]) -> tuple[list[FunctionTool], str | None]:
         """This server's tools and, when it is not available, a notice instead."""
@@ -388,16 +390,26 @@ class _Server:
         )
 
     def _wrapped(self, tools: list[FunctionTool]) -> list[FunctionTool]:
+        """The listed tools, calling through the current connection. While the server and its
+        tools stay the same, the same objects are handed out on every message (so what is
+        built on them, such as the guarded copies, is built once)."""
         connection = self.connection
         assert connection is not None
+        signature = [
+            (tool.name, tool.description, json.dumps(tool.params_json_schema, sort_keys=True))
+            for tool in tools
+        ]
+        if self._listed is not None and self._listed[:2] == (connection, signature):
+            return self._listed[2]
         for tool in tools:
             tool.on_invoke_tool = self._call_through(tool.on_invoke_tool, connection)
+        self._listed = (connection, signature, tools)
         return tools
 
     def _call_through(self, invoke: Any, connection: _Connection) -> Any:
         name = self.config.name
 
-        async def on_invoke_tool(context: Any, arguments: str) -> str:
+        async def on_invoke_tool(context: Any, arguments: str) -> Any:
             try:
                 output = await connection.while_up(invoke(context, arguments))
             except Exception as error:
@@ -409,12 +421,14 @@ class _Server:
                     f"The tool server '{name}' stopped during the call; it will be started "
                     "again with the next message."
                 ) from None
-            return _as_text(output)
+            # An MCP result's parts (text, images) become text in the guard (toolrun.as_text).
+            return output
 
         return on_invoke_tool
 
     def _drop(self) -> None:
         """Forget the connection and stop it in the background (close() waits for it)."""
+        self._listed = None
         if self.connection is None:
             return
         task = asyncio.get_running_loop().create_task(
@@ -442,22 +456,6 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, BaseExceptionGroup):
         return "; ".join(_describe(inner) for inner in error.exceptions)
     return f"{type(error).__name__}: {error}"
-
-
-def _as_text(output: Any) -> str:
-    """An MCP result as the text the model is given (Gemini takes a tool's result as text)."""
-    if isinstance(output, str):
-        return output
-    items = output if isinstance(output, list) else [output]
-    parts = []
-    for item in items:
-        if isinstance(item, dict) and item.get("type") == "text":
-            parts.append(str(item.get("text", "")))
-        elif isinstance(item, dict) and item.get("type") == "image":
-            parts.append("[an image, which is not passed on]")
-        else:
-            parts.append(json.dumps(item, default=str))
-    return "\n".join(parts)
 
 
 class McpServers:

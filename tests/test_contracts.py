@@ -827,3 +827,26 @@ def test_simpleeval_evaluates_through_its_node_table_and_eval_methods():
     del evaluator.nodes[ast.Compare]
     with pytest.raises(FeatureNotAvailable):
         evaluator.eval("1 < 2")
+
+
+def test_mcp_clients_hooks_the_app_uses_are_there():
+    """gemini_chat/mcp.py sends a stdio server's stderr to the log through the SDK's
+    ``create_streams`` hook and the MCP client's ``errlog``; it tells a server gone mid-call
+    from a refused call by McpError's CONNECTION_CLOSED; it names MCP tools with the SDK's
+    server prefix."""
+    from agents.mcp import MCPServerStdio, MCPUtil
+    from mcp.client.stdio import stdio_client
+    from mcp.shared.exceptions import McpError
+    from mcp.types import CONNECTION_CLOSED, ErrorData
+
+    from gemini_chat.mcp import _LoggedStdio
+
+    assert _LoggedStdio.create_streams is not MCPServerStdio.create_streams
+    # The SDK opens a server's transport through the hook when it connects.
+    assert "self.create_streams()" in inspect.getsource(MCPServerStdio.connect)
+    assert "errlog" in inspect.signature(stdio_client).parameters
+    error = McpError(ErrorData(code=CONNECTION_CLOSED, message="Connection closed"))
+    assert error.error.code == CONNECTION_CLOSED
+    parameters = inspect.signature(MCPUtil.get_function_tools).parameters
+    assert {"include_server_in_tool_names", "reserved_tool_names"} <= set(parameters)
+    assert MCPUtil._build_prefixed_tool_base_name("notes", "lookup") == "mcp_notes__lookup"

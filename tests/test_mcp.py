@@ -16,17 +16,22 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from agents import Agent, Runner
+from agents import Runner
 from agents.tool_context import ToolContext
 
 from gemini_chat.config import ConfigError, Settings
-from gemini_chat.llm import build_client, build_model
-from gemini_chat.mcp import McpServers, McpToolError, load_server_configs
+from gemini_chat.llm import build_agent, build_client, build_model
+from gemini_chat.mcp import McpServers, load_server_configs
+from gemini_chat.toolrun import TurnContext, guard
 from tests.app_process import ROOT, free_port
+from tests.chat_client import ChatClient
 from tests.fake_gemini import DEFAULT_KEY, Reply, ToolCall, tool_call_reply
 
 MCP_SERVER = str(ROOT / "tests" / "mcp_server.py")
 NOTE = "The launch is on Tuesday at 10:00."
+STOPPED = (
+    "The tool server '{}' stopped during the call; it will be started again with the next message."
+)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -78,24 +83,49 @@ def settings_for(config: str, **overrides) -> Settings:
     return Settings(mcp_servers_file=config, tools=(), **overrides)
 
 
-async def call(tool, arguments: dict) -> str:
-    """Call a tool as the Agents SDK does."""
+class SeenCalls:
+    """The chat's side of the tool calls (a ToolObserver): the error each call showed."""
+
+    def __init__(self) -> None:
+        self.errors: list[str | None] = []
+
+    async def started(self, call_id: str, name: str, arguments: str) -> None:
+        pass
+
+    async def finished(self, call_id: str, output: str, error: str | None, seconds: float) -> None:
+        self.errors.append(error)
+
+    async def approve(self, call_id: str, name: str, arguments: str, wait_seconds: float) -> bool:
+        return True
+
+
+async def run_tool(tool, arguments: dict) -> tuple[str, str | None]:
+    """Call a tool as the agent does, behind the app's guard: what the model is given, and the
+    error the chat shows (None when it worked)."""
     text = json.dumps(arguments)
+    seen = SeenCalls()
     context = ToolContext(
-        context=None, tool_name=tool.name, tool_call_id="call_test", tool_arguments=text
+        context=TurnContext(seen), tool_name=tool.name, tool_call_id="call_t", tool_arguments=text
     )
-    return await tool.on_invoke_tool(context, text)
+    output = await guard(tool, Settings(tools=())).on_invoke_tool(context, text)
+    return output, seen.errors[0]
+
+
+async def call(tool, arguments: dict) -> str:
+    """What the model is given for a call that worked."""
+    output, error = await run_tool(tool, arguments)
+    assert error is None, error
+    return output
 
 
 async def run_agent(gemini, tools, question: str) -> str:
-    """The app's Gemini model (against the fake) in an agent with ``tools``; its answer."""
+    """The app's Gemini model (against the fake) in the app's agent with ``tools``; its answer."""
     settings = Settings(api_key=DEFAULT_KEY, base_url=gemini.base_url, show_thoughts=False)
     client = build_client(settings)
-    agent = Agent(
-        name="Gemini", instructions="Be brief.", model=build_model(settings, client), tools=tools
-    )
+    # The app's agent: every tool behind its guard.
+    agent = build_agent(settings, build_model(settings, client), tools)
     try:
-        result = Runner.run_streamed(agent, question)
+        result = Runner.run_streamed(agent, question, context=TurnContext())
         async for _ in result.stream_events():
             pass
     finally:
@@ -425,18 +455,15 @@ async def test_a_server_killed_during_a_call_is_a_tool_error_then_back(
     tools, _ = await servers.tools()
     first = pid_of(tmp_path)
     calling = wait_for_log("Processing request of type CallToolRequest")
-    slow = asyncio.create_task(call(named(tools, "mcp_notes__slow_tool"), {"seconds": 30}))
+    slow = asyncio.create_task(run_tool(named(tools, "mcp_notes__slow_tool"), {"seconds": 30}))
     await calling.wait()
     os.kill(first, signal.SIGKILL)
-    with pytest.raises(McpToolError) as raised:
-        await asyncio.wait_for(slow, 5)
-    assert str(raised.value) == (
-        "The tool server 'notes' stopped during the call; it will be started again with the "
-        "next message."
-    )
+    output, error = await asyncio.wait_for(slow, 5)
+    assert error == f"McpToolError: {STOPPED.format('notes')}"
+    assert output == f"Error: mcp_notes__slow_tool failed: McpToolError: {STOPPED.format('notes')}"
     # A tool of the dead server called again in the same turn fails the same clear way.
-    with pytest.raises(McpToolError):
-        await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"})
+    output, error = await run_tool(named(tools, "mcp_notes__lookup_note"), {"key": "launch"})
+    assert error == f"McpToolError: {STOPPED.format('notes')}"
 
     tools, notices = await servers.tools()
     assert notices == [] and pid_of(tmp_path) != first
@@ -448,8 +475,8 @@ async def test_a_server_that_exits_in_a_call_is_a_tool_error_then_back(tmp_path,
     servers = mcp_servers(settings_for(path))
     tools, _ = await servers.tools()
     first = pid_of(tmp_path)
-    with pytest.raises(McpToolError, match="The tool server 'notes' stopped during the call"):
-        await call(named(tools, "mcp_notes__exit_server"), {})
+    _, error = await run_tool(named(tools, "mcp_notes__exit_server"), {})
+    assert error == f"McpToolError: {STOPPED.format('notes')}"
     tools, notices = await servers.tools()
     assert notices == [] and pid_of(tmp_path) != first
     assert await call(named(tools, "mcp_notes__slow_tool"), {"seconds": 0}) == "Waited 0 s."
@@ -505,8 +532,10 @@ async def test_http_server_gone_gives_a_notice_and_is_back_when_it_is(
     )
 
     await server.kill()
-    with pytest.raises(McpToolError, match="The tool server 'web' stopped during the call"):
-        await call(named(tools, "mcp_web__lookup_note"), {"key": "budget"})
+    started = time.monotonic()
+    _, error = await run_tool(named(tools, "mcp_web__lookup_note"), {"key": "budget"})
+    assert error == f"McpToolError: {STOPPED.format('web')}"
+    assert time.monotonic() - started < 2  # not after a time limit: the server is known gone
     tools, notices = await servers.tools()
     assert tools == []
     assert notices == [
@@ -537,14 +566,137 @@ def test_chainlits_mcp_panel_stays_off():
     assert config["features"]["mcp"]["user_servers"]["enabled"] is False
 
 
-async def test_the_browser_cannot_add_an_mcp_server(chat, tmp_path):
-    marker = tmp_path / "added-from-the-browser"
-    for body in (
-        {"clientType": "stdio", "name": "evil", "fullCommand": f"touch {marker}"},
-        {"clientType": "streamable-http", "name": "evil", "url": "http://127.0.0.1:9/mcp"},
-    ):
-        status, _ = await asyncio.to_thread(
-            chat._post_json, "/mcp", {"sessionId": chat.session_id, **body}
+# --- the real app ------------------------------------------------------------------------------
+
+
+def tool_results(request) -> dict[str, str]:
+    return {m["tool_call_id"]: m["content"] for m in request.messages if m["role"] == "tool"}
+
+
+def offered_tools(request) -> list[str]:
+    return [tool["function"]["name"] for tool in request.body.get("tools", [])]
+
+
+async def test_the_app_answers_with_mcp_tools_and_goes_on_without_a_server_that_died(
+    tmp_path, gemini, start_app_with, http_server
+):
+    web_port = free_port()
+    path = write_config(
+        tmp_path,
+        {"notes": stdio_entry(tmp_path), "web": {"url": f"http://127.0.0.1:{web_port}/mcp"}},
+    )
+    web = await http_server(web_port)
+    app = start_app_with(MCP_SERVERS_FILE=path, TOOLS="none", MCP_TIMEOUT_SECONDS="5")
+    chat = await ChatClient(app.url).connect()
+    await chat.wait_for(chat.assistant_messages, what="the welcome message")
+    try:
+        # 1. A message whose answer uses an MCP tool.
+        gemini.script(
+            tool_call_reply(
+                ToolCall("mcp_notes__lookup_note", {"key": "launch"}, id="call_1"), shape="openai"
+            ),
+            Reply("The launch is on Tuesday."),
         )
-        assert status == 403
+        replies = await chat.ask("When is the launch?")
+        assert [(m.content, m.is_error) for m in replies] == [("The launch is on Tuesday.", False)]
+        first, follow_up = await gemini.arrived(2)
+        assert offered_tools(first) == [
+            *(f"mcp_notes__{name}" for name in ("lookup_note", "show_setting", "slow_tool")),
+            "mcp_notes__exit_server",
+            *(f"mcp_web__{name}" for name in ("lookup_note", "show_setting", "slow_tool")),
+            "mcp_web__exit_server",
+        ]
+        assert tool_results(follow_up) == {"call_1": NOTE}
+        first_pid = pid_of(tmp_path)
+
+        # 2. The HTTP server is gone: a notice, and the answer comes without its tools.
+        await web.kill()
+        gemini.reset()
+        gemini.script(Reply("Answered without the web tools."))
+        replies = await chat.ask("Anything new?")
+        assert [(m.content, m.is_error) for m in replies] == [
+            (
+                "The tool server 'web' is not available (it could not be reached); answering "
+                "without it.",
+                True,
+            ),
+            ("Answered without the web tools.", False),
+        ]
+        (request,) = await gemini.arrived(1)
+        assert [name for name in offered_tools(request) if not name.startswith("mcp_notes__")] == []
+
+        # 3. The stdio server dies during a call: the model reads a clear error, the answer
+        # goes on.
+        gemini.reset()
+        gemini.script(
+            tool_call_reply(ToolCall("mcp_notes__exit_server", {}, id="call_2"), shape="openai"),
+            Reply("The notes server stopped."),
+        )
+        replies = await chat.ask("Stop the notes server.")
+        assert [m.content for m in replies if not m.is_error][-1] == "The notes server stopped."
+        _, follow_up = await gemini.arrived(2)
+        # (The history carries the earlier turns' calls too.)
+        assert tool_results(follow_up)["call_2"] == (
+            "Error: mcp_notes__exit_server failed: McpToolError: " + STOPPED.format("notes")
+        )
+
+        # 4. Both are back on the next message (the HTTP one once it listens again).
+        await http_server(web_port)
+        gemini.reset()
+        gemini.script(
+            tool_call_reply(
+                ToolCall("mcp_notes__lookup_note", {"key": "launch"}, id="call_3"),
+                ToolCall("mcp_web__lookup_note", {"key": "budget"}, id="call_4"),
+                shape="openai",
+            ),
+            Reply("Tuesday, 4,200 EUR."),
+        )
+        replies = await chat.ask("Launch and budget?")
+        assert [(m.content, m.is_error) for m in replies] == [("Tuesday, 4,200 EUR.", False)]
+        _, follow_up = await gemini.arrived(2)
+        results = tool_results(follow_up)
+        assert (results["call_3"], results["call_4"]) == (NOTE, "The budget is 4,200 EUR.")
+        last_pid = pid_of(tmp_path)
+        assert last_pid != first_pid
+
+        # The servers' stderr went to the app's log, never to the chat.
+        assert f"MCP server 'notes': test MCP server {last_pid} starting" in app.log()
+        assert not any("test MCP server" in text for _, text in chat.transcript())
+    finally:
+        await chat.disconnect()
+
+    # At shutdown the app stops its MCP servers: no process is left behind.
+    assert running(last_pid)
+    await asyncio.to_thread(app.stop)
+    assert app.process.returncode == 0
+    assert not running(last_pid)
+
+
+async def test_a_malformed_servers_file_stops_the_app_in_one_line(tmp_path, start_app_with):
+    path = write_config(tmp_path, {"files": {"command": "files-server", "args": "--all"}})
+    app = start_app_with(wait=False, MCP_SERVERS_FILE=path, TOOLS="none")
+    await asyncio.to_thread(app.process.wait, 60)
+    assert app.process.returncode == 2
+    assert app.log().strip() == (
+        f"Configuration error: MCP_SERVERS_FILE={path!r} is not valid: server 'files': "
+        '"args" must be a list of strings.'
+    )
+
+
+async def test_the_browser_cannot_add_an_mcp_server(tmp_path, gemini, start_app_with):
+    app = start_app_with(TOOLS="none")
+    chat = await ChatClient(app.url).connect()
+    marker = tmp_path / "added-from-the-browser"
+    try:
+        await chat.wait_for(chat.assistant_messages, what="the welcome message")
+        for body in (
+            {"clientType": "stdio", "name": "evil", "fullCommand": f"touch {marker}"},
+            {"clientType": "streamable-http", "name": "evil", "url": "http://127.0.0.1:9/mcp"},
+        ):
+            status, _ = await asyncio.to_thread(
+                chat._post_json, "/mcp", {"sessionId": chat.session_id, **body}
+            )
+            assert status == 403
+    finally:
+        await chat.disconnect()
     assert not marker.exists()
