@@ -30,6 +30,10 @@ DENY = "deny_tool_call"
 ALLOWED = "Allowed"
 DENIED = "Denied"
 STOPPED = "Stopped: not run"
+CLOSED = "No answer: the page was closed or reloaded; denied"
+# How often the wait checks that the tab it asked is still open.
+TAB_CHECK_SECONDS = 0.5
+TAB_GONE = object()
 # Chainlit's own time limit on the question, a backstop behind ours (it takes whole seconds).
 BACKSTOP_SECONDS = 5
 
@@ -49,11 +53,14 @@ def fenced(text: str, language: str = "text") -> str:
 
 
 def readable_arguments(arguments: str) -> str:
-    """A call's arguments as a code block: pretty JSON, or the text as the model wrote it."""
+    """A call's arguments as a code block: pretty JSON, or the text as the model wrote it;
+    nothing for a call without arguments."""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
     except ValueError:
         return fenced(arguments)
+    if parsed == {}:
+        return ""
     return fenced(json.dumps(parsed, indent=2, ensure_ascii=False), "json")
 
 
@@ -69,19 +76,23 @@ async def ask_approval(
     closed tab are False; Stop (the turn cancelled) ends the wait with CancelledError. The
     buttons go away once answered or timed out, and what was decided stays readable in the
     chat."""
+    shown = readable_arguments(arguments)
     question = (
-        f"Allow **{escaped(tool_name)}** to run with these arguments?\n\n"
-        f"{readable_arguments(arguments)}"
+        f"Allow **{escaped(tool_name)}** to run with these arguments?\n\n{shown}"
+        if shown
+        else f"Allow **{escaped(tool_name)}** to run?"
     )
     message = cl.Message(
         content=question,
         # Not an assistant message: the page puts no copy or thumbs buttons on it, and the
         # history and the export leave it out.
         type="system_message",
-        parent_id=parent_id,
         metadata={"kind": KIND, "tool": tool_name},
         created_at=utc_now(),
     )
+    # Set after construction: Chainlit puts a message under the current step whatever the
+    # constructor was given.
+    message.parent_id = parent_id
     message.wait_for_answer = True
     allow = cl.Action(name=ALLOW, payload={}, label="Allow")
     deny = cl.Action(name=DENY, payload={}, label="Deny")
@@ -99,10 +110,10 @@ async def ask_approval(
     allowed = False
     try:
         async with asyncio.timeout(wait_seconds):
-            answer = await cl.context.emitter.send_ask_user(message.to_dict(), spec)
+            answer = await _answer(message.to_dict(), spec)
         # Whatever the tab sends back, only the Allow button this question offered allows.
         allowed = isinstance(answer, dict) and answer.get("id") == allow.id
-        outcome = ALLOWED if allowed else DENIED
+        outcome = ALLOWED if allowed else CLOSED if answer is TAB_GONE else DENIED
     except TimeoutError:
         outcome = timed_out(wait_seconds)
     except asyncio.CancelledError:
@@ -113,6 +124,27 @@ async def ask_approval(
         await asyncio.shield(_settle(message, (allow, deny), question, outcome))
     logger.info("Approval for tool %s: %s", tool_name, outcome)
     return allowed
+
+
+async def _answer(step: dict, spec: AskActionSpec) -> object:
+    """What the tab sends back (None if nothing); ``TAB_GONE`` as soon as the tab that was
+    asked is closed or reloaded: its socket, the only one that could answer, is gone."""
+    from chainlit.server import sio
+
+    socket_id = cl.context.session.socket_id
+    asking = asyncio.ensure_future(cl.context.emitter.send_ask_user(step, spec))
+    try:
+        while True:
+            done, _ = await asyncio.wait({asking}, timeout=TAB_CHECK_SECONDS)
+            if done:
+                return asking.result()
+            if not sio.manager.is_connected(socket_id, "/"):
+                return TAB_GONE
+    finally:
+        if not asking.done():
+            asking.cancel()
+            # Chainlit's own clean-up of the question (the page's busy state) runs to its end.
+            await asyncio.gather(asking, return_exceptions=True)
 
 
 async def _settle(message: cl.Message, actions, question: str, outcome: str) -> None:

@@ -34,6 +34,8 @@ BEFORE_ANSWER = timedelta(microseconds=400)
 
 
 def duration(seconds: float) -> str:
+    if seconds < 0.05:
+        return "under 0.1 s"
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
@@ -44,7 +46,7 @@ def outcome_line(error: str | None, seconds: float) -> str:
     if error == "Denied":
         return "Denied"
     if error == "Stopped":
-        return f"Stopped after {duration(seconds)}"
+        return f"Stopped after {duration(seconds)}" if seconds else "Stopped: not run"
     return f"**Failed:** {escaped(error)} ({duration(seconds)})"
 
 
@@ -53,9 +55,9 @@ def shown_result(output: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
     if not output:
         return "*No result.*"
     if len(output) <= max_chars:
-        return fenced(output)
+        return fenced(output, "result")
     return (
-        f"{fenced(output[:max_chars])}\n\n"
+        f"{fenced(output[:max_chars], 'result')}\n\n"
         f"*Shortened for display: the first {max_chars:,} of {len(output):,} characters.*"
     )
 
@@ -133,8 +135,14 @@ class ToolSteps:
             await self._update(call)
         else:
             await self._show(call)
-        async with self._asking:
-            return await ask_approval(name, arguments, wait_seconds, call.step.id)
+        try:
+            async with self._asking:
+                return await ask_approval(name, arguments, wait_seconds, call.step.id)
+        except asyncio.CancelledError:
+            # Stopped while asking: the guard never started the call, so it says nothing more;
+            # the step must not be left waiting. Shielded, as a second Stop may come.
+            await asyncio.shield(self.finished(call_id, "", "Stopped", 0.0))
+            raise
 
     # -- the steps
 

@@ -276,3 +276,45 @@ def test_a_starter_action_names_the_chat_and_runs_like_a_typed_message():
     processed = inspect.getsource(chainlit.socket.process_message)
     assert processed.index("task_start()") < processed.index("config.code.on_message(message)")
     assert "task_end()" in processed
+
+
+# --- gemini_chat/approval.py and toolsteps.py: Allow / Deny, tool steps ---------------------------
+
+
+def test_a_question_goes_to_the_asking_socket_alone_and_its_answer_is_that_sockets_ack():
+    """approval.ask_approval relies on the "ask" call: only the socket asked can answer it,
+    and Chainlit ends the page's busy state for the question and restores it after."""
+    source = inspect.getsource(ChainlitEmitter.send_ask_user)
+    call = re.sub(r"\s+", " ", source)
+    assert (
+        'self.emit_call( "ask", {"msg": step_dict, "spec": spec.to_dict()}, spec.timeout )' in call
+    )
+    for event in (
+        "await self.task_end()",
+        'await self.clear("clear_ask")',
+        "await self.task_start()",
+    ):
+        assert event in source, event
+    assert source.index("finally:") < source.index("await self.task_start()")
+    socket_source = inspect.getsource(chainlit.socket.connect)
+    assert "return sio.call(event, data, timeout=timeout, to=sid)" in socket_source
+    assert list(inspect.signature(ChainlitEmitter.clear).parameters) == ["self", "event"]
+
+
+def test_the_question_spec_takes_whole_seconds_and_the_buttons_it_offers():
+    from chainlit.types import AskActionSpec
+
+    spec = AskActionSpec(type="action", step_id="s", timeout=7, keys=["a", "b"])
+    assert spec.to_dict() == {"keys": ["a", "b"], "timeout": 7, "type": "action", "step_id": "s"}
+
+
+def test_a_message_is_put_under_the_current_step_whatever_its_constructor_was_given():
+    """Why approval.py sets a question's parent after constructing it."""
+    source = inspect.getsource(MessageBase.__post_init__)
+    assert "self.parent_id = parent_step.id" in source
+
+
+def test_whether_a_socket_is_still_connected_is_asked_of_the_servers_manager():
+    """approval.py ends a question at once when the tab asked has gone."""
+    assert list(inspect.signature(sio.manager.is_connected).parameters) == ["sid", "namespace"]
+    assert sio.manager.is_connected("no-such-socket", "/") is False

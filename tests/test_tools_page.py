@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.app_process import ROOT, start_app
+from tests.chat_client import ChatClient
 from tests.conftest import app_env
 from tests.fake_gemini import Reply, ToolCall, tool_call_reply
 from tests.test_browser import type_and_send
@@ -31,6 +32,7 @@ def tools_app(fake_gemini_server):
         app_env(
             fake_gemini_server,
             TOOL_MODULES="tests.sample_tools",
+            TOOLS="none",  # the built-ins are not needed here
             APPROVAL_TIMEOUT_SECONDS=str(APPROVAL_WAIT),
             PYTHONPATH=str(ROOT),
         )
@@ -49,12 +51,28 @@ def title(step):
     return step.locator("button").first
 
 
+def answer_buttons(question):
+    return question.get_by_role("button", name=re.compile("^(Allow|Deny)$"))
+
+
+def error_mark(step):
+    """The alert sign the page shows in place of the avatar of a step that failed."""
+    return step.locator(".lucide-circle-alert")
+
+
 async def opened(step):
     """The step, unfolded (a step loads folded)."""
     trigger = title(step)
     if await trigger.get_attribute("data-state") != "open":
         await trigger.click()
     await expect(trigger).to_have_attribute("data-state", "open")
+    # Unfolding is animated: a screenshot waits for it (the shimmer of a running step repeats
+    # for ever and is not waited for).
+    await step.evaluate(
+        """el => Promise.all(el.getAnimations({subtree: true})
+            .filter(a => a.effect.getTiming().iterations !== Infinity)
+            .map(a => a.finished))"""
+    )
     return step
 
 
@@ -75,10 +93,12 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
 ):
     page = await open_chat(browser, tools_app)
     gemini.script(
-        tool_call_reply(ToolCall("slow_tool", {"seconds": 3}), shape="openai"),
+        tool_call_reply(ToolCall("slow_tool", {"seconds": 3}, id="call_1"), shape="openai"),
         Reply(text="I waited three seconds."),
         tool_call_reply(
-            ToolCall("lookup_weather", {"city": "Oslo"}), ToolCall("broken_tool"), shape="openai"
+            ToolCall("lookup_weather", {"city": "Oslo"}, id="call_2"),
+            ToolCall("broken_tool", id="call_3"),
+            shape="openai",
         ),
         Reply(text="Oslo is sunny; the other tool is out of order."),
     )
@@ -127,11 +147,11 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     await expect(weather).to_contain_text("Sunny in Oslo, 21 °C")
     await expect(broken).to_contain_text("Failed:")
     await expect(broken).to_contain_text("the widget is jammed")
-    await expect(title(broken)).to_have_class(re.compile("text-red-500"))
-    await expect(title(weather)).not_to_have_class(re.compile("text-red-500"))
-    results = list(tool_results((await gemini.arrived(4))[3]).values())
-    assert results[0] == "Sunny in Oslo, 21 °C"
-    assert "the widget is jammed" in results[1]
+    await expect(error_mark(broken)).to_be_visible()
+    await expect(error_mark(weather)).to_have_count(0)
+    results = tool_results((await gemini.arrived(4))[3])
+    assert results["call_2"] == "Sunny in Oslo, 21 °C"
+    assert "the widget is jammed" in results["call_3"]
     await screenshot(page, "tool-two-calls.png")
 
     async def shows_every_step(view) -> None:
@@ -145,7 +165,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
         assert await above(slow, view.locator(ANSWERS, has_text="I waited three seconds."))
         broken = await opened(tool_steps(view, "broken_tool"))
         await expect(broken).to_contain_text("the widget is jammed")
-        await expect(title(broken)).to_have_class(re.compile("text-red-500"))
+        await expect(error_mark(broken)).to_be_visible()
         weather = await opened(tool_steps(view, "lookup_weather"))
         await expect(weather).to_contain_text("Sunny in Oslo, 21 °C")
 
@@ -163,17 +183,21 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
 
 
 @pytest.mark.browser
-async def test_approval_allow_runs_deny_refuses_and_no_answer_counts_as_deny(
+async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts_as_deny(
     browser, tools_app, gemini
 ):
     page = await open_chat(browser, tools_app)
     gemini.script(
-        tool_call_reply(ToolCall("confirm_tool", {"action": "launch"}), shape="openai"),
+        tool_call_reply(
+            ToolCall("confirm_tool", {"action": "launch"}, id="call_4"), shape="openai"
+        ),
         Reply(text="Launched."),
-        tool_call_reply(ToolCall("confirm_tool", {"action": "erase"}), shape="openai"),
+        tool_call_reply(ToolCall("confirm_tool", {"action": "erase"}, id="call_5"), shape="openai"),
         Reply(text="I did not erase anything."),
-        tool_call_reply(ToolCall("confirm_tool", {"action": "wait"}), shape="openai"),
+        tool_call_reply(ToolCall("confirm_tool", {"action": "wait"}, id="call_6"), shape="openai"),
         Reply(text="Nobody answered, so nothing ran."),
+        tool_call_reply(ToolCall("confirm_tool", {"action": "leave"}, id="call_7"), shape="openai"),
+        Reply(text="The page went away, so nothing ran."),
     )
 
     # Asked: the call and its arguments, with Allow and Deny; the tool waits for the answer.
@@ -189,7 +213,7 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_counts_as_deny(
     await allow.click()
     await page.locator(ANSWERS, has_text="Launched.").wait_for(timeout=15_000)
     await expect(question).to_contain_text("Allowed")
-    await expect(question.get_by_role("button")).to_have_count(0)
+    await expect(answer_buttons(question)).to_have_count(0)
     launched = await opened(tool_steps(page, "confirm_tool").nth(0))
     await expect(launched).to_contain_text("done: launch")
     assert list(tool_results((await gemini.arrived(2))[1]).values()) == ["done: launch"]
@@ -201,11 +225,11 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_counts_as_deny(
     await question.get_by_role("button", name="Deny").click(timeout=15_000)
     await page.locator(ANSWERS, has_text="I did not erase anything.").wait_for(timeout=15_000)
     await expect(question).to_contain_text("Denied")
-    await expect(question.get_by_role("button")).to_have_count(0)
+    await expect(answer_buttons(question)).to_have_count(0)
     erased = await opened(tool_steps(page, "confirm_tool").nth(1))
     await expect(erased).to_contain_text("Denied")
-    await expect(title(erased)).to_have_class(re.compile("text-red-500"))
-    (refusal,) = tool_results((await gemini.arrived(4))[3]).values()
+    await expect(error_mark(erased)).to_be_visible()
+    refusal = tool_results((await gemini.arrived(4))[3])["call_5"]
     assert "did not allow" in refusal and "done:" not in refusal
     await screenshot(page, "approval-denied.png")
 
@@ -217,25 +241,150 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_counts_as_deny(
         timeout=(APPROVAL_WAIT + 15) * 1000
     )
     await expect(question).to_contain_text(f"No answer in {APPROVAL_WAIT} s: denied")
-    await expect(question.get_by_role("button")).to_have_count(0)
-    (refusal,) = tool_results((await gemini.arrived(6))[5]).values()
+    await expect(answer_buttons(question)).to_have_count(0)
+    refusal = tool_results((await gemini.arrived(6))[5])["call_6"]
     assert "did not allow" in refusal and "done:" not in refusal
     await screenshot(page, "approval-no-answer.png")
 
-    # Reloaded: every question with what was decided, and no buttons.
+    # Reloaded while asking: the question went to the page that is gone, so the call counts
+    # as denied at once, and the reloaded page shows the answer going on.
+    await type_and_send(page, "Then leave")
+    question = page.locator(QUESTIONS, has_text="leave").last
+    await expect(question.get_by_role("button", name="Allow")).to_be_visible(timeout=15_000)
     await page.reload()
-    await page.get_by_text("Nobody answered, so nothing ran.").wait_for(timeout=15_000)
+    await page.get_by_text("The page went away, so nothing ran.").wait_for(timeout=15_000)
+    refusal = tool_results((await gemini.arrived(8))[7])["call_7"]
+    assert "did not allow" in refusal and "done:" not in refusal
+
+    # Every question with what was decided, and no buttons.
     questions = page.locator(QUESTIONS)
-    await expect(questions).to_have_count(3)
+    await expect(questions).to_have_count(4)
     for index, outcome in enumerate(
-        ("Allowed", "Denied", f"No answer in {APPROVAL_WAIT} s: denied")
+        (
+            "Allowed",
+            "Denied",
+            f"No answer in {APPROVAL_WAIT} s: denied",
+            "No answer: the page was closed or reloaded; denied",
+        )
     ):
         await expect(questions.nth(index)).to_contain_text(outcome)
-    await expect(page.get_by_role("button", name="Allow")).to_have_count(0)
-    await expect(await opened(tool_steps(page, "confirm_tool").nth(0))).to_contain_text(
-        "done: launch"
-    )
+    # Each under its step, above the answer, as when it was asked.
+    launched = tool_steps(page, "confirm_tool").nth(0)
+    assert await above(launched, questions.nth(0))
+    assert await above(questions.nth(0), page.locator(ANSWERS, has_text="Launched."))
+    await expect(answer_buttons(page)).to_have_count(0)
+    await expect(await opened(launched)).to_contain_text("done: launch")
     await screenshot(page, "approval-reloaded.png")
+
+
+# --- who can answer, and Stop, through the socket as the page speaks it -------------------------
+
+
+async def asking_client(app, on_ask) -> ChatClient:
+    """A client of ``app`` that answers Chainlit's "ask" (the Allow / Deny question) with what
+    ``on_ask`` returns, as the page acknowledges it with the button clicked."""
+    client = ChatClient(app.url)
+    client.sio.on("ask", on_ask)
+    await client.connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    return client
+
+
+def shown(client: ChatClient, step_id: str) -> dict:
+    """The step as the client was last sent it."""
+    sent = [
+        data
+        for name, data in client.events
+        if name in ("new_message", "update_message") and data.get("id") == step_id
+    ]
+    return sent[-1] if sent else {}
+
+
+def tool_step_sent(client: ChatClient, name: str) -> dict:
+    sent = [
+        data
+        for kind, data in client.events
+        if kind in ("new_message", "update_message") and data.get("type") == "tool"
+    ]
+    return next(data for data in reversed(sent) if data["name"] == name)
+
+
+async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app, gemini):
+    questions: list[dict] = []
+    unanswered = asyncio.get_running_loop().create_future()
+
+    async def on_ask(data):
+        questions.append(data)
+        return await unanswered  # a person looking at the buttons, then pressing Stop
+
+    gemini.script(
+        tool_call_reply(ToolCall("confirm_tool", {"action": "go"}, id="call_s"), shape="openai"),
+        Reply(text="This is never asked for."),
+    )
+    client = await asking_client(tools_app, on_ask)
+    try:
+        await client.send("Go")
+        await client.wait_for(lambda: questions, what="the question")
+        question = questions[0]["msg"]["id"]
+        assert [a["label"] for a in client.actions_on(question)] == ["Allow", "Deny"]
+        await client.stop()
+        await client.wait_for(
+            lambda: "Stopped: not run" in shown(client, question).get("output", ""),
+            what="the question marked stopped",
+        )
+        assert client.actions_on(question) == []
+        await client.wait_for(
+            lambda: tool_step_sent(client, "confirm_tool")["output"] == "Stopped: not run",
+            what="the step marked stopped",
+        )
+        assert tool_step_sent(client, "confirm_tool")["isError"] is True
+        await client.wait_idle()
+        assert len(gemini.requests) == 1  # the tool did not run; Gemini was not asked again
+    finally:
+        unanswered.cancel()
+        await client.disconnect()
+
+
+async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offered(
+    tools_app, gemini
+):
+    questions: list[dict] = []
+    reply = asyncio.get_running_loop().create_future()
+
+    async def on_ask(data):
+        questions.append(data)
+        return await reply
+
+    gemini.script(
+        tool_call_reply(ToolCall("confirm_tool", {"action": "go"}, id="call_x"), shape="openai"),
+        Reply(text="Not allowed, so not done."),
+    )
+    owner = await asking_client(tools_app, on_ask)
+    other = await asking_client(tools_app, on_ask)
+    try:
+        await owner.send("Go")
+        await owner.wait_for(lambda: questions, what="the question")
+        question = questions[0]["msg"]["id"]
+        allow = next(a for a in owner.actions_on(question) if a["label"] == "Allow")
+        # Another session clicks the Allow button it learnt of, and the asked one posts it
+        # over HTTP: neither is how the question is answered; the call still waits.
+        for client in (other, owner):
+            status, body = await client.call_action(allow, owner.session_id)
+            assert status == 404 and "No callback found" in body
+        assert len(questions) == 1 and len(gemini.requests) == 1
+        assert "Allowed" not in shown(owner, question).get("output", "")
+        # The asked tab answers with an Allow button it was never offered: denied.
+        reply.set_result({**allow, "id": "forged-id"})
+        await owner.wait_for(
+            lambda: shown(owner, question).get("output", "").endswith("**Denied**"),
+            what="the question denied",
+        )
+        follow_up = (await gemini.arrived(2))[1]
+        refusal = tool_results(follow_up)["call_x"]
+        assert "did not allow" in refusal and "done:" not in refusal
+    finally:
+        await owner.disconnect()
+        await other.disconnect()
 
 
 # --- what the steps cost and hold, without a browser -------------------------------------------
@@ -263,7 +412,7 @@ async def test_a_quick_call_costs_one_socket_event_and_a_long_one_two(chainlit_c
     assert quick["type"] == "tool" and quick["parentId"] == "run-step"
     assert quick["end"] is not None and quick["isError"] is False
     assert '"city": "Oslo"' in quick["input"]
-    assert quick["output"].startswith("Done in 0.0 s")
+    assert quick["output"].startswith("Done in under 0.1 s")
     assert "Sunny in Oslo, 21 °C" in quick["output"]
     assert all(s["end"] is None for s in sent[1:])  # shown as running
     assert all(u["end"] is not None and "waited 1 s" in u["output"] for u in updated)
@@ -285,7 +434,7 @@ async def test_a_result_shows_as_text_shortened_and_an_error_as_a_line(chainlit_
     shown, failed, stopped = (c.args[0] for c in chainlit_context.emitter.send_step.await_args_list)
     # The result in a code block no backtick inside it can close: nothing in it renders.
     fence = "````"
-    assert shown["output"].startswith(f"Done in 0.4 s\n\n{fence}text\n```\n![x]")
+    assert shown["output"].startswith(f"Done in 0.4 s\n\n{fence}result\n```\n![x]")
     assert f"the first {DISPLAY_MAX_CHARS:,} of {len(hostile):,} characters" in shown["output"]
     assert len(shown["output"]) < DISPLAY_MAX_CHARS + 200
     assert failed["isError"] is True
