@@ -431,7 +431,7 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
         }
 
         results["tool_turn"] = await measure_tool_turn(
-            app, driver, client, tool_agent, run_config, 15 if quick else 40
+            app, driver, client, tool_agent, run_config, 6 if quick else 40
         )
 
         # Capacity: chats streaming 500 tokens at 10 ms each, their starts spread over a second
