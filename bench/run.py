@@ -358,7 +358,7 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
         (solo,) = await driver.open_chats(1)
 
         # Warm-up of every path, long replies and tool turns included.
-        for _ in range(3):
+        for _ in range(1 if quick else 3):
             await bare_tool_turn(client, TOOL_TURN)
             await sdk_tool_turn(tool_agent, run_config, TOOL_TURN)
             (chat,) = await driver.open_chats(1)
@@ -431,7 +431,7 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
         }
 
         results["tool_turn"] = await measure_tool_turn(
-            app, driver, client, tool_agent, run_config, 6 if quick else 40
+            app, driver, client, tool_agent, run_config, 5 if quick else 40
         )
 
         # Capacity: chats streaming 500 tokens at 10 ms each, their starts spread over a second
