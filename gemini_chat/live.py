@@ -21,7 +21,7 @@ import chainlit as cl
 from chainlit.emitter import ChainlitEmitter
 from chainlit.session import WebsocketSession
 
-from .history import History
+from .history import ITEMS_KEY, History, stored_items
 
 logger = logging.getLogger("gemini_chat")
 
@@ -138,7 +138,14 @@ class LiveReply:
         for viewer in list(self.viewers):
             # A continued answer replaces the cut-off one the viewer's history holds.
             viewer.history.take_back(self.user_message_id)
-            viewer.history.record(self.user_text, answer, self.user_message_id, self.files)
+            viewer.history.record(
+                self.user_text,
+                answer,
+                self.user_message_id,
+                self.files,
+                # A turn that used tools: its items, as the asking session keeps them.
+                stored_items((self.reply.metadata or {}).get(ITEMS_KEY)),
+            )
             await _quietly(viewer.emitter.update_step(final))
             await _quietly(viewer.emitter.task_end())
         self.done.set()

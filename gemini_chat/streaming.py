@@ -232,7 +232,11 @@ class ReplyStream:
                 if kind == ANSWER_DELTA:
                     delta = event.data.delta
                     if delta:
-                        await self._add_text(delta)
+                        if self._round_text:  # the common case, kept inline: once a token
+                            self.parts.append(delta)
+                            await self.coalescer.add(delta)
+                        else:
+                            await self._add_text(delta)
                 elif kind == THOUGHT_DELTA and thoughts is not None:
                     delta = event.data.delta
                     if delta and self._new_round and self.more_thoughts is not None:

@@ -112,31 +112,31 @@ def guard(tool: FunctionTool, settings: Settings) -> FunctionTool:
         turn = ctx.context
         observer = turn.observer if isinstance(turn, TurnContext) else None
         call_id = ctx.tool_call_id
-        if approval is not False and await _needs_approval(approval, ctx, arguments, call_id):
-            allowed = observer is not None and await observer.approve(
-                call_id, name, arguments, settings.approval_timeout
-            )
-            if not allowed:
-                output = DENIED.format(name=name)
-                if observer is not None:
-                    await observer.finished(call_id, output, "Denied", 0.0)
-                return output
-        if observer is not None:
-            await observer.started(call_id, name, arguments)
         began = time.monotonic()
-        error: str | None = None
         try:
-            output = await _call(inner, ctx, arguments, limit)
-        except ToolFailed as failure:
-            output, error = failure.output, failure.reason
+            if approval is not False and await _needs_approval(approval, ctx, arguments, call_id):
+                allowed = await _tell(
+                    observer, "approve", call_id, name, arguments, settings.approval_timeout
+                )
+                if allowed is not True:
+                    output = DENIED.format(name=name)
+                    await _tell(observer, "finished", call_id, output, "Denied", 0.0)
+                    return output
+            await _tell(observer, "started", call_id, name, arguments)
+            began = time.monotonic()
+            error: str | None = None
+            try:
+                output = await _call(inner, ctx, arguments, limit)
+            except ToolFailed as failure:
+                output, error = failure.output, failure.reason
         except asyncio.CancelledError:
-            if observer is not None:
-                # Shielded: a second stop must not leave the step saying it is running.
-                await asyncio.shield(observer.finished(call_id, "", "Stopped", _since(began)))
+            # Stopped while it ran or while the user was asked. Shielded: a second stop must
+            # not leave the step saying it is running.
+            stopped = _tell(observer, "finished", call_id, "", "Stopped", _since(began))
+            await asyncio.shield(stopped)
             raise
         output = shortened(output, max_chars)
-        if observer is not None:
-            await observer.finished(call_id, output, error, _since(began))
+        await _tell(observer, "finished", call_id, output, error, _since(began))
         return output
 
     guarded = copy.copy(tool)
@@ -163,6 +163,18 @@ async def tool_error_message(args: ToolErrorFormatterArgs[Any]) -> str | None:
         await observer.started(args.call_id, args.tool_name, "")
         await observer.finished(args.call_id, output, "There is no tool of this name.", 0.0)
     return output
+
+
+async def _tell(observer: ToolObserver | None, method: str, *args: Any) -> Any:
+    """Tell the chat about a call. The chat failing to show it (a tab gone mid-answer) must not
+    fail the call: logged, and an approval that could not be asked counts as Deny."""
+    if observer is None:
+        return None
+    try:
+        return await getattr(observer, method)(*args)
+    except Exception:
+        logger.warning("The chat could not show a tool call (%s)", method, exc_info=True)
+        return None
 
 
 async def _call(inner: FunctionTool, ctx: ToolContext[Any], arguments: str, limit: float) -> str:

@@ -5,13 +5,16 @@ shows."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 from unittest.mock import AsyncMock
 
 import pytest
 from agents import function_tool
 from agents.testing import ModelStep, ScriptedModel, function_call
 from agents.tool_context import ToolContext
+from playwright.async_api import expect
 
 from gemini_chat.actions import CONTINUE_PROMPT
 from gemini_chat.config import load_settings
@@ -22,9 +25,12 @@ from gemini_chat.toolrun import TurnContext, as_text, guard, shortened
 from tests import sample_tools
 from tests.app_process import ROOT, app_directory, start_app
 from tests.chat_client import ChatClient
+from tests.chromium import ARTIFACTS
 from tests.conftest import app_env
 from tests.fake_gemini import Reply, ToolCall, tool_call_reply
 from tests.fake_models import streamed_reply
+from tests.test_browser import type_and_send
+from tests.test_page import last_step, open_chat
 from tests.test_regenerate import offered
 
 TOOL_SETTINGS = {
@@ -576,3 +582,174 @@ def test_the_budget_drops_whole_tool_turns_only():
     ]
     history.token_budget = 5000
     assert history.request_items("new")[:3] == [{"role": "user", "content": "old"}, call, output]
+
+
+class FakeServers:
+    """McpServers as part C2 gives them: tools of the servers that are up, a notice for each
+    one that is not."""
+
+    def __init__(self, tools, notices) -> None:
+        self.listed = (tools, notices)
+        self.asked = 0
+
+    async def tools(self):
+        self.asked += 1
+        return self.listed
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_mcp_tools_join_each_message_behind_the_guard_and_notices_show(chainlit_context):
+    import chainlit as cl
+
+    from gemini_chat.chat import ChatController
+
+    @function_tool
+    def server_lookup(key: str) -> str:
+        """A tool of an MCP server."""
+        raise RuntimeError("server says no")
+
+    model = ScriptedModel(
+        [
+            ModelStep(output=[function_call("server_lookup", {"key": "k"}, call_id="m-1")]),
+            streamed_reply("Done."),
+        ]
+    )
+    settings = unit_settings()
+    servers = FakeServers([server_lookup], ["The MCP server “files” did not start."])
+    backend = dataclasses.replace(build_backend(settings, model), mcp=servers)
+    controller = ChatController(settings, backend)
+    await controller.start()
+    await controller.handle(cl.Message(content="Look it up"))
+    assert servers.asked == 1
+    sent = [call.args[0] for call in chainlit_context.emitter.send_step.await_args_list]
+    notice = next(step for step in sent if "did not start" in step["output"])
+    assert notice["isError"] and notice["metadata"]["kind"] == "notice"
+    assert [tool.name for tool in model.last_call.tools] == ["server_lookup"]
+    # The server's tool went through the guard: its error is the guard's, not the SDK's.
+    assert model.last_call.input[-1]["output"] == (
+        "Error: server_lookup failed: RuntimeError: server says no"
+    )
+    assert sent[-1]["output"] == "Done."
+
+
+# --- what a person sees, in Chromium ------------------------------------------------------------
+
+
+@pytest.mark.browser
+async def test_a_tool_turn_reads_as_one_answer_with_a_thinking_step_per_round(
+    browser, tools_app, gemini
+):
+    page = await open_chat(browser, tools_app)
+    gemini.script(
+        tool_call_reply(
+            weather("Oslo", "call_1"),
+            shape="openai",
+            text="Let me look.",
+            thoughts=["Need the weather."],
+            thought_shape="reasoning_content",
+        ),
+        Reply("It is sunny.", thoughts=["The tool says sunny."]),
+    )
+    await type_and_send(page, "Weather in Oslo?")
+    answer = last_step(page, "assistant_message")
+    # Both rounds' text in the one answer, each its own paragraph.
+    await expect(answer.locator('[role="article"]')).to_have_text(["Let me look.", "It is sunny."])
+    thinking = page.locator('.step[data-step-type="llm"]')
+    await expect(thinking).to_have_count(2)
+    await expect(thinking.locator("button").first).to_have_text(re.compile(r"Thought for \d+ s"))
+    await expect(thinking.nth(1).locator("button").first).to_have_text(
+        re.compile(r"Thought for \d+ s")
+    )
+    await thinking.nth(1).locator("button").first.click()
+    await expect(thinking.nth(1).get_by_text("The tool says sunny.")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "tool-turn-answer.png")
+
+    # A model that will not stop calling tools: a notice, and the chat goes on.
+    gemini.script(
+        *(tool_call_reply(weather(city, f"call_{city}"), shape="openai") for city in "ABCD"),
+        Reply("Fine."),
+    )
+    await type_and_send(page, "Weather everywhere")
+    await expect(
+        page.get_by_text("stopped after 3 rounds of tool calls", exact=False)
+    ).to_be_visible()
+    await type_and_send(page, "OK")
+    await expect(last_step(page, "assistant_message")).to_have_text("Fine.")
+
+    # Stop while a tool runs: one mark, nothing more asked of Gemini.
+    gemini.script(tool_call_reply(ToolCall("slow_tool", {"seconds": 1.5}, id="s1"), shape="openai"))
+    before = len(gemini.requests)
+    await type_and_send(page, "Slowly")
+    request = (await gemini.arrived(before + 1))[before]
+    await asyncio.to_thread(request.finished.wait, 10)
+    await page.locator("#stop-button").click()
+    await expect(page.get_by_text("Stopped before any answer.")).to_be_visible()
+    await page.screenshot(path=ARTIFACTS / "tool-turn-stopped.png")
+    assert len(gemini.requests) == before + 1
+
+
+async def test_a_tab_that_followed_a_tool_turn_sends_its_items(chat, gemini, tools_app):
+    words = [f"w{i} " for i in range(30)]
+    gemini.script(
+        tool_call_reply(weather("Oslo", "call_1"), shape="openai"),
+        Reply(chunks=words, delay=0.1),
+        Reply("Next."),
+    )
+    chat.mark()
+    await chat.send("Weather in Oslo?")
+    thread = await chat.chat_thread()
+    await chat.wait_for(lambda: any(m.tokens for m in chat.assistant_messages()), what="text")
+    second = ChatClient(tools_app.url, headers=dict(chat.headers))
+    await second.connect(thread_id=thread)
+    await second.wait_for(
+        lambda: any(m.content == "".join(words) for m in second.assistant_messages()),
+        timeout=20,
+        what="the whole answer in the second tab",
+    )
+    second.mark()
+    await second.send("And next?")
+    await second.wait_idle()
+    follow_up, last = (await gemini.arrived(3))[1:]
+    assert last.messages == [
+        *follow_up.messages,
+        {"role": "assistant", "content": "".join(words)},
+        {"role": "user", "content": "And next?"},
+    ]
+    await second.disconnect()
+
+
+async def test_a_chat_that_cannot_show_the_call_does_not_fail_it():
+    class Broken(RecordingObserver):
+        async def started(self, call_id, name, arguments):
+            raise ConnectionError("the tab is gone")
+
+        async def approve(self, call_id, name, arguments, wait_seconds):
+            raise ConnectionError("the tab is gone")
+
+    observer = Broken()
+    weather_tool = guard(sample_tools.lookup_weather, unit_settings())
+    assert await invoke(weather_tool, observer, '{"city": "Oslo"}') == "Sunny in Oslo, 21 °C"
+    assert observer.seen == [("finished", "call_9", "Sunny in Oslo, 21 °C", None)]
+    # An approval that could not be asked is a Deny.
+    confirm = guard(sample_tools.confirm_tool, unit_settings())
+    assert (await invoke(confirm, observer, '{"action": "x"}')).startswith("The user did not")
+
+
+async def test_stop_while_the_user_is_asked_ends_the_call_as_stopped():
+    class Waiting(RecordingObserver):
+        async def approve(self, call_id, name, arguments, wait_seconds):
+            self.running.set()
+            await asyncio.Event().wait()  # nobody answers
+
+    observer = Waiting()
+    task = asyncio.create_task(
+        invoke(guard(sample_tools.confirm_tool, unit_settings()), observer, '{"action": "x"}')
+    )
+    await observer.running.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert observer.seen == [("finished", "call_9", "", "Stopped")]
