@@ -261,7 +261,10 @@ def calculation(expression: str) -> str:
     except (ValueError, TypeError) as error:
         reason = str(error)
         if reason == "math domain error":
-            reason = "a function was given a value outside its domain (a negative square root?)"
+            reason = (
+                "a function was given a value outside its domain "
+                "(such as the square root or logarithm of a negative number)"
+            )
         # Otherwise Python's own words, such as "sqrt() takes exactly one argument (2 given)".
         raise ToolError(f"Could not calculate {shown!r}: {reason}.") from None
     except ToolError as error:

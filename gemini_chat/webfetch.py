@@ -36,7 +36,6 @@ MAX_URL_CHARS = 2_000
 CHUNK_BYTES = 64 * 1024
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Not every Python 3.11-3.13 release flags these the same way, so they are named here.
@@ -44,9 +43,10 @@ _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _PRIVATE = tuple(
     ipaddress.ip_network(network)
-    for network in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+    # 64:ff9b:1::/48: NAT64 for a local network's own use (RFC 8215).
+    for network in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "64:ff9b:1::/48")
 )
-_NAT64 = tuple(ipaddress.ip_network(network) for network in ("64:ff9b::/96", "64:ff9b:1::/48"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
@@ -60,7 +60,7 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4A
         return "an IPv4-mapped", address.ipv4_mapped
     if address.sixtofour is not None:
         return "a 6to4", address.sixtofour
-    if any(address in network for network in _NAT64):
+    if address in _NAT64:
         return "a NAT64", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address in _IPV4_COMPATIBLE and int(address) > 1:
         return "an IPv4-compatible", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
@@ -84,6 +84,8 @@ def refusal(address: str, allowed: Sequence[Network] = ()) -> str | None:
         return "a loopback address"
     if ip.is_link_local:
         return "a link-local address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return "a site-local address"
     if ip.is_multicast:
         return "a multicast address"
     if ip in _SHARED:
@@ -169,6 +171,9 @@ class _PublicResolver(AbstractResolver):
 
 @dataclass(frozen=True)
 class Download:
+    """A page as it came: its final address, type, declared charset, the bytes read, and
+    whether it was cut at the size limit."""
+
     url: str
     content_type: str
     charset: str | None

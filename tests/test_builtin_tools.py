@@ -27,7 +27,7 @@ from gemini_chat.builtin_tools import (
     calculation,
     time_in_zone,
 )
-from gemini_chat.config import Settings
+from gemini_chat.config import ConfigError, Settings
 from gemini_chat.tools import build_tools
 from gemini_chat.webfetch import FetchError, _PublicResolver, fetch_readable
 
@@ -254,6 +254,14 @@ async def fetch(url: str, **options) -> str:
         ("http://[fe80::1]/", "Refused: fe80::1 is a link-local address."),
         ("http://[fd00::1]/", "Refused: fd00::1 is a private address."),
         ("http://[ff02::1]/", "Refused: ff02::1 is a multicast address."),
+        ("http://[fec0::1]/", "Refused: fec0::1 is a site-local address."),
+        ("http://[64:ff9b:1::a00:1]/", "Refused: 64:ff9b:1::a00:1 is a private address."),
+        (
+            "http://[::127.0.0.1]/",
+            "Refused: ::7f00:1 is an IPv4-compatible form of 127.0.0.1, a loopback address.",
+        ),
+        ("http://192.0.2.1/", "Refused: 192.0.2.1 is a reserved address, not a public one."),
+        ("http://[2001:db8::1]/", "Refused: 2001:db8::1 is a reserved address, not a public one."),
         (
             "http://[::ffff:127.0.0.1]/",
             "Refused: ::ffff:7f00:1 is an IPv4-mapped form of 127.0.0.1, a loopback address.",
@@ -743,6 +751,15 @@ def test_build_tools_offers_the_built_ins_switched_on_by_name():
     tools = build_tools(Settings(tools=("fetch", "time")))
     assert [tool.name for tool in tools] == ["fetch_page", "current_time"]
     assert [tool.name for tool in build_tools(Settings())] == ["current_time", "calculate"]
+
+
+def test_an_unknown_built_in_is_a_configuration_error_listing_the_built_ins():
+    with pytest.raises(ConfigError) as raised:
+        build_tools(Settings(tools=("time", "clock")))
+    assert str(raised.value) == (
+        "TOOLS='time,clock' is not valid: unknown tool 'clock' "
+        "(built-in tools: time, calculator, fetch)."
+    )
 
 
 async def test_fetch_says_when_nothing_answers_at_the_address():
