@@ -72,7 +72,7 @@ def prepare_server() -> Server:
         tools = build_tools(settings)
         # MCP_SERVERS_FILE is read again where the servers are made (llm.build_backend); a
         # malformed one stops the start here, in one line.
-        load_server_configs(settings.mcp_servers_file, os.environ)
+        load_server_configs(settings, os.environ)
     except ConfigError as error:
         _exit(f"Configuration error: {error}")
     logging.getLogger("gemini_chat").setLevel(logging.INFO)

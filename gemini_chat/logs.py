@@ -59,8 +59,13 @@ def quiet_library_logs() -> None:
       default database sits in the watched folder; Chainlit reloads only for code and config).
     - Chainlit warns on every page load that there is no chainlit_<language>.md; falling back to
       chainlit.md is what this app intends.
+    - The MCP client logs each HTTP server's session id (a credential for that session) and its
+      reconnections at INFO, and its HTTP client (httpx) every request with its URL; the app logs
+      what happens to each server itself (mcp.py).
     """
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("mcp.client").setLevel(logging.WARNING)
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     chainlit_logger = logging.getLogger("chainlit")
     if not any(isinstance(f, DropMessages) for f in chainlit_logger.filters):

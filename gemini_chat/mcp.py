@@ -12,9 +12,10 @@ The file has the shape most MCP clients use::
 ``${NAME}`` in an ``env`` or ``headers`` value is replaced by the app's environment variable
 NAME, so secrets stay out of the file. A stdio server gets a minimal environment (PATH, HOME,
 ...) plus its ``env``, never the app's own (no Gemini key). Servers are shared by every chat of
-the process: each starts on the first message that needs tools and is checked on every message
-(listing its tools, within ``MCP_TIMEOUT_SECONDS``); one that cannot be started, does not answer
-or has stopped is left out of that message with a notice, and started again on the next. Its
+the process: each starts on the first message and is checked on every message (listing its
+tools, within ``MCP_TIMEOUT_SECONDS``). One found stopped is started again at once; one that
+cannot be started or reached, or does not answer, is left out of that message with a notice
+and tried again with the next. A call to a server that dies meanwhile fails clearly. Its
 tools are named ``mcp_<server>__<tool>`` (the Agents SDK's prefixing), so they never clash with
 the app's own tools or with another server's. Each server's stderr goes to the log, line by
 line, under its name.
@@ -23,6 +24,7 @@ line, under its name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -42,6 +44,7 @@ from mcp.shared.exceptions import McpError
 from mcp.types import CONNECTION_CLOSED
 
 from .config import ConfigError, Settings
+from .tools import build_tools
 
 logger = logging.getLogger("gemini_chat.mcp")
 T = TypeVar("T")
@@ -54,6 +57,8 @@ _TRANSPORTS = {"stdio": "command", "http": "url", "streamable-http": "url", "str
 # How long a stopping server may take before it is cancelled: the MCP client gives a stdio
 # server 2 s to exit after its input closes, then 2 s more after SIGTERM before SIGKILL.
 _STOP_SECONDS = 6.0
+# How often a running call to an HTTP server checks that the server is still there.
+_PROBE_SECONDS = 5.0
 
 
 class McpToolError(Exception):
@@ -78,16 +83,19 @@ class ServerConfig:
         return f"ServerConfig(name={self.name!r}, target={target!r})"
 
 
-def load_server_configs(path: str, environ: Mapping[str, str]) -> list[ServerConfig]:
-    """The servers listed in ``path`` (none when it does not exist). Raises ConfigError naming
-    the file and the entry for anything the app cannot use."""
-    path = os.path.abspath(path)
+def load_server_configs(settings: Settings, environ: Mapping[str, str]) -> list[ServerConfig]:
+    """The servers listed in ``MCP_SERVERS_FILE``: none when the default file does not exist,
+    but a file named on purpose must exist. Raises ConfigError naming the file and the entry
+    for anything the app cannot use."""
+    path = os.path.abspath(settings.mcp_servers_file)
     where = f"MCP_SERVERS_FILE={path!r} is not valid"
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
     except FileNotFoundError:
-        return []
+        if settings.mcp_servers_file == Settings.mcp_servers_file:
+            return []
+        raise ConfigError(f"{where}: there is no such file.") from None
     except OSError as error:
         raise ConfigError(f"{where}: it cannot be read ({error.strerror}).") from None
     try:
@@ -271,6 +279,29 @@ class _Connection:
                 # Its outcome no longer matters; keep asyncio from reporting it.
                 waiting.add_done_callback(lambda task: task.cancelled() or task.exception())
 
+    async def call(self, work: Coroutine[Any, Any, T], probe_seconds: float) -> T:
+        """``while_up`` for a tool call. An HTTP server that goes away during a call leaves the
+        call waiting on a dead stream; the next request to it is what fails (and ends the
+        connection), so one is sent every ``probe_seconds`` while the call runs."""
+        if not isinstance(self.server, MCPServerStreamableHttp):
+            return await self.while_up(work)
+        probe = asyncio.get_running_loop().create_task(self._probe(probe_seconds))
+        try:
+            return await self.while_up(work)
+        finally:
+            probe.cancel()
+
+    async def _probe(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            session = self.server.session
+            if session is None:
+                return
+            # Its answer does not matter: a server that is gone ends the connection.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(seconds):
+                    await session.send_ping()
+
     async def _list(self, reserved_names: set[str]) -> list[FunctionTool]:
         await asyncio.shield(self._ready)
         tools = await MCPUtil.get_function_tools(
@@ -292,6 +323,8 @@ class _Connection:
         if not done:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=_STOP_SECONDS)
+        if self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # seen (it was logged where it mattered)
         if self._task.done() and not self._task.cancelled() and self._task.exception():
             logger.warning(
                 "MCP server %r stopped with an error: %r", self.server.name, self._task.exception()
@@ -408,10 +441,11 @@ class _Server:
 
     def _call_through(self, invoke: Any, connection: _Connection) -> Any:
         name = self.config.name
+        probe_seconds = min(_PROBE_SECONDS, self.settings.mcp_timeout)
 
         async def on_invoke_tool(context: Any, arguments: str) -> Any:
             try:
-                output = await connection.while_up(invoke(context, arguments))
+                output = await connection.call(invoke(context, arguments), probe_seconds)
             except Exception as error:
                 if connection.alive and not _is_connection_lost(error):
                     raise
@@ -463,13 +497,13 @@ class McpServers:
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
         """Reads ``MCP_SERVERS_FILE`` (ConfigError when it is malformed); starts nothing."""
-        from .tools import build_tools  # the app's own tools, whose names MCP tools must avoid
-
         self.settings = settings
-        self.configs = load_server_configs(
-            settings.mcp_servers_file, os.environ if environ is None else environ
-        )
-        self._reserved_names = {tool.name for tool in build_tools(settings)}
+        self.configs = load_server_configs(settings, os.environ if environ is None else environ)
+        # The app's own tools' names, which an MCP tool's name must avoid (only looked up when
+        # there are servers).
+        self._reserved_names: set[str] = set()
+        if self.configs:
+            self._reserved_names = {tool.name for tool in build_tools(settings)}
         self._stopping: set[asyncio.Task] = set()
         self._servers = [_Server(config, settings, self._stopping) for config in self.configs]
         self._closed = False

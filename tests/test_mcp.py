@@ -192,6 +192,8 @@ class HttpServer:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/mcp"
         self.process: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+        self._logged = asyncio.Condition()
 
     async def start(self) -> HttpServer:
         self.process = await asyncio.create_subprocess_exec(
@@ -210,8 +212,19 @@ class HttpServer:
 
     async def _read_rest(self) -> None:
         assert self.process is not None and self.process.stderr is not None
-        while await self.process.stderr.readline():
-            pass
+        while line := await self.process.stderr.readline():
+            async with self._logged:
+                self.lines.append(line.decode(errors="replace"))
+                self._logged.notify_all()
+
+    async def logged(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until the server writes ``text`` to its stderr."""
+
+        async def seen() -> None:
+            async with self._logged:
+                await self._logged.wait_for(lambda: any(text in line for line in self.lines))
+
+        await asyncio.wait_for(seen(), timeout)
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -237,8 +250,16 @@ async def http_server():
 # --- the config file -----------------------------------------------------------------------------
 
 
-def test_no_file_means_no_servers(tmp_path):
-    assert load_server_configs(str(tmp_path / "missing.json"), {}) == []
+def test_no_file_means_no_servers_but_a_file_named_on_purpose_must_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default file is looked for beside the app
+    assert load_server_configs(Settings(), {}) == []
+    missing = str(tmp_path / "mcp.json")
+    with pytest.raises(ConfigError) as raised:
+        load_server_configs(settings_for(missing), {})
+    assert str(raised.value) == f"MCP_SERVERS_FILE={missing!r} is not valid: there is no such file."
+    # The default name is found where the app runs.
+    write_config(tmp_path, {"files": {"command": "files-server"}})
+    assert [config.name for config in load_server_configs(Settings(), {})] == ["files"]
 
 
 def test_env_and_headers_take_variables_from_the_environment(tmp_path):
@@ -251,7 +272,8 @@ def test_env_and_headers_take_variables_from_the_environment(tmp_path):
                        "headers": {"Authorization": "Bearer ${SEARCH_KEY}"}},
         },
     )  # fmt: skip
-    files, search = load_server_configs(path, {"FILES_TOKEN": "t0k", "SEARCH_KEY": "k3y"})
+    environ = {"FILES_TOKEN": "t0k", "SEARCH_KEY": "k3y"}
+    files, search = load_server_configs(settings_for(path), environ)
     assert files.command == "files-server" and files.args == ("--root", "docs")
     assert files.env == {"TOKEN": "t0k", "PLAIN": "a $b ${"}
     assert files.cwd == str(tmp_path / "srv")  # relative to the file
@@ -364,6 +386,30 @@ async def test_stdio_server_gets_no_secret_of_the_app(tmp_path, mcp_servers, mon
     assert await call(show, {"name": "MCP_TEST_PID_FILE"}) == str(tmp_path / "notes.pid")
 
 
+async def test_tool_approval_takes_an_mcp_tools_name(tmp_path, mcp_servers):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    tools, _ = await mcp_servers(settings_for(path)).tools()
+    settings = Settings(tools=(), tool_approval=("mcp_notes__lookup_note",))
+    asked: list[str] = []
+
+    class Denying(SeenCalls):
+        async def approve(self, call_id, name, arguments, wait_seconds) -> bool:
+            asked.append(name)
+            return False
+
+    for tool in tools[:2]:
+        arguments = json.dumps({"key": "launch"} if tool.name.endswith("note") else {"name": "X"})
+        context = ToolContext(
+            context=TurnContext(Denying()),
+            tool_name=tool.name,
+            tool_call_id="call_a",
+            tool_arguments=arguments,
+        )
+        output = await guard(tool, settings).on_invoke_tool(context, arguments)
+        assert ("did not allow" in output) == (tool.name == "mcp_notes__lookup_note")
+    assert asked == ["mcp_notes__lookup_note"]
+
+
 async def test_many_chats_at_once_share_one_server_process(tmp_path, mcp_servers, caplog):
     caplog.set_level(logging.INFO, logger="gemini_chat.mcp")
     path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
@@ -433,6 +479,23 @@ async def test_a_server_too_slow_to_start_gives_a_notice_and_is_stopped(tmp_path
     assert await gone(pid_of(tmp_path, "slow"))
 
 
+async def test_a_server_that_stops_answering_gives_a_notice_and_is_replaced(tmp_path, mcp_servers):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path, mcp_timeout=1))
+    await servers.tools()
+    hung = pid_of(tmp_path)
+    os.kill(hung, signal.SIGSTOP)  # alive, but answers nothing
+    tools, notices = await servers.tools()
+    assert tools == []
+    assert notices == [
+        "The tool server 'notes' is not available (it did not answer in 1 s); answering without it."
+    ]
+    assert await gone(hung)  # the hung process is not left behind
+    tools, notices = await servers.tools()
+    assert notices == [] and pid_of(tmp_path) != hung
+    assert await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) == NOTE
+
+
 async def test_a_server_killed_between_messages_is_back_on_the_next(tmp_path, mcp_servers):
     path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
     servers = mcp_servers(settings_for(path))
@@ -470,6 +533,23 @@ async def test_a_server_killed_during_a_call_is_a_tool_error_then_back(
     assert await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) == NOTE
 
 
+async def test_stop_during_a_call_ends_it_and_the_server_stays(tmp_path, mcp_servers, wait_for_log):
+    path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
+    servers = mcp_servers(settings_for(path))
+    tools, _ = await servers.tools()
+    calling = wait_for_log("Processing request of type CallToolRequest")
+    slow = asyncio.create_task(run_tool(named(tools, "mcp_notes__slow_tool"), {"seconds": 30}))
+    await calling.wait()
+    slow.cancel()  # what Stop does to the turn's task
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(slow, 2)
+    # The same server process goes on serving, in this turn and the next.
+    pid = pid_of(tmp_path)
+    assert await call(named(tools, "mcp_notes__lookup_note"), {"key": "launch"}) == NOTE
+    tools, notices = await servers.tools()
+    assert notices == [] and pid_of(tmp_path) == pid
+
+
 async def test_a_server_that_exits_in_a_call_is_a_tool_error_then_back(tmp_path, mcp_servers):
     path = write_config(tmp_path, {"notes": stdio_entry(tmp_path)})
     servers = mcp_servers(settings_for(path))
@@ -493,6 +573,19 @@ async def test_close_stops_every_server_process(tmp_path):
     await servers.close()
     assert not any(running(pid) for pid in pids)
     assert await servers.tools() == ([], [])  # after shutdown nothing starts again
+
+
+async def test_close_while_a_server_is_starting_leaves_no_process(tmp_path, wait_for_log):
+    slow = stdio_entry(tmp_path, "slow", MCP_TEST_START_DELAY="60")
+    servers = McpServers(settings_for(write_config(tmp_path, {"slow": slow})), environ={})
+    spawned = wait_for_log(r"test MCP server \d+ starting")
+    waiting = asyncio.create_task(servers.tools())
+    await spawned.wait()
+    pid = pid_of(tmp_path, "slow")
+    await servers.close()
+    assert not running(pid)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting  # the message that was waiting ends with the app
 
 
 # --- streamable HTTP ---------------------------------------------------------------------------
@@ -546,6 +639,23 @@ async def test_http_server_gone_gives_a_notice_and_is_back_when_it_is(
     tools, notices = await servers.tools()
     assert notices == []
     assert await call(named(tools, "mcp_web__lookup_note"), {"key": "launch"}) == NOTE
+
+
+async def test_http_server_gone_during_a_call_is_a_tool_error_within_the_timeout(
+    tmp_path, mcp_servers, http_server
+):
+    server = await http_server()
+    path = write_config(tmp_path, {"web": {"url": server.url}})
+    servers = mcp_servers(settings_for(path, mcp_timeout=1))
+    tools, _ = await servers.tools()
+    slow = asyncio.create_task(run_tool(named(tools, "mcp_web__slow_tool"), {"seconds": 30}))
+    await server.logged("Processing request of type CallToolRequest")
+    await server.kill()
+    killed = time.monotonic()
+    # Known within about MCP_TIMEOUT_SECONDS, not after TOOL_TIMEOUT_SECONDS (30).
+    _, error = await asyncio.wait_for(slow, 10)
+    assert error == f"McpToolError: {STOPPED.format('web')}"
+    assert time.monotonic() - killed < 5
 
 
 async def test_unreachable_http_server_gives_a_notice(tmp_path, mcp_servers):
@@ -662,6 +772,8 @@ async def test_the_app_answers_with_mcp_tools_and_goes_on_without_a_server_that_
         # The servers' stderr went to the app's log, never to the chat.
         assert f"MCP server 'notes': test MCP server {last_pid} starting" in app.log()
         assert not any("test MCP server" in text for _, text in chat.transcript())
+        # Nor does the log hold the HTTP server's session id or a line per request to it.
+        assert "session ID" not in app.log() and f":{web_port}/mcp" not in app.log()
     finally:
         await chat.disconnect()
 
