@@ -31,9 +31,12 @@ ALLOWED = "Allowed"
 DENIED = "Denied"
 STOPPED = "Stopped: not run"
 CLOSED = "No answer: the page was closed or reloaded; denied"
+ELSEWHERE = "Waiting for an answer in the tab that asked."
 # How often the wait checks that the tab it asked is still open.
 TAB_CHECK_SECONDS = 0.5
 TAB_GONE = object()
+# How much of a call's arguments or result the chat shows (the model has them whole).
+DISPLAY_MAX_CHARS = 2_000
 # Chainlit's own time limit on the question, a backstop behind ours (it takes whole seconds).
 BACKSTOP_SECONDS = 5
 
@@ -52,16 +55,28 @@ def fenced(text: str, language: str = "text") -> str:
     return f"{fence}{language}\n{text}\n{fence}"
 
 
-def readable_arguments(arguments: str) -> str:
+def readable_arguments(arguments: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
     """A call's arguments as a code block: pretty JSON, or the text as the model wrote it;
-    nothing for a call without arguments."""
+    nothing for a call without arguments. Long ones are cut, with a note saying so."""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
     except ValueError:
-        return fenced(arguments)
-    if parsed == {}:
-        return ""
-    return fenced(json.dumps(parsed, indent=2, ensure_ascii=False), "json")
+        text, language = arguments, "text"
+    else:
+        if parsed == {}:
+            return ""
+        text, language = json.dumps(parsed, indent=2, ensure_ascii=False), "json"
+    return shortened_block(text, language, max_chars)
+
+
+def shortened_block(text: str, language: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
+    """``text`` as a code block, cut to ``max_chars`` with a note saying so."""
+    if len(text) <= max_chars:
+        return fenced(text, language)
+    return (
+        f"{fenced(text[:max_chars], language)}\n\n"
+        f"*Shortened for display: the first {max_chars:,} of {len(text):,} characters.*"
+    )
 
 
 def timed_out(wait_seconds: float) -> str:
@@ -97,7 +112,8 @@ async def ask_approval(
     allow = cl.Action(name=ALLOW, payload={}, label="Allow")
     deny = cl.Action(name=DENY, payload={}, label="Deny")
     await message.send()
-    await _to_viewers(message)
+    # Other tabs cannot answer: they are told where the question waits.
+    await _to_viewers(message, f"{question}\n\n*{ELSEWHERE}*")
     for action in (allow, deny):
         await action.send(for_id=message.id)
     spec = AskActionSpec(
@@ -159,9 +175,13 @@ async def _settle(message: cl.Message, actions, question: str, outcome: str) -> 
     await _to_viewers(message)
 
 
-async def _to_viewers(message: cl.Message) -> None:
-    """Tabs following the answer see the question and its outcome (without the buttons)."""
+async def _to_viewers(message: cl.Message, content: str | None = None) -> None:
+    """Tabs following the answer see the question (as ``content``, if given) and its outcome,
+    without the buttons."""
     session = cl.context.session
     live = live_replies.watched_by(session)
     if live is not None and live.origin is session:
-        await live.show_step(message.to_dict())
+        step = message.to_dict()
+        if content is not None:
+            step["output"] = content
+        await live.show_step(step)

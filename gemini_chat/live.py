@@ -5,8 +5,10 @@ opens the same chat in a second tab, gets a new session, and the chat Chainlit l
 from the database lacks the answer still being written. Each streaming reply is therefore
 registered here under its chat's thread id; a session that opens that chat is attached as a
 *viewer*: it receives the text written so far as part of the chat it loads, then every later
-piece, the final message, and the turn in its own history. Stop works from any of them, and the
-reply goes on while at least one of them is connected.
+piece, the turn's thinking and tool steps as they change, the final message, and the turn in its
+own history. Stop works from any of them, and the reply goes on while at least one of them is
+connected. The steps a turn opens before its answer get creation stamps in the order they were
+shown (``stamp_before_answer``), so the chat loads again in that order.
 """
 
 from __future__ import annotations
@@ -15,15 +17,39 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import chainlit as cl
 from chainlit.emitter import ChainlitEmitter
 from chainlit.session import WebsocketSession
+from chainlit.utils import utc_now
 
 from .history import ITEMS_KEY, History, stored_items
 
 logger = logging.getLogger("gemini_chat")
+
+
+def _moment(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.removesuffix("Z"))
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
+def stamp_between(earlier: str | None, later: str) -> str:
+    """A Chainlit timestamp between two others (at most a millisecond before ``later``).
+
+    A chat loads its steps in creation order and drops a step whose parent it has not met yet:
+    a step shown above the answer must sort after its run (``earlier``) and before the answer
+    (``later``), which was stamped first.
+    """
+    end = _moment(later)
+    start = end - timedelta(milliseconds=1)
+    if earlier is not None:
+        start = max(start, _moment(earlier))
+    return _stamp(start + (end - start) / 2)
 
 
 @dataclass(eq=False)
@@ -61,6 +87,8 @@ class LiveReply:
     # Other steps of the turn, by id, as last shown: its tool calls and the questions about
     # them (gemini_chat/toolsteps.py, gemini_chat/approval.py).
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The creation stamp given last to a step of the turn (stamp_before_answer).
+    last_stamp: str | None = None
 
     def sink(self) -> Callable[[str], Awaitable[None]]:
         """Where the reply's text goes: the asking session, then every viewer."""
@@ -74,6 +102,27 @@ class LiveReply:
                 await _quietly(viewer.emitter.send_token(self.reply.id, piece))
 
         return write
+
+    def stamp_before_answer(self) -> str:
+        """The creation stamp of a step the turn opens (its thinking, a tool call): the chat is
+        loaded again in this order.
+
+        The answer was stamped when the turn began. Until its text shows, a step sorts after the
+        run and every step opened before it, and before the answer; once the text shows, where
+        the step appears live, below it. A reopened chat shows them as they were shown live."""
+        reply = self.reply
+        if reply.content or reply.streaming or not reply.created_at:
+            moment = _moment(utc_now())
+        elif self.last_stamp is None:
+            run = cl.context.current_step
+            run_stamp = run.created_at if run is not None and run.id == reply.parent_id else None
+            moment = _moment(stamp_between(run_stamp, reply.created_at))
+        else:
+            moment = _moment(self.last_stamp)
+        if self.last_stamp is not None:
+            moment = max(moment, _moment(self.last_stamp) + timedelta(microseconds=1))
+        self.last_stamp = _stamp(moment)
+        return self.last_stamp
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The thinking step, if any, the turn's other steps and the reply, as stored steps

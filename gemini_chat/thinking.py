@@ -14,7 +14,6 @@ run's last assistant message, leave it alone.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
 from typing import Literal
 
 import chainlit as cl
@@ -32,24 +31,6 @@ KIND = "thoughts"
 def thought_for(seconds: float) -> str:
     """The title of a finished step: whole seconds, at least one."""
     return f"Thought for {max(1, round(seconds))} s"
-
-
-def _moment(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.removesuffix("Z"))
-
-
-def stamp_between(earlier: str | None, later: str) -> str:
-    """A Chainlit timestamp between two others (at most a millisecond before ``later``).
-
-    A chat loads its steps in creation order and drops a step whose parent it has not met yet:
-    the thinking step must sort after its run (``earlier``) and before the answer (``later``),
-    which was stamped first.
-    """
-    end = _moment(later)
-    start = end - timedelta(milliseconds=1)
-    if earlier is not None:
-        start = max(start, _moment(earlier))
-    return (start + (end - start) / 2).isoformat(timespec="microseconds") + "Z"
 
 
 class ThinkingStep:
@@ -86,9 +67,7 @@ class ThinkingStep:
             default_open=True,
             auto_collapse=True,
         )
-        run = cl.context.current_step
-        run_stamp = run.created_at if run is not None and run.id == reply.parent_id else None
-        step.created_at = stamp_between(run_stamp, reply.created_at or utc_now())
+        step.created_at = self.live.stamp_before_answer()
         step.start = utc_now()
         self.live.thinking = step
         return step

@@ -14,23 +14,24 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import chainlit as cl
 from chainlit.utils import utc_now
 
-from .approval import ask_approval, escaped, fenced, readable_arguments
+from .approval import (
+    DISPLAY_MAX_CHARS,
+    ask_approval,
+    escaped,
+    readable_arguments,
+    shortened_block,
+)
 from .config import Settings
 from .live import LiveReply, live_replies
 
 KIND = "tool"
 # Below what a person notices as a wait: a quicker call costs one socket event, not two.
 SHOW_AFTER = 0.1
-# How much of a result the step shows; the model is given up to TOOL_RESULT_MAX_CHARS.
-DISPLAY_MAX_CHARS = 2_000
 WAITING = "Waiting for your approval…"
-# Tool steps sort between the run and the answer when the chat is loaded again (see _stamp).
-BEFORE_ANSWER = timedelta(microseconds=400)
 
 
 def duration(seconds: float) -> str:
@@ -52,22 +53,7 @@ def outcome_line(error: str | None, seconds: float) -> str:
 
 def shown_result(output: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
     """The result as the step shows it: a code block, cut to ``max_chars`` with a note."""
-    if not output:
-        return "*No result.*"
-    if len(output) <= max_chars:
-        return fenced(output, "result")
-    return (
-        f"{fenced(output[:max_chars], 'result')}\n\n"
-        f"*Shortened for display: the first {max_chars:,} of {len(output):,} characters.*"
-    )
-
-
-def _moment(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.removesuffix("Z"))
-
-
-def _stamp_of(moment: datetime) -> str:
-    return moment.isoformat(timespec="microseconds") + "Z"
+    return shortened_block(output, "result", max_chars) if output else "*No result.*"
 
 
 @dataclass(eq=False)
@@ -88,7 +74,6 @@ class ToolSteps:
         self.parent_id = parent_id
         self.settings = settings
         self._calls: dict[str, _Call] = {}
-        self._last_stamp: datetime | None = None
         # One question at a time: the page holds one pending Allow / Deny.
         self._asking = asyncio.Lock()
 
@@ -186,26 +171,6 @@ class ToolSteps:
         return live
 
     def _stamp(self) -> str:
-        """When the step was created, as stored: the chat is loaded in this order.
-
-        The answer was stamped when the turn began. Until its text shows, steps sort just
-        before it (after the run and the thinking step), in the order they were opened, so a
-        reopened chat shows them above the answer, as they were shown live."""
-        now = _moment(utc_now())
+        """When the step was created, as stored: the chat is loaded in this order."""
         live = self._live()
-        reply = live.reply if live is not None else None
-        if reply is None or not reply.created_at or reply.streaming or reply.content:
-            moment = now
-        else:
-            answer = _moment(reply.created_at)
-            floors = [answer - BEFORE_ANSWER]
-            run = cl.context.current_step
-            if run is not None and run.id == self.parent_id and run.created_at:
-                floors.append(_moment(run.created_at) + timedelta(microseconds=1))
-            if live.thinking is not None and live.thinking.created_at:
-                floors.append(_moment(live.thinking.created_at) + timedelta(microseconds=1))
-            moment = max(floors)
-        if self._last_stamp is not None and moment <= self._last_stamp:
-            moment = self._last_stamp + timedelta(microseconds=1)
-        self._last_stamp = moment
-        return _stamp_of(moment)
+        return live.stamp_before_answer() if live is not None else utc_now()

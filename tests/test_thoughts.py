@@ -20,6 +20,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
 from gemini_chat.config import load_settings
 from gemini_chat.history import history_from_steps
+from gemini_chat.live import stamp_between
 from gemini_chat.llm import (
     GeminiClient,
     build_backend,
@@ -28,7 +29,7 @@ from gemini_chat.llm import (
     with_thinking_config,
 )
 from gemini_chat.streaming import Coalescer, ReplyStream
-from gemini_chat.thinking import stamp_between, thought_for
+from gemini_chat.thinking import thought_for
 from gemini_chat.thoughts import ThoughtFilter, move_inline_thought, reasoning_of
 from tests.chat_client import ChatClient
 from tests.db import eventually, query

@@ -76,6 +76,19 @@ async def opened(step):
     return step
 
 
+async def step_order(page) -> list[str]:
+    """The steps below the welcome, top to bottom: their kind, and a tool step's name."""
+    kinds = await page.locator(".step[data-step-type]").evaluate_all(
+        """steps => steps.map(step => {
+            const tool = step.dataset.stepType === 'tool'
+                ? ':' + step.querySelector('button[id^="step-"], p[id^="step-"]').id.slice(5)
+                : '';
+            return step.dataset.stepType + tool;
+        })"""
+    )
+    return kinds[2:]  # after the welcome and the first question
+
+
 def tool_results(request) -> dict[str, str]:
     """What a request to the fake Gemini carried back from tools: call id -> content."""
     return {m["tool_call_id"]: m["content"] for m in request.messages if m["role"] == "tool"}
@@ -93,8 +106,12 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
 ):
     page = await open_chat(browser, tools_app)
     gemini.script(
-        tool_call_reply(ToolCall("slow_tool", {"seconds": 3}, id="call_1"), shape="openai"),
-        Reply(text="I waited three seconds."),
+        tool_call_reply(
+            ToolCall("slow_tool", {"seconds": 3}, id="call_1"),
+            shape="openai",
+            thoughts=["Waiting is what was asked."],
+        ),
+        Reply(text="I waited three seconds.", thoughts=["The wait is over."]),
         tool_call_reply(
             ToolCall("lookup_weather", {"city": "Oslo"}, id="call_2"),
             ToolCall("broken_tool", id="call_3"),
@@ -153,11 +170,15 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     assert results["call_2"] == "Sunny in Oslo, 21 °C"
     assert "the widget is jammed" in results["call_3"]
     await screenshot(page, "tool-two-calls.png")
+    shown_live = await step_order(page)
+    assert shown_live[:5] == ["llm", "tool:slow_tool", "llm", "assistant_message", "user_message"]
 
     async def shows_every_step(view) -> None:
         await view.get_by_text("Oslo is sunny; the other tool is out of order.").wait_for(
             timeout=15_000
         )
+        # In the order they were shown live: the thinking of each round, the tool between.
+        assert await step_order(view) == shown_live
         await expect(tool_steps(view)).to_have_count(3)
         slow = await opened(tool_steps(view, "slow_tool"))
         await expect(slow).to_contain_text('"seconds": 3')
@@ -233,10 +254,24 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     assert "did not allow" in refusal and "done:" not in refusal
     await screenshot(page, "approval-denied.png")
 
-    # No answer: after the wait, the buttons go and the call counts as denied.
+    # No answer: after the wait, the buttons go and the call counts as denied. A second tab
+    # following the answer shows the question, says where it can be answered, and then what
+    # was decided.
     await type_and_send(page, "Wait for me")
     question = page.locator(QUESTIONS, has_text="wait").last
     await expect(question.get_by_role("button", name="Allow")).to_be_visible(timeout=15_000)
+    second = await page.context.new_page()
+    await second.goto(page.url)
+    elsewhere = second.locator(QUESTIONS).last
+    await expect(elsewhere).to_contain_text('"action": "wait"')
+    await expect(elsewhere).to_contain_text("Waiting for an answer in the tab that asked.")
+    await expect(answer_buttons(elsewhere)).to_have_count(0)
+    await screenshot(second, "approval-second-tab.png")
+    await expect(elsewhere).to_contain_text(
+        f"No answer in {APPROVAL_WAIT} s: denied", timeout=(APPROVAL_WAIT + 15) * 1000
+    )
+    await expect(elsewhere).not_to_contain_text("Waiting for an answer")
+    await second.close()
     await page.locator(ANSWERS, has_text="Nobody answered").wait_for(
         timeout=(APPROVAL_WAIT + 15) * 1000
     )
@@ -323,6 +358,7 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
     )
     client = await asking_client(tools_app, on_ask)
     try:
+        client.mark()
         await client.send("Go")
         await client.wait_for(lambda: questions, what="the question")
         question = questions[0]["msg"]["id"]
@@ -387,6 +423,73 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
         await other.disconnect()
 
 
+async def test_two_calls_asking_in_one_turn_are_asked_one_after_the_other(tools_app, gemini):
+    questions: list[dict] = []
+    first_when_second_came: list[str] = []
+
+    async def on_ask(data):
+        # The page holds one question at a time: the first is answered before the second comes.
+        if questions:
+            first_when_second_came.append(shown(client, questions[0]["msg"]["id"])["output"])
+        questions.append(data)
+        allow = next(a for a in client.actions_on(data["msg"]["id"]) if a["label"] == "Allow")
+        deny = next(a for a in client.actions_on(data["msg"]["id"]) if a["label"] == "Deny")
+        return allow if len(questions) == 1 else deny
+
+    gemini.script(
+        tool_call_reply(
+            ToolCall("confirm_tool", {"action": "first"}, id="call_first"),
+            ToolCall("confirm_tool", {"action": "second"}, id="call_second"),
+            shape="openai",
+        ),
+        Reply(text="One done, one refused."),
+    )
+    client = await asking_client(tools_app, on_ask)
+    try:
+        await client.send("Do both")
+        await client.wait_for(
+            lambda: any("One done" in m.content for m in client.assistant_messages()),
+            what="the answer",
+        )
+        assert [q["msg"]["output"] for q in questions] == [
+            'Allow **confirm\\_tool** to run with these arguments?\n\n```json\n{\n  "action": '
+            f'"{action}"\n}}\n```'
+            for action in ("first", "second")
+        ]
+        assert len(first_when_second_came) == 1
+        assert first_when_second_came[0].endswith("**Allowed**")
+        results = tool_results((await gemini.arrived(2))[1])
+        assert results["call_first"] == "done: first"
+        assert "did not allow" in results["call_second"]
+    finally:
+        await client.disconnect()
+
+
+async def test_a_turn_with_three_quick_calls_costs_one_socket_event_per_call(tools_app, gemini):
+    cities = ("Oslo", "Lima", "Pune")
+    calls = [ToolCall("lookup_weather", {"city": c}, id=f"call_{c}") for c in cities]
+    gemini.script(tool_call_reply(*calls, shape="openai"), Reply(text="Sunny everywhere."))
+    client = ChatClient(tools_app.url)
+    await client.connect()
+    try:
+        await client.wait_for(client.assistant_messages, what="the welcome message")
+        client.mark()
+        before = len(client.events)
+        await client.send("Weather in three cities")
+        await client.wait_idle()
+        turn = client.events[before:]
+        steps = [data for _, data in turn if isinstance(data, dict) and data.get("type") == "tool"]
+        # Each call ended before it was worth showing as running: one event each, final.
+        assert [s["name"] for s in steps] == ["lookup_weather"] * 3
+        assert [s["output"].split("\n\n", 1)[1] for s in steps] == [
+            f"```result\nSunny in {c}, 21 °C\n```" for c in cities
+        ]
+        assert all(s["end"] is not None for s in steps)
+        print(f"socket events for a turn with three tool calls: {len(turn)}")
+    finally:
+        await client.disconnect()
+
+
 # --- what the steps cost and hold, without a browser -------------------------------------------
 
 
@@ -424,7 +527,8 @@ async def test_a_result_shows_as_text_shortened_and_an_error_as_a_line(chainlit_
 
     steps = ToolSteps("run-step", Settings())
     hostile = "```\n![x](https://attacker.example/leak.png) <b>bold</b>\n" + "y" * 10_000
-    await steps.started("call_1", "fetch_page", '{"url": "https://example.org"}')
+    long_url = "https://example.org/" + "a" * 5_000
+    await steps.started("call_1", "fetch_page", json.dumps({"url": long_url}))
     await steps.finished("call_1", hostile, None, 0.4)
     await steps.started("call_2", "broken_tool", "{}")
     await steps.finished("call_2", "Error: broken_tool failed", "RuntimeError: the *widget*", 0.1)
@@ -437,6 +541,9 @@ async def test_a_result_shows_as_text_shortened_and_an_error_as_a_line(chainlit_
     assert shown["output"].startswith(f"Done in 0.4 s\n\n{fence}result\n```\n![x]")
     assert f"the first {DISPLAY_MAX_CHARS:,} of {len(hostile):,} characters" in shown["output"]
     assert len(shown["output"]) < DISPLAY_MAX_CHARS + 200
+    # Long arguments too, shortened for display alike.
+    assert shown["input"].startswith('```json\n{\n  "url": "https://example.org/aaa')
+    assert f"the first {DISPLAY_MAX_CHARS:,} of 5,035 characters" in shown["input"]
     assert failed["isError"] is True
     assert failed["output"] == r"**Failed:** RuntimeError\: the \*widget\* (0.1 s)"
     assert stopped["isError"] is True and stopped["output"] == "Stopped after 12 s"
