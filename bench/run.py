@@ -5,8 +5,10 @@
 
 It starts the fake Gemini server (tests/fake_gemini.py) and the real `chainlit run chatbot.py`
 as processes of their own, drives the app with browser-like socket.io clients, and measures the
-two baselines in this process against the same fake server. It prints a table, saves the
-figures as JSON and plots first-token latency against concurrent chats (bench/results/).
+two baselines in this process against the same fake server: plain replies, waves of chats, and
+a turn with one tool call (the app given bench/tools.py's tool, as the Agents SDK alone is). It
+prints a table, saves the figures as JSON and plots first-token latency against concurrent
+chats (bench/results/).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import aiohttp
 from tqdm import tqdm
 
 from bench.client import BrowserChat, Reply, login
-from bench.tools import bench_clock
+from bench.tools import bench_clock, clock
 from tests.app_process import ROOT, AppServer, start_app
 from tests.fake_gemini import DEFAULT_KEY, bench_tokens
 
@@ -107,8 +109,6 @@ async def bare_tool_turn(client, text: str) -> tuple[float, float, float, str]:
     """A turn with one tool call through a bare openai client: the first request, the tool's
     call collected from the stream, the tool run, the follow-up request carrying the call and
     its result. (first token, tool done, total) in seconds from the start, and the text."""
-    from bench.tools import bench_clock, clock
-
     tools = [
         {
             "type": "function",
