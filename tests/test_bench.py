@@ -6,8 +6,17 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from bench.run import bare_tool_turn, build_baselines, sdk_tool_turn, tool_turn_verdicts
+import aiohttp
+
+from bench.run import (
+    AppDriver,
+    bare_tool_turn,
+    build_baselines,
+    sdk_tool_turn,
+    tool_turn_verdicts,
+)
 from bench.tools import bench_clock
+from tests.app_process import ROOT
 from tests.fake_gemini import FakeGemini
 
 
@@ -41,6 +50,27 @@ async def test_a_bare_client_runs_the_bench_tool_turn(gemini):
     await client.close()
     assert text == " t0 t1 t2 t3 t4"
     assert 0 < tool_done < first <= total
+    assert_one_call_and_its_result(gemini)
+
+
+async def test_the_app_runs_the_bench_tool_turn_and_the_bench_client_sees_its_step(
+    gemini, start_app_with
+):
+    """The app as the benchmark starts it: the bench client reads the answer and the call's
+    step (its result, no error, when it ended) from the socket events, as the browser gets them."""
+    app = start_app_with(TOOLS="none", TOOL_MODULES="bench.tools", PYTHONPATH=str(ROOT))
+    async with aiohttp.ClientSession() as http:
+        driver = AppDriver(app.url, http)
+        await driver.start()
+        (chat,) = await driver.open_chats(1)
+        await driver.one(chat, "bench-tool 5 0 0")
+        await chat.close()
+    reply = chat.reply
+    assert reply.text == " t0 t1 t2 t3 t4"
+    (step,) = reply.tool_steps.values()
+    assert step["name"] == "bench_clock" and not step["isError"]
+    assert "+00:00" in step["output"]
+    assert reply.sent_at < reply.tool_done_at < reply.first_token_at <= reply.done_at
     assert_one_call_and_its_result(gemini)
 
 
