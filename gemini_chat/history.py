@@ -174,11 +174,27 @@ def _assistant_text(item: dict[str, Any]) -> str | None:
 
 
 def stored_items(value: Any) -> tuple[dict[str, Any], ...]:
-    """A turn's items as stored in its reply's metadata, checked again on the way back (only
-    plain dicts, orphan calls dropped); empty for anything else."""
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+    """A turn's items as stored in its reply's metadata, checked again on the way back: only
+    the shapes ``turn_items`` keeps, orphan calls dropped; empty (the turn is sent as text) if
+    any item is something else, as a step a client wrote itself could hold."""
+    if not isinstance(value, list) or not all(_well_formed(item) for item in value):
         return ()
     return turn_items(value)
+
+
+def _strings(item: dict[str, Any], *keys: str) -> bool:
+    return all(isinstance(item.get(key), str) for key in keys)
+
+
+def _well_formed(item: Any) -> bool:
+    if not isinstance(item, dict) or not isinstance(item.get("provider_data", {}), dict):
+        return False
+    kind = item.get("type")
+    if kind == "function_call":
+        return _strings(item, "call_id", "name", "arguments")
+    if kind == "function_call_output":
+        return _strings(item, "call_id", "output")
+    return _assistant_text(item) is not None
 
 
 @dataclass

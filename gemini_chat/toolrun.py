@@ -3,6 +3,8 @@ result size, errors), and what the chat is told about each call as it happens.
 
 This module is the run side and does not import chainlit; the chat side implements
 ``ToolObserver`` (gemini_chat/toolsteps.py: a Chainlit step per call, Allow / Deny buttons).
+A call to a tool the agent does not have never reaches a guard: ``tool_error_message`` (the run
+config's tool error formatter) answers it and tells the chat the same way.
 
 ``guard`` relies on two internals of openai-agents 0.24 (tests/test_contracts.py checks them):
 a decorated tool's failure policy lives in ``FunctionTool._use_default_failure_error_function``
@@ -159,9 +161,8 @@ async def tool_error_message(args: ToolErrorFormatterArgs[Any]) -> str | None:
     output = NO_SUCH_TOOL.format(name=args.tool_name)
     turn = args.run_context.context
     observer = turn.observer if isinstance(turn, TurnContext) else None
-    if observer is not None:
-        await observer.started(args.call_id, args.tool_name, "")
-        await observer.finished(args.call_id, output, "There is no tool of this name.", 0.0)
+    await _tell(observer, "started", args.call_id, args.tool_name, "")
+    await _tell(observer, "finished", args.call_id, output, "There is no tool of this name.", 0.0)
     return output
 
 

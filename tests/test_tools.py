@@ -567,6 +567,13 @@ def test_orphan_calls_and_outputs_are_never_kept():
     assert turn_items([orphan]) == ()
     assert stored_items("not a list") == ()
     assert stored_items([call, "junk"]) == ()
+    assert stored_items([call, output, {"type": "item_reference", "id": "x"}]) == ()
+    assert stored_items([{**call, "arguments": {"not": "text"}}, output]) == ()
+    assert stored_items([call, output, {"role": "assistant", "content": "ok"}]) == (
+        call,
+        output,
+        {"role": "assistant", "content": "ok"},
+    )
 
 
 def test_the_budget_drops_whole_tool_turns_only():
