@@ -5,7 +5,12 @@ The question is a message under the tool's step, with two buttons, asked as Chai
 can only come back as that call's acknowledgement, on that tab's socket, so no other tab,
 session or user can answer it, whatever they send. While the question waits the page shows the
 buttons, not Stop, and the composer is disabled (Chainlit's frontend does both). Answered or
-not, the buttons go away and the message keeps the question with what was decided.
+not, the buttons go away and the message keeps the question with what was decided. A tab
+following the answer (gemini_chat/live.py) sees the question, without the buttons; a closed or
+reloaded tab, or a dropped connection, leaves nobody to answer it: denied at once.
+
+How a call's arguments and result are written in the chat (code blocks nothing inside can
+break out of, shortened for display) is here too, for the questions and the tool steps alike.
 """
 
 from __future__ import annotations

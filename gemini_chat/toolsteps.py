@@ -40,15 +40,16 @@ def duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
-def outcome_line(error: str | None, seconds: float) -> str:
-    """The step's first line: how the call ended, and how long it took."""
+def outcome_line(error: str | None, seconds: float | None) -> str:
+    """The step's first line: how the call ended, and how long it ran (None: it never ran)."""
+    ran = f" ({duration(seconds)})" if seconds is not None else ""
     if error is None:
-        return f"Done in {duration(seconds)}"
+        return f"Done in {duration(seconds or 0.0)}"
     if error == "Denied":
         return "Denied"
     if error == "Stopped":
-        return f"Stopped after {duration(seconds)}" if seconds else "Stopped: not run"
-    return f"**Failed:** {escaped(error)} ({duration(seconds)})"
+        return f"Stopped after {duration(seconds)}" if seconds is not None else "Stopped: not run"
+    return f"**Failed:** {escaped(error)}{ran}"
 
 
 def shown_result(output: str, max_chars: int = DISPLAY_MAX_CHARS) -> str:
@@ -61,6 +62,8 @@ class _Call:
     step: cl.Step
     # The step is on the page (and stored); until then, it exists here only.
     shown: bool = False
+    # The call began running (it was not stopped or denied while its approval was asked).
+    ran: bool = False
     opening: asyncio.TimerHandle | None = None
     showing: asyncio.Task | None = None
 
@@ -82,11 +85,13 @@ class ToolSteps:
     async def started(self, call_id: str, name: str, arguments: str) -> None:
         call = self._calls.get(call_id)
         if call is not None:  # allowed a moment ago: its step is already there
+            call.ran = True
             call.step.output = ""
             call.step.start = utc_now()
             await self._update(call)
             return
         call = self._open(call_id, name, arguments)
+        call.ran = True
         loop = asyncio.get_running_loop()
         call.opening = loop.call_later(SHOW_AFTER, self._show_later, call)
 
@@ -102,7 +107,7 @@ class ToolSteps:
         step = call.step
         step.end = utc_now()
         step.is_error = error is not None
-        lines = [outcome_line(error, seconds)]
+        lines = [outcome_line(error, seconds if call.ran else None)]
         if error is None:
             lines.append(shown_result(output))
         step.output = "\n\n".join(lines)
@@ -120,14 +125,9 @@ class ToolSteps:
             await self._update(call)
         else:
             await self._show(call)
-        try:
-            async with self._asking:
-                return await ask_approval(name, arguments, wait_seconds, call.step.id)
-        except asyncio.CancelledError:
-            # Stopped while asking: the guard never started the call, so it says nothing more;
-            # the step must not be left waiting. Shielded, as a second Stop may come.
-            await asyncio.shield(self.finished(call_id, "", "Stopped", 0.0))
-            raise
+        # Stopped while asking, the guard says so (finished, "Stopped"), as for a running call.
+        async with self._asking:
+            return await ask_approval(name, arguments, wait_seconds, call.step.id)
 
     # -- the steps
 

@@ -1,7 +1,8 @@
 """Tool calls, seen in Chromium through Chainlit's real frontend: a step per call, there while
 it runs, then with its arguments, result, duration or error; Allow / Deny before a tool that
 needs approval; all of it back when the chat is reloaded or reopened from the sidebar. Beside
-them, what one step costs in socket events."""
+them, through the socket as the page speaks it: Stop while a question waits, who can answer it,
+two questions in one turn, and what the steps cost in socket events."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from tests.fake_gemini import Reply, ToolCall, tool_call_reply
 from tests.test_browser import type_and_send
 from tests.test_page import open_chat, screenshot
 
-# Short, so that "no answer" is quick to see; long enough to click on a busy machine.
-APPROVAL_WAIT = 6
+# Short, so that "no answer" is quick to see; long enough for a busy machine to click and
+# the socket tests to answer before it.
+APPROVAL_WAIT = 10
 ANSWERS = '.step[data-step-type="assistant_message"]'
 QUESTIONS = '.step[data-step-type="system_message"]'
+# huge_tool's 10 MB, cut for the model to TOOL_RESULT_MAX_CHARS, then for the page.
+SHORTENED = re.compile(r"Shortened for display: the first 2,000 of 20,000 characters\.")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +119,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
         tool_call_reply(
             ToolCall("lookup_weather", {"city": "Oslo"}, id="call_2"),
             ToolCall("broken_tool", id="call_3"),
+            ToolCall("huge_tool", id="call_huge"),
             shape="openai",
         ),
         Reply(text="Oslo is sunny; the other tool is out of order."),
@@ -152,8 +157,8 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     await expect(second_slow).to_contain_text("waited 3.0 s")
     await second.close()
 
-    # Two calls in one turn: a step each; the failing one says why, in red, and the answer goes
-    # on with the other's result.
+    # Three calls in one turn: a step each; the failing one says why, with an alert sign; a
+    # long result shows its beginning and says it was shortened; the answer goes on.
     await type_and_send(page, "Weather in Oslo, and break something")
     await page.get_by_text("Oslo is sunny; the other tool is out of order.").wait_for(
         timeout=20_000
@@ -166,6 +171,8 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     await expect(broken).to_contain_text("the widget is jammed")
     await expect(error_mark(broken)).to_be_visible()
     await expect(error_mark(weather)).to_have_count(0)
+    huge = await opened(tool_steps(page, "huge_tool"))
+    await expect(huge).to_contain_text(SHORTENED)
     results = tool_results((await gemini.arrived(4))[3])
     assert results["call_2"] == "Sunny in Oslo, 21 °C"
     assert "the widget is jammed" in results["call_3"]
@@ -179,7 +186,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
         )
         # In the order they were shown live: the thinking of each round, the tool between.
         assert await step_order(view) == shown_live
-        await expect(tool_steps(view)).to_have_count(3)
+        await expect(tool_steps(view)).to_have_count(4)
         slow = await opened(tool_steps(view, "slow_tool"))
         await expect(slow).to_contain_text('"seconds": 3')
         await expect(slow).to_contain_text("waited 3.0 s")
@@ -189,6 +196,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
         await expect(error_mark(broken)).to_be_visible()
         weather = await opened(tool_steps(view, "lookup_weather"))
         await expect(weather).to_contain_text("Sunny in Oslo, 21 °C")
+        await expect(await opened(tool_steps(view, "huge_tool"))).to_contain_text(SHORTENED)
 
     # Reloaded, then reopened from the sidebar: the same steps, with what they held.
     thread_id = page.url.rsplit("/", 1)[1]
@@ -325,6 +333,13 @@ async def asking_client(app, on_ask) -> ChatClient:
     return client
 
 
+def brief(client):
+    return [
+        (n, d.get("type"), (d.get("output") or "")[-40:]) if isinstance(d, dict) else (n,)
+        for n, d in client.events[-14:]
+    ]
+
+
 def shown(client: ChatClient, step_id: str) -> dict:
     """The step as the client was last sent it."""
     sent = [
@@ -366,7 +381,7 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
         await client.stop()
         await client.wait_for(
             lambda: "Stopped: not run" in shown(client, question).get("output", ""),
-            what="the question marked stopped",
+            what=f"the question marked stopped (events: {brief(client)})",
         )
         assert client.actions_on(question) == []
         await client.wait_for(
@@ -376,6 +391,11 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
         assert tool_step_sent(client, "confirm_tool")["isError"] is True
         await client.wait_idle()
         assert len(gemini.requests) == 1  # the tool did not run; Gemini was not asked again
+        # The step was sent twice in all: waiting, then stopped.
+        sent = [
+            d["output"] for _, d in client.events if isinstance(d, dict) and d.get("type") == "tool"
+        ]
+        assert sent == ["Waiting for your approval…", "Stopped: not run"]
     finally:
         unanswered.cancel()
         await client.disconnect()
