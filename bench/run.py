@@ -1,7 +1,8 @@
 """The benchmark: the app against the Agents SDK alone and a bare openai client, in one run.
 
-    uv run python -m bench.run            # the full run (about 4 minutes on 2 cores)
-    uv run python -m bench.run --quick    # smaller waves, for a quick look
+    uv run python -m bench.run              # the full run (about 7 minutes on 2 cores)
+    uv run python -m bench.run --quick      # smaller waves, for a quick look
+    uv run python -m bench.run --tool-turn  # only the turn with one tool call (under a minute)
 
 It starts the fake Gemini server (tests/fake_gemini.py) and the real `chainlit run chatbot.py`
 as processes of their own, drives the app with browser-like socket.io clients, and measures the
@@ -345,6 +346,28 @@ class AppDriver:
 async def settle(seconds: float) -> None:
     """Let background work (persistence, cleanup) finish before reading memory."""
     await asyncio.sleep(seconds)
+
+
+async def measure_tool_turn_only(app: AppServer, fake_url: str) -> dict:
+    """``--tool-turn``: only the turn with one tool call (40 of each, after a warm-up), for a
+    quick look at the tool path."""
+    results: dict = {"machine": machine(), "quick": False}
+    client, agent, run_config = build_baselines(fake_url)
+    tool_agent = agent.clone(tools=[bench_clock])
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        driver = AppDriver(app.url, http)
+        await driver.start()
+        for _ in range(3):
+            await bare_tool_turn(client, TOOL_TURN)
+            await sdk_tool_turn(tool_agent, run_config, TOOL_TURN)
+            (chat,) = await driver.open_chats(1)
+            await driver.one(chat, TOOL_TURN)
+            await chat.close()
+        results["tool_turn"] = await measure_tool_turn(
+            app, driver, client, tool_agent, run_config, 40
+        )
+    await client.close()
+    return results
 
 
 async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
@@ -740,12 +763,17 @@ def tool_turn_lines(t: dict | None) -> list[str]:
     ]
 
 
+def machine_line(m: dict) -> str:
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['date']}, "
+        "load average " + ", ".join(f"{load:.1f}" for load in m.get("load_average", ()))
+    )
+
+
 def render(r: dict) -> str:
     first, long = r["first_token_ms"], r["long_reply"]
     lines = [
-        f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, "
-        f"Python {r['machine']['python']}, {r['machine']['date']}, load average "
-        + ", ".join(f"{load:.1f}" for load in r["machine"].get("load_average", ())),
+        machine_line(r["machine"]),
         "",
         f"{'':34}{'bare openai':>14}{'Agents SDK':>14}{'the app':>14}",
         f"{'first token, median (ms)':34}{first['bare']:>14.1f}{first['sdk']:>14.1f}"
@@ -832,6 +860,9 @@ def plot(r: dict, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller waves, fewer trials")
+    parser.add_argument(
+        "--tool-turn", action="store_true", help="only the turn with one tool call (under a minute)"
+    )
     args = parser.parse_args()
 
     fake = subprocess.Popen(
@@ -853,7 +884,10 @@ def main() -> int:
     app = None
     try:
         app = start_app(env)
-        results = asyncio.run(measure(app, fake_url, args.quick))
+        if args.tool_turn:
+            results = asyncio.run(measure_tool_turn_only(app, fake_url))
+        else:
+            results = asyncio.run(measure(app, fake_url, args.quick))
         results["machine"]["load_average_at_end"] = os.getloadavg()
     finally:
         if app is not None:
@@ -861,6 +895,17 @@ def main() -> int:
         fake.terminate()
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.tool_turn:
+        (RESULTS / f"tool-turn-{stamp}.json").write_text(json.dumps(results, indent=2))
+        rows = tool_turn_verdicts(results["tool_turn"])
+        print(machine_line(results["machine"]))
+        print("\n".join(tool_turn_lines(results["tool_turn"])))
+        print("\nTargets:")
+        print(
+            "\n".join(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}" for name, value, ok in rows)
+        )
+        print(f"\nSaved {RESULTS / f'tool-turn-{stamp}.json'}")
+        return 0 if all(ok for _, _, ok in rows) else 1
     (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
     plot(results, RESULTS / "first-token.png")
     print(render(results))
