@@ -23,6 +23,10 @@ class Reply:
     stream_events: int = 0  # stream_start + stream_token events for the reply
     thought_events: int = 0  # the same for its thinking step, when one streams
     reply_id: str | None = None
+    # The turn's tool steps by id, as last sent (output, isError, end), and when the first of
+    # them was sent ended.
+    tool_steps: dict[str, dict] = field(default_factory=dict)
+    tool_done_at: float | None = None
 
 
 @dataclass
@@ -86,6 +90,10 @@ class BrowserChat:
                 reply.stream_events += 1
                 reply.first_token_at = reply.first_token_at or now
                 reply.text += data["token"]
+            elif event in ("new_message", "update_message") and data.get("type") == "tool":
+                reply.tool_steps[data["id"]] = {**reply.tool_steps.get(data["id"], {}), **data}
+                if data.get("end") and reply.tool_done_at is None:
+                    reply.tool_done_at = now
             elif event == "new_message" and data.get("type") == "assistant_message":
                 if reply.sent_at and (data.get("metadata") or {}).get("kind") in (
                     "reply",

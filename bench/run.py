@@ -1,12 +1,15 @@
 """The benchmark: the app against the Agents SDK alone and a bare openai client, in one run.
 
-    uv run python -m bench.run            # the full run (about 4 minutes on 2 cores)
-    uv run python -m bench.run --quick    # smaller waves, for a quick look
+    uv run python -m bench.run              # the full run (about 7 minutes on 2 cores)
+    uv run python -m bench.run --quick      # smaller waves, for a quick look
+    uv run python -m bench.run --tool-turn  # only the turn with one tool call (under a minute)
 
 It starts the fake Gemini server (tests/fake_gemini.py) and the real `chainlit run chatbot.py`
 as processes of their own, drives the app with browser-like socket.io clients, and measures the
-two baselines in this process against the same fake server. It prints a table, saves the
-figures as JSON and plots first-token latency against concurrent chats (bench/results/).
+two baselines in this process against the same fake server: plain replies, waves of chats, and
+a turn with one tool call (the app given bench/tools.py's tool, as the Agents SDK alone is). It
+prints a table, saves the figures as JSON and plots first-token latency against concurrent
+chats (bench/results/).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import asyncio
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -28,7 +32,8 @@ from pathlib import Path
 import aiohttp
 from tqdm import tqdm
 
-from bench.client import BrowserChat, login
+from bench.client import BrowserChat, Reply, login
+from bench.tools import bench_clock, clock
 from tests.app_process import ROOT, AppServer, start_app
 from tests.fake_gemini import DEFAULT_KEY, bench_tokens
 
@@ -36,6 +41,13 @@ RESULTS = ROOT / "bench" / "results"
 MODEL = "gemini-3.8-flash"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MEMORY_SETTLE_S = 25
+# The turn with one tool call: the fake calls bench/tools.py's tool, then streams this many
+# tokens, 1 ms apart, once the follow-up request carries the result. (Paced, so the first token
+# arrives alone and its time is latency, not the time to parse a burst of chunks.)
+TOOL_TURN_TOKENS = 100
+TOOL_TURN_DELAY = 0.001
+TOOL_TURN = f"bench-tool {TOOL_TURN_TOKENS} {TOOL_TURN_DELAY} 0"
+TOOL_TARGET = 1.10  # within 10% of the Agents SDK alone
 
 
 # --- measuring processes ------------------------------------------------------------------------
@@ -95,6 +107,78 @@ async def sdk_stream(agent, run_config, text: str) -> tuple[float, float, str]:
     return first - start, time.perf_counter() - start, "".join(parts)
 
 
+async def bare_tool_turn(client, text: str) -> tuple[float, float, float, str]:
+    """A turn with one tool call through a bare openai client: the first request, the tool's
+    call collected from the stream, the tool run, the follow-up request carrying the call and
+    its result. (first token, tool done, total) in seconds from the start, and the text."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": bench_clock.name,
+                "description": bench_clock.description,
+                "parameters": bench_clock.params_json_schema,
+            },
+        }
+    ]
+    start = time.perf_counter()
+    messages: list[dict] = [{"role": "user", "content": text}]
+    calls: list[dict] = []
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=messages, tools=tools, stream=True
+    )
+    async for chunk in stream:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            if delta.id:  # a new call; later pieces of its arguments come without an id
+                calls.append({"id": delta.id, "name": delta.function.name, "arguments": ""})
+            calls[-1]["arguments"] += delta.function.arguments or ""
+    messages.append(
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for call in calls
+            ],
+        }
+    )
+    for call in calls:
+        output = clock(**json.loads(call["arguments"]))
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": output})
+    tool_done = time.perf_counter()
+    first = None
+    parts = []
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=messages, tools=tools, stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            parts.append(chunk.choices[0].delta.content)
+    return first - start, tool_done - start, time.perf_counter() - start, "".join(parts)
+
+
+async def sdk_tool_turn(agent, run_config, text: str) -> tuple[float, float, float, str]:
+    """The same turn through the Agents SDK alone (an agent with the same tool): one
+    Runner.run_streamed runs both requests and the tool."""
+    from agents import Runner
+
+    start = time.perf_counter()
+    first = tool_done = None
+    parts = []
+    result = Runner.run_streamed(agent, text, run_config=run_config)
+    async for event in result.stream_events():
+        if event.type == "raw_response_event" and event.data.type == "response.output_text.delta":
+            first = first or time.perf_counter()
+            parts.append(event.data.delta)
+        elif event.type == "run_item_stream_event" and event.name == "tool_output":
+            tool_done = time.perf_counter()
+    return first - start, tool_done - start, time.perf_counter() - start, "".join(parts)
+
+
 async def sdk_wave(
     agent,
     run_config,
@@ -118,17 +202,22 @@ async def sdk_wave(
         first = None
         parts = []
         own = copy.copy(agent) if agent_per_run else agent
-        result = Runner.run_streamed(own, text, run_config=run_config)
-        async for event in result.stream_events():
-            data = event.data if event.type == "raw_response_event" else None
-            if data is not None and data.type == "response.output_text.delta":
-                first = first or time.perf_counter() - sent
-                parts.append(data.delta)
+        try:
+            result = Runner.run_streamed(own, text, run_config=run_config)
+            async for event in result.stream_events():
+                data = event.data if event.type == "raw_response_event" else None
+                if data is not None and data.type == "response.output_text.delta":
+                    first = first or time.perf_counter() - sent
+                    parts.append(data.delta)
+        except Exception as error:
+            # Overloaded, the stock client gives up (a connect timeout after 5 s): that chat
+            # is not intact, and the wave, and the run, go on.
+            parts = [f"failed: {type(error).__name__}"]
         done = time.perf_counter()
         return first, done - start, done - sent, "".join(parts) == expected
 
     outcomes = await asyncio.gather(*(one(stagger * i / chats) for i in range(chats)))
-    wave.first_tokens = [first for first, _, _, _ in outcomes]
+    wave.first_tokens = [first for first, _, _, _ in outcomes if first is not None] or [math.inf]
     wave.first_token_p50 = statistics.median(wave.first_tokens)
     wave.first_token_p95 = percentile(wave.first_tokens, 0.95)
     wave.completion_s = max(done for _, done, _, _ in outcomes)
@@ -265,16 +354,45 @@ async def settle(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+async def measure_tool_turn_only(app: AppServer, fake_url: str) -> dict:
+    """``--tool-turn``: only the turn with one tool call (40 of each, after a warm-up), for a
+    quick look at the tool path."""
+    results: dict = {"machine": machine(), "quick": False}
+    client, agent, run_config = build_baselines(fake_url)
+    tool_agent = agent.clone(tools=[bench_clock])
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        driver = AppDriver(app.url, http)
+        await driver.start()
+        for _ in range(3):
+            await bare_tool_turn(client, TOOL_TURN)
+            await sdk_tool_turn(tool_agent, run_config, TOOL_TURN)
+            (chat,) = await driver.open_chats(1)
+            await driver.one(chat, TOOL_TURN)
+            await chat.close()
+        results["tool_turn"] = await measure_tool_turn(
+            app, driver, client, tool_agent, run_config, 40
+        )
+    await client.close()
+    return results
+
+
 async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
     results: dict = {"machine": machine(), "quick": quick}
     client, agent, run_config = build_baselines(fake_url)
+    tool_agent = agent.clone(tools=[bench_clock])
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         driver = AppDriver(app.url, http)
         await driver.start()
         (solo,) = await driver.open_chats(1)
 
-        # Warm-up of every path, long replies included.
+        # Warm-up of every path, long replies and tool turns included.
+        for _ in range(1 if quick else 3):
+            await bare_tool_turn(client, TOOL_TURN)
+            await sdk_tool_turn(tool_agent, run_config, TOOL_TURN)
+            (chat,) = await driver.open_chats(1)
+            await driver.one(chat, TOOL_TURN)
+            await chat.close()
         for text in ["bench 20 0 0"] * 3 + ["bench 5000 0 0"]:
             await bare_stream(client, text)
             await sdk_stream(agent, run_config, text)
@@ -341,6 +459,10 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
             for name, values in long.items()
         }
 
+        results["tool_turn"] = await measure_tool_turn(
+            app, driver, client, tool_agent, run_config, 5 if quick else 40
+        )
+
         # Capacity: chats streaming 500 tokens at 10 ms each, their starts spread over a second
         # so the load is sustained rather than a burst; a load fits when every chat finishes
         # within 1.1x its own natural time. For the app and, as its floor, the SDK alone.
@@ -404,6 +526,88 @@ async def measure(app: AppServer, fake_url: str, quick: bool) -> dict:
     return results
 
 
+async def measure_tool_turn(
+    app: AppServer, driver: AppDriver, client, tool_agent, run_config, trials: int
+) -> dict:
+    """A turn with one tool call, one at a time, the three ways in turn: the first token of the
+    answer (after the tool), the gap from the tool's end to it, the whole turn, CPU per turn.
+    Beside it, the same reply without the tool call (same agent, same tool offered), so the
+    tool call's own cost shows apart from the cost of any turn."""
+    expected = expected_text(TOOL_TURN_TOKENS)
+    plain = f"bench {TOOL_TURN_TOKENS} {TOOL_TURN_DELAY} 0"
+    turns: dict[str, list[tuple[float, float, float, float]]] = {"bare": [], "sdk": [], "app": []}
+    plains: dict[str, list[tuple[float, float, float]]] = {"bare": [], "sdk": [], "app": []}
+
+    async def app_turn(text: str) -> tuple[Reply, float]:
+        (chat,) = await driver.open_chats(1)
+        cpu = cpu_seconds(app.pid)
+        await driver.one(chat, text)
+        await settle(0.05)  # the turn's last writes (its steps, the reply) count as its own
+        cpu = cpu_seconds(app.pid) - cpu
+        await chat.close()
+        assert chat.reply.text == expected, f"app: {text!r} not intact: {chat.reply.text[:200]!r}"
+        return chat.reply, cpu
+
+    for _ in tqdm(range(trials), desc="tool turn", leave=False):
+        for name, call, without in (
+            (
+                "bare",
+                lambda: bare_tool_turn(client, TOOL_TURN),
+                lambda: bare_stream(client, plain),
+            ),
+            (
+                "sdk",
+                lambda: sdk_tool_turn(tool_agent, run_config, TOOL_TURN),
+                lambda: sdk_stream(tool_agent, run_config, plain),
+            ),
+        ):
+            cpu = time.process_time()
+            first, tool_done, total, text = await call()
+            cpu = time.process_time() - cpu
+            assert text == expected, f"{name}: tool turn not intact"
+            turns[name].append((first, first - tool_done, total, cpu))
+            cpu = time.process_time()
+            first, total, text = await without()
+            plains[name].append((first, total, time.process_time() - cpu))
+            assert text == expected, f"{name}: reply not intact"
+        reply, cpu = await app_turn(TOOL_TURN)
+        steps = list(reply.tool_steps.values())
+        assert len(steps) == 1 and not steps[0].get("isError") and steps[0].get("output"), (
+            f"app: expected one tool step with a result, got {steps}"
+        )
+        turns["app"].append(
+            (
+                reply.first_token_at - reply.sent_at,
+                reply.first_token_at - reply.tool_done_at,
+                reply.done_at - reply.sent_at,
+                cpu,
+            )
+        )
+        reply, cpu = await app_turn(plain)
+        plains["app"].append(
+            (reply.first_token_at - reply.sent_at, reply.done_at - reply.sent_at, cpu)
+        )
+    # Medians of times; CPU as a mean, since the app's is read from /proc in 10 ms ticks.
+    return {
+        "tokens": TOOL_TURN_TOKENS,
+        "trials": trials,
+        **{
+            name: {
+                "first_token_ms": statistics.median(v[0] for v in values) * 1000,
+                "tool_to_first_token_ms": statistics.median(v[1] for v in values) * 1000,
+                "total_ms": statistics.median(v[2] for v in values) * 1000,
+                "cpu_ms_per_turn": statistics.mean(v[3] for v in values) * 1000,
+                "without_tool": {
+                    "first_token_ms": statistics.median(v[0] for v in plains[name]) * 1000,
+                    "total_ms": statistics.median(v[1] for v in plains[name]) * 1000,
+                    "cpu_ms_per_turn": statistics.mean(v[2] for v in plains[name]) * 1000,
+                },
+            }
+            for name, values in turns.items()
+        },
+    }
+
+
 def summary(wave: Wave) -> dict:
     return {
         "chats": wave.chats,
@@ -435,6 +639,8 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        # Other work on the machine moves the timings: the load when the run began.
+        "load_average": os.getloadavg(),
     }
 
 
@@ -496,8 +702,30 @@ def verdicts(r: dict) -> list[tuple[str, str, bool]]:
                 and wave["completion_ratio"] <= ratio,
             )
         )
+    if turn := r.get("tool_turn"):
+        rows += tool_turn_verdicts(turn)
     added = r["memory_mb"]["second_wave_added"]
     rows.append(("memory added by the second 500-chat wave", f"{added:+.1f} MB", added <= 5))
+    return rows
+
+
+def tool_turn_verdicts(turn: dict) -> list[tuple[str, str, bool]]:
+    """The turn with one tool call against the Agents SDK alone: first token, whole turn and
+    CPU each within 10%."""
+    rows = []
+    for key, what in (
+        ("first_token_ms", "first token after the tool"),
+        ("total_ms", "whole turn"),
+        ("cpu_ms_per_turn", "CPU per turn"),
+    ):
+        app, sdk = turn["app"][key], turn["sdk"][key]
+        rows.append(
+            (
+                f"turn with one tool call, {what}: within 10% of the SDK alone",
+                f"{app:.1f} ms against {sdk:.1f} ms ({app / sdk - 1:+.0%})",
+                app <= sdk * TOOL_TARGET,
+            )
+        )
     return rows
 
 
@@ -512,11 +740,46 @@ def thinking_lines(t: dict | None) -> list[str]:
     ]
 
 
+def tool_turn_lines(t: dict | None) -> list[str]:
+    if t is None:
+        return []
+    rows = (
+        ("first token after the tool (ms)", "first_token_ms"),
+        ("  from the tool's end (ms)", "tool_to_first_token_ms"),
+        ("whole turn (ms)", "total_ms"),
+        ("CPU per turn (ms)", "cpu_ms_per_turn"),
+    )
+    without = (
+        ("  without the tool: first token", "first_token_ms"),
+        ("  without the tool: whole turn", "total_ms"),
+        ("  without the tool: CPU", "cpu_ms_per_turn"),
+    )
+    return [
+        f"Turn with one tool call, {t['tokens']} tokens 1 ms apart after it "
+        f"(median of {t['trials']}):",
+        *(
+            f"{'  ' + label:34}{t['bare'][key]:>14.1f}{t['sdk'][key]:>14.1f}{t['app'][key]:>14.1f}"
+            for label, key in rows
+        ),
+        *(
+            f"{'  ' + label:34}"
+            + "".join(f"{t[who]['without_tool'][key]:>14.1f}" for who in ("bare", "sdk", "app"))
+            for label, key in without
+        ),
+    ]
+
+
+def machine_line(m: dict) -> str:
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['date']}, "
+        "load average " + ", ".join(f"{load:.1f}" for load in m.get("load_average", ()))
+    )
+
+
 def render(r: dict) -> str:
     first, long = r["first_token_ms"], r["long_reply"]
     lines = [
-        f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, "
-        f"Python {r['machine']['python']}, {r['machine']['date']}",
+        machine_line(r["machine"]),
         "",
         f"{'':34}{'bare openai':>14}{'Agents SDK':>14}{'the app':>14}",
         f"{'first token, median (ms)':34}{first['bare']:>14.1f}{first['sdk']:>14.1f}"
@@ -527,6 +790,7 @@ def render(r: dict) -> str:
         f"{long['sdk']['cpu_us_per_token']:>14.0f}{long['app']['cpu_us_per_token']:>14.0f}",
         f"{'socket events per 5,000-token reply':34}{'':>28}{r['events_per_5000_token_reply']:>14}",
         *thinking_lines(r.get("thinking_reply")),
+        *tool_turn_lines(r.get("tool_turn")),
         "",
         "SDK: the Agents SDK alone, stock client, one Agent. SDK+: the Agents SDK alone on the",
         "app's client (GeminiClient) with an agent copy per run. app: the app, through socket.io.",
@@ -602,6 +866,9 @@ def plot(r: dict, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller waves, fewer trials")
+    parser.add_argument(
+        "--tool-turn", action="store_true", help="only the turn with one tool call (under a minute)"
+    )
     args = parser.parse_args()
 
     fake = subprocess.Popen(
@@ -615,17 +882,36 @@ def main() -> int:
         "GEMINI_BASE_URL": fake_url,
         "CHAINLIT_ENV_FILE": "/nonexistent/.env",
         "DATABASE_URL": f"sqlite+aiosqlite:///{directory}/bench.db",
+        # The app gets the same one tool as the Agents SDK alone, so both send the same request.
+        "TOOLS": "none",
+        "TOOL_MODULES": "bench.tools",
+        "PYTHONPATH": str(ROOT),
     }
     app = None
     try:
         app = start_app(env)
-        results = asyncio.run(measure(app, fake_url, args.quick))
+        if args.tool_turn:
+            results = asyncio.run(measure_tool_turn_only(app, fake_url))
+        else:
+            results = asyncio.run(measure(app, fake_url, args.quick))
+        results["machine"]["load_average_at_end"] = os.getloadavg()
     finally:
         if app is not None:
             app.stop()
         fake.terminate()
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.tool_turn:
+        (RESULTS / f"tool-turn-{stamp}.json").write_text(json.dumps(results, indent=2))
+        rows = tool_turn_verdicts(results["tool_turn"])
+        print(machine_line(results["machine"]))
+        print("\n".join(tool_turn_lines(results["tool_turn"])))
+        print("\nTargets:")
+        print(
+            "\n".join(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}" for name, value, ok in rows)
+        )
+        print(f"\nSaved {RESULTS / f'tool-turn-{stamp}.json'}")
+        return 0 if all(ok for _, _, ok in rows) else 1
     (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
     plot(results, RESULTS / "first-token.png")
     print(render(results))

@@ -13,7 +13,8 @@ Each request takes the next scripted behaviour (``server.script(...)``) or, when
 echoes the last user message; a last message ``bench TOKENS DELAY FIRST_DELAY [THOUGHTS]`` streams
 TOKENS pieces ``" tN"`` DELAY seconds apart after FIRST_DELAY seconds (the benchmark's load),
 after THOUGHTS pieces of thought summary when the request asks for thoughts (as Gemini streams
-them: ``Reply.thoughts``). Every
+them: ``Reply.thoughts``); ``bench-tool TOKENS DELAY FIRST_DELAY`` is the benchmark's turn with one
+tool call (``bench_tool_reply``). Every
 request is recorded so tests assert on exactly what the app sent. The server runs its own event
 loop in a thread, so tests on any loop (or none) can use it.
 """
@@ -431,6 +432,31 @@ def bench_reply(request: RecordedRequest) -> Reply | None:
     return Reply(
         chunks=bench_tokens(count), delay=delay, first_delay=first_delay, thoughts=thoughts
     )
+
+
+BENCH_TOOL = re.compile(r"^bench-tool (\d+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)(?: (\w+))?$")
+# The benchmark's tool (bench/tools.py), called unless the message names another.
+BENCH_TOOL_NAME = "bench_clock"
+BENCH_TOOL_ARGUMENTS = {"zone": "UTC"}
+
+
+def bench_tool_reply(request: RecordedRequest) -> Reply | None:
+    """The benchmark's turn with one tool call: "bench-tool TOKENS DELAY FIRST_DELAY [TOOL]" as
+    last user message. A request that ends with that message gets one call of TOOL (Gemini's
+    shape: whole, no ``index``) after FIRST_DELAY; the follow-up, a request whose last message
+    is a tool result, gets TOKENS pieces DELAY apart. The call has a non-empty id so the Agents
+    SDK alone, which rejects Gemini's empty ids, can run the same turn."""
+    last_user = next((t for role, t in reversed(request.conversation) if role == "user"), "")
+    match = BENCH_TOOL.match(last_user)
+    if not match:
+        return None
+    count, delay, first_delay = int(match[1]), float(match[2]), float(match[3])
+    if request.messages and request.messages[-1].get("role") == "tool":
+        return Reply(chunks=bench_tokens(count), delay=delay)
+    call = ToolCall(
+        match[4] or BENCH_TOOL_NAME, BENCH_TOOL_ARGUMENTS, id=f"call_{uuid.uuid4().hex}"
+    )
+    return tool_call_reply(call, first_delay=first_delay)
 
 
 @dataclass
@@ -977,7 +1003,7 @@ class FakeGemini:
             or signature_refusal(recorded, self.signatures)
         ):
             behaviour = refusal
-        behaviour = behaviour or bench_reply(recorded) or Reply()
+        behaviour = behaviour or bench_reply(recorded) or bench_tool_reply(recorded) or Reply()
 
         if isinstance(behaviour, Reset):
             _reset(request)

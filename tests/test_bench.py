@@ -1,0 +1,85 @@
+"""The benchmark's turn with one tool call: the fake Gemini answers it (a call, then the tokens
+once the result comes back), the two baselines run it, and its targets read PASS or FAIL."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import aiohttp
+
+from bench.run import (
+    AppDriver,
+    bare_tool_turn,
+    build_baselines,
+    sdk_tool_turn,
+    tool_turn_verdicts,
+)
+from bench.tools import bench_clock
+from tests.app_process import ROOT
+from tests.fake_gemini import FakeGemini
+
+
+def assert_one_call_and_its_result(gemini: FakeGemini) -> None:
+    """Two requests: the first offers the bench tool and gets the call; the follow-up carries
+    the call and the tool's result under the call's id."""
+    asked, follow_up = gemini.requests
+    assert [tool["function"]["name"] for tool in asked.body["tools"]] == ["bench_clock"]
+    assert asked.messages[-1] == {"role": "user", "content": "bench-tool 5 0 0"}
+    call, result = follow_up.messages[-2:]
+    (sent,) = call["tool_calls"]
+    assert sent["id"].startswith("call_") and len(sent["id"]) > len("call_")
+    assert sent["function"] == {"name": "bench_clock", "arguments": json.dumps({"zone": "UTC"})}
+    assert result["role"] == "tool" and result["tool_call_id"] == sent["id"]
+    assert datetime.fromisoformat(result["content"]).utcoffset() == timedelta(0)
+
+
+async def test_the_sdk_alone_runs_the_bench_tool_turn(gemini):
+    client, agent, run_config = build_baselines(gemini.base_url)
+    tool_agent = agent.clone(tools=[bench_clock])
+    first, tool_done, total, text = await sdk_tool_turn(tool_agent, run_config, "bench-tool 5 0 0")
+    await client.close()
+    assert text == " t0 t1 t2 t3 t4"
+    assert 0 < tool_done < first <= total
+    assert_one_call_and_its_result(gemini)
+
+
+async def test_a_bare_client_runs_the_bench_tool_turn(gemini):
+    client, _, _ = build_baselines(gemini.base_url)
+    first, tool_done, total, text = await bare_tool_turn(client, "bench-tool 5 0 0")
+    await client.close()
+    assert text == " t0 t1 t2 t3 t4"
+    assert 0 < tool_done < first <= total
+    assert_one_call_and_its_result(gemini)
+
+
+async def test_the_app_runs_the_bench_tool_turn_and_the_bench_client_sees_its_step(
+    gemini, start_app_with
+):
+    """The app as the benchmark starts it: the bench client reads the answer and the call's
+    step (its result, no error, when it ended) from the socket events, as the browser gets them."""
+    app = start_app_with(TOOLS="none", TOOL_MODULES="bench.tools", PYTHONPATH=str(ROOT))
+    async with aiohttp.ClientSession() as http:
+        driver = AppDriver(app.url, http)
+        await driver.start()
+        (chat,) = await driver.open_chats(1)
+        await driver.one(chat, "bench-tool 5 0 0")
+        await chat.close()
+    reply = chat.reply
+    assert reply.text == " t0 t1 t2 t3 t4"
+    (step,) = reply.tool_steps.values()
+    assert step["name"] == "bench_clock" and not step["isError"]
+    assert "+00:00" in step["output"]
+    assert reply.sent_at < reply.tool_done_at < reply.first_token_at <= reply.done_at
+    assert_one_call_and_its_result(gemini)
+
+
+def test_the_tool_turn_target_is_ten_percent_over_the_sdk_alone():
+    def turn(app: float) -> dict:
+        figures = {"first_token_ms": 10.0, "total_ms": 20.0, "cpu_ms_per_turn": 5.0}
+        return {"sdk": figures, "app": {key: value * app for key, value in figures.items()}}
+
+    assert [ok for _, _, ok in tool_turn_verdicts(turn(1.09))] == [True, True, True]
+    rows = tool_turn_verdicts(turn(1.11))
+    assert [ok for _, _, ok in rows] == [False, False, False]
+    assert rows[0][1] == "11.1 ms against 10.0 ms (+11%)"
