@@ -101,9 +101,13 @@ def _literal_address(host: str) -> str | None:
     """``host`` as an IP address when it is one, in any spelling ``socket`` accepts (so
     2130706433 and 0177.0.0.1 are 127.0.0.1 too); None for a name."""
     try:
-        return str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:
+        mapped = getattr(address, "ipv4_mapped", None)
+        # One spelling on every Python: 3.13 writes ::ffff:127.0.0.1, 3.11 ::ffff:7f00:1.
+        return f"::ffff:{mapped}" if mapped is not None else str(address)
     if re.fullmatch(r"[0-9a-fA-FxX.]+", host) and re.match(r"[0-9]", host):
         try:
             return socket.inet_ntoa(socket.inet_aton(host))
@@ -130,6 +134,8 @@ def checked_url(text: str, allowed: Sequence[Network] = ()) -> URL:
     address = _literal_address(host)
     if address is not None:
         reason = refusal(address, allowed)
+        if ":" in host:
+            host = address  # an IPv6 address, however the URL library wrote it
         if reason and address == host:
             raise FetchError(f"Refused: {host} is {reason}.")
         if reason:

@@ -264,11 +264,11 @@ async def fetch(url: str, **options) -> str:
         ("http://[2001:db8::1]/", "Refused: 2001:db8::1 is a reserved address, not a public one."),
         (
             "http://[::ffff:127.0.0.1]/",
-            "Refused: ::ffff:7f00:1 is an IPv4-mapped form of 127.0.0.1, a loopback address.",
+            "Refused: ::ffff:127.0.0.1 is an IPv4-mapped form of 127.0.0.1, a loopback address.",
         ),
         (
             "http://[::ffff:169.254.169.254]/",
-            "Refused: ::ffff:a9fe:a9fe is an IPv4-mapped form of 169.254.169.254, "
+            "Refused: ::ffff:169.254.169.254 is an IPv4-mapped form of 169.254.169.254, "
             "a link-local address.",
         ),
         (
@@ -573,7 +573,7 @@ async def test_fetch_checks_a_names_address_again_on_each_connection(server):
         ),
         (
             "http://[::ffff:127.0.0.1]:{port}/",
-            "Refused: ::ffff:7f00:1 is an IPv4-mapped form of 127.0.0.1, a loopback address.",
+            "Refused: ::ffff:127.0.0.1 is an IPv4-mapped form of 127.0.0.1, a loopback address.",
         ),
         ("http://2130706433:{port}/", "Refused: 2130706433 means 127.0.0.1, a loopback address."),
         (

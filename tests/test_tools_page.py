@@ -404,6 +404,11 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
 ASKED = "Go, from the tab that is asked"
 
 
+def offered(client, question: str, label: str) -> dict | None:
+    """The button ``label`` shown under ``question``, once it has come."""
+    return next((a for a in client.actions_on(question) if a["label"] == label), None)
+
+
 def requests_for(gemini, text: str) -> list:
     """The requests of the chat whose message was ``text``: a chat of an earlier test still
     winding down on the shared app must not count."""
@@ -437,9 +442,12 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
     other = await asking_client(tools_app, on_ask)
     try:
         await owner.send(ASKED)
-        await owner.wait_for(lambda: questions, what="the question")
+        await owner.wait_for(
+            lambda: questions and offered(owner, questions[0]["msg"]["id"], "Allow"),
+            what="the question and its buttons",
+        )
         question = questions[0]["msg"]["id"]
-        allow = next(a for a in owner.actions_on(question) if a["label"] == "Allow")
+        allow = offered(owner, question, "Allow")
         # Another session clicks the Allow button it learnt of, and the asked one posts it
         # over HTTP: neither is how the question is answered; the call still waits.
         for client in (other, owner):
