@@ -829,6 +829,8 @@ class FakeGemini:
         self.model_listings: list[RecordedRequest] = []
         self.model_list_fault: Behaviour | None = None
         self._script: deque[Behaviour] = deque()
+        # Scripts for the requests of one chat only, by its first user message (script_for).
+        self._chat_scripts: dict[str, deque[Behaviour]] = {}
         # The thought signature of each tool call answered with one: (name, argument text).
         self.signatures: dict[tuple[str, str], str] = {}
         self._changed = threading.Condition()
@@ -886,9 +888,23 @@ class FakeGemini:
         with self._changed:
             self._script.extend(behaviours)
 
+    def script_for(self, first_message: str, *behaviours: Behaviour) -> None:
+        """Script the requests of the chat whose first user message is ``first_message``: a
+        request of another chat (one of an earlier test, still winding down) never takes them."""
+        with self._changed:
+            self._chat_scripts.setdefault(first_message, deque()).extend(behaviours)
+
+    def _next_behaviour(self, request: RecordedRequest) -> Behaviour | None:
+        first = next((text for role, text in request.conversation if role == "user"), None)
+        chat = self._chat_scripts.get(first) if first is not None else None
+        if chat:
+            return chat.popleft()
+        return self._script.popleft() if self._script else None
+
     def reset(self) -> None:
         with self._changed:
             self._script.clear()
+            self._chat_scripts.clear()
             self.requests.clear()
             self.model_listings.clear()
             self.model_list_fault = None
@@ -931,7 +947,7 @@ class FakeGemini:
         )
         with self._changed:
             self.requests.append(recorded)
-            behaviour = self._script.popleft() if self._script else None
+            behaviour = self._next_behaviour(recorded)
             self._changed.notify_all()
         try:
             return await self._respond(request, recorded, behaviour)

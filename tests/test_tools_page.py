@@ -434,7 +434,8 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
         questions.append(data)
         return await reply
 
-    gemini.script(
+    gemini.script_for(
+        ASKED,
         tool_call_reply(ToolCall("confirm_tool", {"action": "go"}, id="call_x"), shape="openai"),
         Reply(text="Not allowed, so not done."),
     )
