@@ -528,9 +528,10 @@ async def test_a_turn_with_three_quick_calls_costs_one_socket_event_per_call(too
         steps = [data for _, data in turn if isinstance(data, dict) and data.get("type") == "tool"]
         # Each call ended before it was worth showing as running: one event each, final.
         assert [s["name"] for s in steps] == ["lookup_weather"] * 3
-        assert [s["output"].split("\n\n", 1)[1] for s in steps] == [
+        # Parallel calls end in the order their threads finish.
+        assert sorted(s["output"].split("\n\n", 1)[1] for s in steps) == sorted(
             f"```result\nSunny in {c}, 21 °C\n```" for c in cities
-        ]
+        )
         assert all(s["end"] is not None for s in steps)
         print(f"socket events for a turn with three tool calls: {len(turn)}")
     finally:
