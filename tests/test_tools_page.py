@@ -22,7 +22,7 @@ from tests.test_page import open_chat, screenshot
 
 # Short, so that "no answer" is quick to see; long enough for a busy machine to click and
 # the socket tests to answer before it.
-APPROVAL_WAIT = 10
+APPROVAL_WAIT = 20  # long enough for a loaded CI machine; the no-answer test waits it out
 ANSWERS = '.step[data-step-type="assistant_message"]'
 QUESTIONS = '.step[data-step-type="system_message"]'
 # huge_tool's 10 MB, cut for the model to TOOL_RESULT_MAX_CHARS, then for the page.
