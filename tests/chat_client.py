@@ -52,6 +52,8 @@ class ChatClient:
     running: bool = False
     # The buttons (Chainlit actions) on screen, by id, in the order they came.
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Chainlit's "ask" calls received (see answer_questions), in order.
+    questions: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
@@ -71,6 +73,20 @@ class ChatClient:
             "remove_action",
         ):
             self.sio.on(name, self._handler(name))
+
+    def answer_questions(self, respond) -> None:
+        """Answer Chainlit's "ask" calls (the questions with buttons) with what ``respond``
+        returns. Each question is recorded in ``questions`` and wakes ``wait_for`` as it comes:
+        nothing else arrives while a question waits, so a waiter would otherwise sleep on."""
+
+        async def asked(data: Any = None) -> Any:
+            self.questions.append(data)
+            self.events.append(("ask", data))
+            async with self._changed:
+                self._changed.notify_all()
+            return await respond(data)
+
+        self.sio.on("ask", asked)
 
     def _handler(self, name: str):
         async def handle(data: Any = None) -> None:

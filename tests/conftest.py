@@ -49,10 +49,34 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the end of each app's log it used, and its browser
+    fixture learns it failed (to print what its pages showed)."""
+    report = yield
+    if report.when == "call":
+        item.call_failed = report.failed
+        if report.failed:
+            for name, value in getattr(item, "funcargs", {}).items():
+                if isinstance(value, AppServer):
+                    tail = "\n".join(value.log().splitlines()[-60:])
+                    report.sections.append((f"end of the app's log ({name})", tail))
+    return report
+
+
 @pytest.fixture
-async def browser(chromium_path):
+async def browser(request, chromium_path):
     async with launch_chromium(chromium_path) as browser:
         yield browser
+        if getattr(request.node, "call_failed", False):
+            # What each open page showed when the test failed, to read in CI's output.
+            for context in browser.contexts:
+                for page in context.pages:
+                    try:
+                        text = (await page.locator("body").inner_text(timeout=5_000))[-3000:]
+                    except Exception as error:  # the page may be closing
+                        text = f"(not readable: {type(error).__name__})"
+                    print(f"--- page {page.url} showed:\n{text}")
 
 
 @pytest.fixture

@@ -109,7 +109,8 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     browser, tools_app, gemini
 ):
     page = await open_chat(browser, tools_app)
-    gemini.script(
+    gemini.script_for(
+        "Wait a little",
         tool_call_reply(
             ToolCall("slow_tool", {"seconds": 3}, id="call_1"),
             shape="openai",
@@ -133,7 +134,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     await expect(title(slow)).to_have_class(re.compile("loading-shimmer"))
     await opened(slow)
     await expect(slow).to_contain_text('"seconds": 3')
-    assert len(gemini.requests) == 1
+    assert len(requests_for(gemini, "Wait a little")) == 1
     await expect(slow).not_to_contain_text("waited")
     await screenshot(page, "tool-running.png")
 
@@ -150,7 +151,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     await expect(slow).to_contain_text(re.compile(r"Done in 3\.\d s"))
     await expect(title(slow)).not_to_have_class(re.compile("loading-shimmer"))
     assert await above(slow, answer)
-    follow_up = (await gemini.arrived(2))[1]
+    follow_up = (await eventually_requests(gemini, "Wait a little", 2))[1]
     assert list(tool_results(follow_up).values()) == ["waited 3.0 s"]
     await screenshot(page, "tool-done.png")
     second_slow = await opened(tool_steps(second, "slow_tool"))
@@ -173,7 +174,7 @@ async def test_tool_calls_show_as_steps_live_in_a_second_tab_and_in_a_reopened_c
     await expect(error_mark(weather)).to_have_count(0)
     huge = await opened(tool_steps(page, "huge_tool"))
     await expect(huge).to_contain_text(SHORTENED)
-    results = tool_results((await gemini.arrived(4))[3])
+    results = tool_results((await eventually_requests(gemini, "Wait a little", 4))[3])
     assert results["call_2"] == "Sunny in Oslo, 21 °C"
     assert "the widget is jammed" in results["call_3"]
     await screenshot(page, "tool-two-calls.png")
@@ -216,7 +217,8 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     browser, tools_app, gemini
 ):
     page = await open_chat(browser, tools_app)
-    gemini.script(
+    gemini.script_for(
+        "Launch it",
         tool_call_reply(
             ToolCall("confirm_tool", {"action": "launch"}, id="call_4"), shape="openai"
         ),
@@ -237,7 +239,7 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     await expect(question.get_by_role("button", name="Deny")).to_be_visible()
     await expect(question).to_contain_text("Allow confirm_tool to run with these arguments?")
     await expect(question).to_contain_text('"action": "launch"')
-    assert len(gemini.requests) == 1
+    assert len(requests_for(gemini, "Launch it")) == 1
     await screenshot(page, "approval-asked.png")
     await allow.click()
     await page.locator(ANSWERS, has_text="Launched.").wait_for(timeout=15_000)
@@ -245,7 +247,9 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     await expect(answer_buttons(question)).to_have_count(0)
     launched = await opened(tool_steps(page, "confirm_tool").nth(0))
     await expect(launched).to_contain_text("done: launch")
-    assert list(tool_results((await gemini.arrived(2))[1]).values()) == ["done: launch"]
+    assert list(tool_results((await eventually_requests(gemini, "Launch it", 2))[1]).values()) == [
+        "done: launch"
+    ]
     await screenshot(page, "approval-allowed.png")
 
     # Denied: the tool does not run, the model is told so and answers all the same.
@@ -258,7 +262,7 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     erased = await opened(tool_steps(page, "confirm_tool").nth(1))
     await expect(erased).to_contain_text("Denied")
     await expect(error_mark(erased)).to_be_visible()
-    refusal = tool_results((await gemini.arrived(4))[3])["call_5"]
+    refusal = tool_results((await eventually_requests(gemini, "Launch it", 4))[3])["call_5"]
     assert "did not allow" in refusal and "done:" not in refusal
     await screenshot(page, "approval-denied.png")
 
@@ -285,7 +289,7 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     )
     await expect(question).to_contain_text(f"No answer in {APPROVAL_WAIT} s: denied")
     await expect(answer_buttons(question)).to_have_count(0)
-    refusal = tool_results((await gemini.arrived(6))[5])["call_6"]
+    refusal = tool_results((await eventually_requests(gemini, "Launch it", 6))[5])["call_6"]
     assert "did not allow" in refusal and "done:" not in refusal
     await screenshot(page, "approval-no-answer.png")
 
@@ -296,7 +300,7 @@ async def test_approval_allow_runs_deny_refuses_and_no_answer_or_a_reload_counts
     await expect(question.get_by_role("button", name="Allow")).to_be_visible(timeout=15_000)
     await page.reload()
     await page.get_by_text("The page went away, so nothing ran.").wait_for(timeout=15_000)
-    refusal = tool_results((await gemini.arrived(8))[7])["call_7"]
+    refusal = tool_results((await eventually_requests(gemini, "Launch it", 8))[7])["call_7"]
     assert "did not allow" in refusal and "done:" not in refusal
 
     # Every question with what was decided, and no buttons.
@@ -327,7 +331,7 @@ async def asking_client(app, on_ask) -> ChatClient:
     """A client of ``app`` that answers Chainlit's "ask" (the Allow / Deny question) with what
     ``on_ask`` returns, as the page acknowledges it with the button clicked."""
     client = ChatClient(app.url)
-    client.sio.on("ask", on_ask)
+    client.answer_questions(on_ask)
     await client.connect()
     await client.wait_for(client.assistant_messages, what="the welcome message")
     return client
@@ -360,14 +364,13 @@ def tool_step_sent(client: ChatClient, name: str) -> dict:
 
 
 async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app, gemini):
-    questions: list[dict] = []
     unanswered = asyncio.get_running_loop().create_future()
 
     async def on_ask(data):
-        questions.append(data)
         return await unanswered  # a person looking at the buttons, then pressing Stop
 
-    gemini.script(
+    gemini.script_for(
+        "Go",
         tool_call_reply(ToolCall("confirm_tool", {"action": "go"}, id="call_s"), shape="openai"),
         Reply(text="This is never asked for."),
     )
@@ -375,8 +378,8 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
     try:
         client.mark()
         await client.send("Go")
-        await client.wait_for(lambda: questions, what="the question")
-        question = questions[0]["msg"]["id"]
+        await client.wait_for(lambda: client.questions, what="the question")
+        question = client.questions[0]["msg"]["id"]
         assert [a["label"] for a in client.actions_on(question)] == ["Allow", "Deny"]
         await client.stop()
         await client.wait_for(
@@ -390,7 +393,8 @@ async def test_stop_while_asking_ends_the_wait_and_the_call_never_runs(tools_app
         )
         assert tool_step_sent(client, "confirm_tool")["isError"] is True
         await client.wait_idle()
-        assert len(gemini.requests) == 1  # the tool did not run; Gemini was not asked again
+        # The tool did not run; Gemini was not asked again.
+        assert len(requests_for(gemini, "Go")) == 1
         # The step was sent twice in all: waiting, then stopped.
         sent = [
             d["output"] for _, d in client.events if isinstance(d, dict) and d.get("type") == "tool"
@@ -427,11 +431,9 @@ async def eventually_requests(gemini, text: str, count: int) -> list:
 async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offered(
     tools_app, gemini
 ):
-    questions: list[dict] = []
     reply = asyncio.get_running_loop().create_future()
 
     async def on_ask(data):
-        questions.append(data)
         return await reply
 
     gemini.script_for(
@@ -444,17 +446,18 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
     try:
         await owner.send(ASKED)
         await owner.wait_for(
-            lambda: questions and offered(owner, questions[0]["msg"]["id"], "Allow"),
+            lambda: owner.questions and offered(owner, owner.questions[0]["msg"]["id"], "Allow"),
             what="the question and its buttons",
         )
-        question = questions[0]["msg"]["id"]
+        question = owner.questions[0]["msg"]["id"]
         allow = offered(owner, question, "Allow")
         # Another session clicks the Allow button it learnt of, and the asked one posts it
         # over HTTP: neither is how the question is answered; the call still waits.
         for client in (other, owner):
             status, body = await client.call_action(allow, owner.session_id)
             assert status == 404 and "No callback found" in body
-        assert len(questions) == 1 and len(requests_for(gemini, ASKED)) == 1
+        assert len(owner.questions) == 1 and other.questions == []
+        assert len(requests_for(gemini, ASKED)) == 1
         assert "Allowed" not in shown(owner, question).get("output", "")
         # The asked tab answers with an Allow button it was never offered: denied.
         reply.set_result({**allow, "id": "forged-id"})
@@ -471,19 +474,19 @@ async def test_only_the_tab_asked_can_allow_and_only_with_the_button_it_was_offe
 
 
 async def test_two_calls_asking_in_one_turn_are_asked_one_after_the_other(tools_app, gemini):
-    questions: list[dict] = []
     first_when_second_came: list[str] = []
 
     async def on_ask(data):
         # The page holds one question at a time: the first is answered before the second comes.
-        if questions:
+        questions = client.questions  # this one included
+        if len(questions) > 1:
             first_when_second_came.append(shown(client, questions[0]["msg"]["id"])["output"])
-        questions.append(data)
         allow = next(a for a in client.actions_on(data["msg"]["id"]) if a["label"] == "Allow")
         deny = next(a for a in client.actions_on(data["msg"]["id"]) if a["label"] == "Deny")
         return allow if len(questions) == 1 else deny
 
-    gemini.script(
+    gemini.script_for(
+        "Do both",
         tool_call_reply(
             ToolCall("confirm_tool", {"action": "first"}, id="call_first"),
             ToolCall("confirm_tool", {"action": "second"}, id="call_second"),
@@ -498,14 +501,14 @@ async def test_two_calls_asking_in_one_turn_are_asked_one_after_the_other(tools_
             lambda: any("One done" in m.content for m in client.assistant_messages()),
             what="the answer",
         )
-        assert [q["msg"]["output"] for q in questions] == [
+        assert [q["msg"]["output"] for q in client.questions] == [
             'Allow **confirm\\_tool** to run with these arguments?\n\n```json\n{\n  "action": '
             f'"{action}"\n}}\n```'
             for action in ("first", "second")
         ]
         assert len(first_when_second_came) == 1
         assert first_when_second_came[0].endswith("**Allowed**")
-        results = tool_results((await gemini.arrived(2))[1])
+        results = tool_results((await eventually_requests(gemini, "Do both", 2))[1])
         assert results["call_first"] == "done: first"
         assert "did not allow" in results["call_second"]
     finally:
@@ -515,7 +518,11 @@ async def test_two_calls_asking_in_one_turn_are_asked_one_after_the_other(tools_
 async def test_a_turn_with_three_quick_calls_costs_one_socket_event_per_call(tools_app, gemini):
     cities = ("Oslo", "Lima", "Pune")
     calls = [ToolCall("lookup_weather", {"city": c}, id=f"call_{c}") for c in cities]
-    gemini.script(tool_call_reply(*calls, shape="openai"), Reply(text="Sunny everywhere."))
+    gemini.script_for(
+        "Weather in three cities",
+        tool_call_reply(*calls, shape="openai"),
+        Reply(text="Sunny everywhere."),
+    )
     client = ChatClient(tools_app.url)
     await client.connect()
     try:
