@@ -43,6 +43,7 @@ logger = logging.getLogger("gemini_chat")
 
 TITLE_CHARS = 120
 KNOWN_THREADS = 10_000  # thread owners (and deleted threads) remembered
+KNOWN_STEPS = 50_000  # the chats of steps this process wrote, remembered
 PREVIEW_CHARS = 200  # what is kept of a message over the size limit
 FIELD_CHARS = 2_000  # any other field of a user's message (name, metadata, ...)
 STEP_COLUMNS = frozenset(steps_table.c.keys())
@@ -194,6 +195,10 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         self._write_lock = asyncio.Lock()
         # Owners never change once a thread exists, so they can be remembered.
         self._owners: OrderedDict[str, str] = OrderedDict()
+        # The chat of each step this process wrote. A step never moves to another chat (the
+        # write below refuses it), so its owner is its chat's: the ownership check of the same
+        # step written again, or named as the parent of the next one, needs no query.
+        self._step_threads: OrderedDict[str, str] = OrderedDict()
         # Chats deleted by their owner: a late write (an answer still being written, the
         # session saved at disconnect) must not bring them back as an empty chat.
         self._deleted: OrderedDict[str, None] = OrderedDict()
@@ -229,6 +234,11 @@ class ChatDataLayer(SQLAlchemyDataLayer):
     async def _owner_of(self, kind: str, value: str, cached: bool = True) -> str | None:
         if kind == "thread" and cached and value in self._owners:
             return self._owners[value]
+        if kind == "step" and cached:
+            # Only while its chat's owner is remembered: a deleted chat is forgotten there.
+            owner = self._owners.get(self._step_threads.get(value, ""))
+            if owner is not None:
+                return owner
         rows = await self.execute_sql(OWNER_QUERIES[kind], {"id": value})
         if rows is None or isinstance(rows, int):
             return ""  # the database did not answer: nobody's
@@ -372,8 +382,14 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         )
         if changed == 0:
             logger.warning("Refused a message whose id %s belongs to another chat", step["id"])
+        elif changed:
+            self._step_threads[step["id"]] = step["threadId"]
+            self._step_threads.move_to_end(step["id"])
+            if len(self._step_threads) > KNOWN_STEPS:
+                self._step_threads.popitem(last=False)
 
     async def delete_step(self, step_id: str):
+        self._step_threads.pop(step_id, None)
         for query in (
             'DELETE FROM feedbacks WHERE "forId" = :id',
             # An attached file has its element's id.
