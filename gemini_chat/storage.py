@@ -203,6 +203,8 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         self._write_lock = asyncio.Lock()
         # Owners never change once a thread exists, so they can be remembered.
         self._owners: OrderedDict[str, str] = OrderedDict()
+        # The login name of each user id looked up: users are never deleted or renamed.
+        self._users: dict[str, str] = {}
         # The chat of each step this process wrote. A step never moves to another chat (the
         # write below refuses it), so its owner is its chat's: the ownership check of the same
         # step written again, or named as the parent of the next one, needs no query.
@@ -247,6 +249,8 @@ class ChatDataLayer(SQLAlchemyDataLayer):
     async def _owner_of(self, kind: str, value: str, cached: bool = True) -> str | None:
         if kind == "thread" and cached and value in self._owners:
             return self._owners[value]
+        if kind == "user" and value in self._users:
+            return self._users[value]
         if kind == "step" and cached:
             # Only while its chat's owner is remembered: a deleted chat is forgotten there.
             owner = self._owners.get(self._step_threads.get(value, ""))
@@ -258,6 +262,10 @@ class ChatDataLayer(SQLAlchemyDataLayer):
         if not rows:
             return None
         owner = rows[0].get("owner") or ""
+        if kind == "user" and owner:
+            self._users[value] = owner
+            if len(self._users) > KNOWN_THREADS:
+                self._users.pop(next(iter(self._users)))
         if kind == "thread" and owner:
             self._owners[value] = owner
             self._owners.move_to_end(value)
