@@ -565,6 +565,42 @@ async def test_the_data_layer_serves_each_user_only_their_own_ids(database_url):
     await layer.engine.dispose()
 
 
+async def test_a_message_id_of_a_deleted_chat_is_checked_again_not_remembered(database_url):
+    """The data layer remembers the chat of each message it wrote (so writing it again needs
+    no query); once that chat is deleted, the id is looked up again: the message is gone, so
+    another user may use the id, and its former owner can no longer rate it."""
+    from chainlit.context import context_var
+    from chainlit.types import Feedback
+    from chainlit.user import User
+
+    from gemini_chat.schema import upgrade_schema
+    from gemini_chat.storage import ChatDataLayer
+
+    await upgrade_schema(database_url)
+    layer = ChatDataLayer(database_url)
+    alice = await layer.create_user(User(identifier="alice"))
+    bob = await layer.create_user(User(identifier="bob"))
+    hers, his, message = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+
+    token = acting_as(alice)
+    await layer.update_thread(hers, name="Alice's chat", user_id=alice.id)
+    await layer.create_step(step(message, hers, "Alice's question"))
+    await layer.update_step(step(message, hers, "Alice's question, again"))
+    await layer.delete_thread(hers)
+    with pytest.raises(ValueError, match="not found"):
+        await layer.upsert_feedback(Feedback(forId=message, value=1, comment="gone"))
+    context_var.reset(token)
+
+    token = acting_as(bob)
+    await layer.update_thread(his, name="Bob's chat", user_id=bob.id)
+    await layer.create_step(step(message, his, "Bob's own"))
+    context_var.reset(token)
+    rows = await query(database_url, 'SELECT "threadId", "output" FROM steps')
+    assert [tuple(map(str, r)) for r in rows] == [(his, "Bob's own")]
+    assert await query(database_url, "SELECT * FROM feedbacks") == []
+    await layer.engine.dispose()
+
+
 # --- contracts with Chainlit's internals ----------------------------------------------------------
 
 
