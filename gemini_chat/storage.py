@@ -267,11 +267,14 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             if len(self._users) > KNOWN_THREADS:
                 self._users.pop(next(iter(self._users)))
         if kind == "thread" and owner:
-            self._owners[value] = owner
-            self._owners.move_to_end(value)
-            if len(self._owners) > KNOWN_THREADS:
-                self._owners.popitem(last=False)
+            self._remember_owner(value, owner)
         return owner
+
+    def _remember_owner(self, thread_id: str, owner: str) -> None:
+        self._owners[thread_id] = owner
+        self._owners.move_to_end(thread_id)
+        if len(self._owners) > KNOWN_THREADS:
+            self._owners.popitem(last=False)
 
     async def _claim_thread(self, thread_id: str, actor: Actor) -> bool:
         """Make sure the thread exists and is ``actor``'s: a new thread is created as theirs in
@@ -287,7 +290,7 @@ class ChatDataLayer(SQLAlchemyDataLayer):
                 'SELECT "id" FROM users WHERE "identifier" = :me', {"me": actor.identifier}
             )
             user_id = rows[0]["id"] if isinstance(rows, list) and rows else None
-        await self.execute_sql(
+        created = await self.execute_sql(
             'INSERT INTO threads ("id", "createdAt", "userId", "userIdentifier") '
             'VALUES (:id, :createdAt, :userId, :me) ON CONFLICT ("id") DO NOTHING',
             {
@@ -297,6 +300,9 @@ class ChatDataLayer(SQLAlchemyDataLayer):
                 "me": actor.identifier,
             },
         )
+        if created == 1:  # a new row, written with this owner: no need to read it back
+            self._remember_owner(thread_id, actor.identifier)
+            return True
         if await self._owner_of("thread", thread_id, cached=False) != actor.identifier:
             logger.warning("Refused a write by %r to a chat of another user", actor.identifier)
             return False
