@@ -129,6 +129,7 @@ def prepare_server() -> Server:
             secret
             for secret in (
                 settings.api_key,
+                settings.metrics_token,
                 os.environ.get("CHAINLIT_AUTH_SECRET"),
                 make_url(settings.database_url).password,
             )

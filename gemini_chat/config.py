@@ -72,6 +72,15 @@ def _names_or_none(value: str) -> tuple[str, ...]:
     return () if value.strip().lower() == "none" else _name_list(value)
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in allowed:
+            raise ValueError("must be " + " or ".join(allowed))
+        return value.lower()
+
+    return parse
+
+
 def _flag(value: str) -> bool:
     lowered = value.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -154,6 +163,14 @@ class Settings:
     auth_secret: str | None = None
     # Read by uvicorn itself (same variable, same default); the app checks it for local mode.
     forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Running several instances (deploy/): a stopping instance lets answers finish this long.
+    drain_timeout: float = 30.0
+    # A streaming answer is stored this often, so an instance that dies loses at most this much.
+    partial_save_interval: float = 3.0
+    # /metrics answers only a request bearing this token; unset, there is no /metrics.
+    metrics_token: str | None = None
+    # "text" (one readable line) or "json" (one object a line, with chat and request ids).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -161,7 +178,7 @@ class Settings:
 
     def __repr__(self) -> str:
         # The key must never reach a log line, even through a repr.
-        hidden = ("api_key", "auth_secret", "database_url")
+        hidden = ("api_key", "auth_secret", "database_url", "metrics_token")
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         key = "set" if self.api_key else "missing"
         return (
@@ -203,6 +220,10 @@ ENVIRONMENT: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("DATABASE_URL", _database_url, "database_url"),
     ("CHAINLIT_AUTH_SECRET", _text, "auth_secret"),
     ("FORWARDED_ALLOW_IPS", _address_list, "forwarded_allow_ips"),
+    ("DRAIN_SECONDS", _seconds(allow_zero=True), "drain_timeout"),
+    ("PARTIAL_SAVE_SECONDS", _seconds(allow_zero=False), "partial_save_interval"),
+    ("METRICS_TOKEN", _text, "metrics_token"),
+    ("LOG_FORMAT", _choice("text", "json"), "log_format"),
 )
 
 
