@@ -36,6 +36,15 @@ class AppServer:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """Die at once (SIGKILL), as a crashed machine would: nothing is finished or stored."""
+        self.process.kill()
+        self.process.wait(10)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -59,14 +68,17 @@ def start_app(
     wait: bool = True,
     directory: Path | None = None,
     watch: bool = False,
+    port: int | None = None,
 ) -> AppServer:
     """Start `chainlit run` in ``directory`` (a fresh one by default), with its own SQLite
-    database there unless ``env`` names one; ``watch`` adds `-w`, as the README's command."""
+    database there unless ``env`` names one; ``watch`` adds `-w`, as the README's command.
+    ``port``: the port to listen on (an instance started again where a page knows it)."""
     directory = directory or app_directory()
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{directory}/chats.db", **env}
-    port = free_port()
+    port = port or free_port()
     log_path = directory / "server.log"
-    log_file = log_path.open("wb")
+    # Appended to: an instance started again in the same directory keeps the earlier log.
+    log_file = log_path.open("ab")
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "chainlit", "run", "chatbot.py", "--headless"),
