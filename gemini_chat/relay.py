@@ -15,5 +15,15 @@ class LocalRelay:
         return False
 
 
-# The relay of this process; replaced at start when other instances may share the database.
-relay = LocalRelay()
+_relay: LocalRelay = LocalRelay()
+
+
+def current_relay() -> LocalRelay:
+    """The relay of this process (read at each use: it is replaced at start when other
+    instances may share the database)."""
+    return _relay
+
+
+def install_relay(relay: LocalRelay) -> None:
+    global _relay
+    _relay = relay
