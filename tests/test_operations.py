@@ -5,6 +5,7 @@ socket client; the bearer check, the formatter and readiness while draining also
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -99,6 +100,29 @@ def test_operations_endpoints_pass_the_local_mode_check_and_nothing_else_does(ap
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=15)
     assert refused.value.code == 403
+
+
+async def test_in_accounts_mode_the_probes_need_no_login_and_the_rest_still_does(
+    start_app_with, tmp_path
+):
+    from tests.test_accounts import SECRET, accounts_command
+
+    database_url = f"sqlite+aiosqlite:///{tmp_path}/chats.db"
+    added = await asyncio.to_thread(
+        accounts_command, database_url, "add", "alice", password="alice-password"
+    )
+    assert added.returncode == 0, added.stderr
+    server = start_app_with(
+        DATABASE_URL=database_url, CHAINLIT_AUTH_SECRET=SECRET, METRICS_TOKEN=TOKEN
+    )
+    assert get(server.url + "/healthz")[0] == 200
+    assert get(server.url + "/readyz")[0] == 200
+    assert get(server.url + "/metrics")[0] == 401
+    assert (
+        "gemini_chat_sessions"
+        in get(server.url + "/metrics", {"Authorization": f"Bearer {TOKEN}"})[2]
+    )
+    assert get(server.url + "/user")[0] == 401
 
 
 class _Cluster:
