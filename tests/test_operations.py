@@ -567,3 +567,44 @@ def test_readme_names_every_metric():
         assert name in section, name
     for path in ("/healthz", "/readyz", "/metrics", "METRICS_TOKEN", "LOG_FORMAT"):
         assert path in section
+
+
+def test_request_ids_wrap_each_socket_handler_once_and_again_after_a_reload(caplog, monkeypatch):
+    """`chainlit run -w` prepares the server again in the same process: every handler keeps one
+    request-id wrapper, the login gate one gate, and the stop handler stays the app's."""
+    import inspect
+
+    from chainlit.server import app, sio
+
+    from gemini_chat.auth import install_login_guards
+    from gemini_chat.framework import install_stop_without_notice, stop_without_notice
+    from gemini_chat.logs import install_request_ids
+
+    def layers(handler) -> int:
+        count = 0
+        while hasattr(handler, "__wrapped__"):
+            handler, count = handler.__wrapped__, count + 1
+        return count
+
+    import chainlit.socket
+
+    from gemini_chat import auth
+
+    # What the installs change in this process, put back afterwards.
+    monkeypatch.setitem(sio.handlers, "/", dict(sio.handlers["/"]))
+    monkeypatch.setattr(chainlit.socket, "get_current_user", chainlit.socket.get_current_user)
+    monkeypatch.setattr(auth, "_access", auth._access)
+    monkeypatch.setattr(app, "dependency_overrides", dict(app.dependency_overrides))
+    monkeypatch.setattr(app, "user_middleware", list(app.user_middleware))
+    monkeypatch.setattr(app.state, "request_ids", False, raising=False)
+    access = SimpleNamespace(local=True)
+    for _ in range(2):
+        install_stop_without_notice()
+        install_login_guards(access)  # type: ignore[arg-type]
+        install_request_ids(app, sio)
+    handlers = sio.handlers["/"]
+    assert all(getattr(h, "request_id", False) for h in handlers.values())
+    assert layers(handlers["client_message"]) == 2  # request id, login gate
+    assert layers(handlers["connect"]) == 1
+    assert inspect.unwrap(handlers["stop"]) is stop_without_notice
+    assert "not where expected" not in caplog.text
