@@ -25,7 +25,14 @@ from .edge import (
 )
 from .framework import install_stop_without_notice, install_user_note
 from .frontend import install_frontend
-from .logs import install_secret_filter, quiet_library_logs
+from .health import install_operations
+from .logs import (
+    install_json_logs,
+    install_request_ids,
+    install_secret_filter,
+    instance_name,
+    quiet_library_logs,
+)
 from .mcp import load_server_configs
 from .ownership import note_authenticated
 from .runtime import tune_runtime
@@ -76,6 +83,8 @@ def prepare_server() -> Server:
     except ConfigError as error:
         _exit(f"Configuration error: {error}")
     logging.getLogger("gemini_chat").setLevel(logging.INFO)
+    if settings.log_format == "json":
+        install_json_logs(instance_name(chainlit_config.run.port))
     quiet_library_logs()
     chainlit_config.ui.name = settings.assistant_name
 
@@ -88,6 +97,8 @@ def prepare_server() -> Server:
     bound_websocket_messages(body_limit(settings.max_message_chars))
     install_frontend(app, settings.max_message_chars)
     install_upload_routes(app)
+    # /healthz, /readyz and /metrics (health.py); they read the server as prepared below.
+    install_operations(app, sio, lambda: current)
     install_stop_without_notice()
     if not settings.api_key:
         logger.warning("GEMINI_API_KEY is not set: the chat will explain how to set it")
@@ -150,4 +161,6 @@ def prepare_server() -> Server:
     install_user_note(note_authenticated)
     # Added last, so it is the outermost: nothing reads a body or answers before its checks.
     install_edge(app, lambda: current.edge if current else None)
+    # Outside the edge: its lines carry the request id too.
+    install_request_ids(app, sio)
     return current

@@ -20,6 +20,7 @@ from chainlit.session import WebsocketSession
 from chainlit.user_session import user_sessions
 from chainlit.utils import utc_now
 
+from . import metrics
 from .actions import CONTINUE_PROMPT, Answers, LastAnswer, set_aside, show_usage
 from .attachments import Attachment, AttachmentRefused, configured_limits
 from .config import Settings
@@ -262,6 +263,7 @@ class ChatController:
                     admission = await self.usage.admit(self._user())
                 except LimitRefusal as refusal:
                     logger.info("Refused an answer asked again: %s", log_detail(refusal))
+                    metrics.message_refused()
                     await self._notice(str(refusal))
                     await conversation.answers.offer(last)
                     return
@@ -398,6 +400,7 @@ class ChatController:
             logger.info("Refused a message without calling Gemini: %s", log_detail(refusal))
             await discard_files(message)
             await self._notice(str(refusal))
+            metrics.message_refused()
             return
         conversation = self.conversation()
         task = asyncio.current_task()
@@ -520,8 +523,10 @@ class ChatController:
             reply.metadata = {**reply.metadata, "status": "complete"}
             await reply.send()
             keep(answer, items)
+            metrics.message_answered(stream.started)
         except asyncio.CancelledError:
             stopped = True
+            metrics.message_stopped()
             answer = prefix + stream.text
             items = settle()
             await self._finish_partial(reply, answer, "stopped")
@@ -529,6 +534,7 @@ class ChatController:
             raise
         except ChatError as error:
             failure = error
+            metrics.message_failed(error)
             answer = prefix + stream.text
             items = settle()
             await self._finish_partial(reply, answer, "incomplete")
@@ -591,6 +597,7 @@ class ChatController:
         reported = report.last_prompt_tokens
         conversation.history.calibrate(reported, estimated)
         usage = report.usage
+        metrics.count_tokens(usage)
         if usage is not None:
             conversation.answers.tokens += usage.total
         earlier = continued.usage if continued is not None else None

@@ -11,6 +11,8 @@ One ASGI middleware, in front of every other one, that
 - adds the security headers to every response: a Content-Security-Policy that lets the page
   load only from this server (Chainlit's own inline scripts allowed by their hash), no framing,
   no MIME sniffing, no referrer;
+- lets exactly the operator's endpoints (/healthz, /readyz, /metrics: gemini_chat/health.py)
+  through the local-mode checks, so a probe or Prometheus reaches them under any host name;
 - marks cookies ``Secure`` when the request came over HTTPS, directly or through a proxy that
   uvicorn trusts (``X-Forwarded-Proto``; FORWARDED_ALLOW_IPS, this computer by default).
 """
@@ -26,6 +28,8 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from .health import OPERATIONS_PATHS
 
 logger = logging.getLogger("gemini_chat")
 
@@ -197,6 +201,8 @@ class Edge:
 
         from .auth import LOCAL_ONLY_MESSAGE, is_loopback
 
+        if is_operations_request(scope):
+            return None  # probes and the metrics scraper, which need no login (health.py)
         client = (scope.get("client") or (None,))[0]
         if rules.local and not is_loopback(client):
             logger.warning("Refused %s: local mode serves loopback clients only", client)
@@ -300,6 +306,17 @@ class Edge:
                 for name, value in headers
             ]
         return {**start, "headers": headers}
+
+
+def is_operations_request(scope) -> bool:
+    """A GET of exactly /healthz, /readyz or /metrics: answered by gemini_chat/health.py to a
+    load balancer, a probe or Prometheus, in local mode too (from another host name or
+    computer); they tell nothing about the chats, and /metrics asks for its own token."""
+    from chainlit.config import config
+
+    if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD"):
+        return False
+    return scope.get("path", "").removeprefix(config.run.root_path or "") in OPERATIONS_PATHS
 
 
 def _limit_for(scope, rules: EdgeRules) -> int:

@@ -7,6 +7,7 @@ checks that what it relies on is still there, so an upgrade that moves it fails 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 
 logger = logging.getLogger("gemini_chat")
@@ -36,7 +37,8 @@ def install_stop_without_notice() -> None:
     import chainlit.socket  # registers Chainlit's handlers on the server's socket
     from chainlit.server import sio
 
-    current = sio.handlers.get("/", {}).get("stop")
+    # Under the request-id wrapper of logs.py, once installed.
+    current = inspect.unwrap(sio.handlers.get("/", {}).get("stop"))
     if current is not chainlit.socket.stop:
         if getattr(current, "__qualname__", None) == stop_without_notice.__qualname__:
             sio.on("stop", stop_without_notice)  # a reload under `chainlit run -w`

@@ -35,6 +35,7 @@ from openai import AsyncOpenAI, DefaultAioHttpClient, Timeout
 from openai.resources.chat import AsyncChat, AsyncCompletions
 from openai.types.chat import ChatCompletionChunk
 
+from . import metrics
 from .config import Settings
 from .errors import MalformedResponse, classify, log_detail
 from .mcp import McpServers
@@ -326,6 +327,7 @@ def build_retry_policy(settings: Settings):
             context.max_retries,
             log_detail(error),
         )
+        metrics.retrying(error)
         return RetryDecision(retry=True, delay=delay, reason=type(error).__name__)
 
     return policy

@@ -33,6 +33,7 @@ from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
 from sqlalchemy.engine import make_url
 
+from . import metrics
 from .attachments import Attachment, admitted
 from .config import Settings
 from .history import load_json
@@ -223,6 +224,7 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             finally:
                 _holds_write_lock.reset(token)
 
+    @metrics.timed_statement
     async def execute_sql(self, query: str, parameters: dict) -> list[dict[str, Any]] | int | None:
         # A connection, not an ORM session: the statements are plain SQL, and the session's
         # machinery cost a tenth of each one's Python calls.

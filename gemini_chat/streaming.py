@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 from agents import FunctionTool, Runner
 from agents.exceptions import MaxTurnsExceeded
 
+from . import metrics
 from .errors import (
     AnswerTruncated,
     ChatError,
@@ -174,6 +175,7 @@ class ReplyStream:
         self._round_text = False
         self._new_round = False
         self._result: Any = None
+        self.started = 0.0  # when the request went (metrics.stream_started)
 
     @property
     def items(self) -> tuple[dict[str, Any], ...]:
@@ -220,6 +222,7 @@ class ReplyStream:
         finally:
             current_report.reset(token)
         self.budget.streaming += 1
+        self.started = metrics.stream_started()
         thoughts = self.thoughts
         outcome: Literal["answered", "stopped", "failed"] = "answered"
         try:
@@ -273,6 +276,7 @@ class ReplyStream:
             raise failure from error
         finally:
             self.budget.streaming -= 1
+            metrics.stream_ended()
             if thoughts is not None:
                 # Shielded: a second stop must not leave the step saying it is still thinking.
                 await asyncio.shield(thoughts.close(outcome))
@@ -305,6 +309,8 @@ class ReplyStream:
             await self.thoughts.add(rest)
 
     async def _add_text(self, delta: str) -> None:
+        if not self.parts:
+            metrics.first_token(self.started)
         if not self._round_text:
             # The round's first text: its thinking is over; after an earlier round's text, a
             # blank line, so two rounds do not run together in one paragraph.

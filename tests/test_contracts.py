@@ -149,7 +149,7 @@ def test_an_asyncio_the_runtime_does_not_know_stays_fully_patched_and_is_reporte
 PROBE = r'''
 """The real app, and a report of the runtime the running server has."""
 
-import asyncio, json, os, sys, types
+import asyncio, inspect, json, os, sys, types
 
 import _asyncio
 import chainlit as cl
@@ -175,7 +175,7 @@ def nest_asyncio_leftovers():
 @cl.on_app_startup
 async def report_runtime():
     loop = asyncio.get_running_loop()
-    stop = sio.handlers["/"]["stop"]
+    stop = inspect.unwrap(sio.handlers["/"]["stop"])  # under logs.py's request-id wrapper
     report = {
         "python": sys.version.split()[0],
         "task is C": type(asyncio.current_task()) is _asyncio.Task,

@@ -318,3 +318,45 @@ def test_whether_a_socket_is_still_connected_is_asked_of_the_servers_manager():
     """approval.py ends a question at once when the tab asked has gone."""
     assert list(inspect.signature(sio.manager.is_connected).parameters) == ["sid", "namespace"]
     assert sio.manager.is_connected("no-such-socket", "/") is False
+
+
+def test_uvicorns_loggers_are_configured_from_the_dict_json_logs_change_in_place():
+    """logs.install_json_logs routes uvicorn's lines to the root's JSON handler by changing the
+    default configuration `chainlit run`'s uvicorn.Config is built with."""
+    import chainlit.cli
+    import uvicorn
+    import uvicorn.config
+
+    unbounded = getattr(uvicorn.Config, "unbounded", uvicorn.Config)  # edge.py's subclass
+    default = inspect.signature(unbounded.__init__).parameters["log_config"].default
+    assert default is uvicorn.config.LOGGING_CONFIG
+    assert {"uvicorn", "uvicorn.access"} <= set(default["loggers"])
+    assert "uvicorn.Config(" in inspect.getsource(chainlit.cli.run_chainlit)
+    assert "log_config" not in inspect.getsource(chainlit.cli.run_chainlit)
+
+
+def test_chat_sockets_connected_are_engineios_open_sockets():
+    """The sessions gauge (health.py) counts engine.io's sockets, one per open tab, removed when
+    it closes."""
+    assert isinstance(sio.eio.sockets, dict)
+    source = inspect.getsource(type(sio.eio))
+    assert "self.sockets[sid] = s" in source
+    assert "del self.sockets[sid]" in source or "self.sockets.pop(" in source
+
+
+def test_socket_event_handlers_are_kept_by_event_name_and_replaced_by_on():
+    """logs.install_request_ids wraps each handler, as auth.py's login gate does."""
+    handlers = sio.handlers["/"]
+    assert {"connect", "client_message", "stop", "disconnect"} <= set(handlers)
+    assert "self.handlers[namespace][event] = handler" in inspect.getsource(type(sio).on)
+
+
+def test_the_chat_of_a_log_line_is_the_thread_of_the_contexts_socket_session():
+    """logs.current_chat_id reads Chainlit's context variable and its session's thread id."""
+    from contextvars import ContextVar
+
+    from chainlit.context import context_var
+    from chainlit.session import WebsocketSession
+
+    assert isinstance(context_var, ContextVar)
+    assert "self.thread_id = " in inspect.getsource(WebsocketSession.__mro__[1].__init__)
