@@ -11,6 +11,8 @@ One ASGI middleware, in front of every other one, that
 - adds the security headers to every response: a Content-Security-Policy that lets the page
   load only from this server (Chainlit's own inline scripts allowed by their hash), no framing,
   no MIME sniffing, no referrer;
+- while the instance drains after SIGTERM, answers 503 to whatever would open a new session
+  here (gemini_chat/drain.py), so a load balancer sends it to another instance;
 - marks cookies ``Secure`` when the request came over HTTPS, directly or through a proxy that
   uvicorn trusts (``X-Forwarded-Proto``; FORWARDED_ALLOW_IPS, this computer by default).
 """
@@ -26,6 +28,9 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from .drain import admitted_while_draining, refuse_while_draining
+from .lifecycle import lifecycle
 
 logger = logging.getLogger("gemini_chat")
 
@@ -187,7 +192,13 @@ class Edge:
         refusal = self.refusal(scope, headers, rules)
         if refusal is not None:
             await _refuse(scope, receive, send, *refusal)
-        elif scope["type"] == "websocket":
+            return
+        if lifecycle.draining:  # only what belongs to a session open here (drain.py)
+            admitted, receive = await admitted_while_draining(scope, receive, rules.body_limit)
+            if not admitted:
+                await refuse_while_draining(scope, receive, send)
+                return
+        if scope["type"] == "websocket":
             await self.app(scope, receive, send)
         else:
             await self.serve(scope, receive, send, rules)

@@ -1,0 +1,218 @@
+"""SIGTERM drains an instance: the real `chainlit run`, the fake Gemini streaming slowly, the
+socket client and Chromium.
+
+Running answers finish and are stored, then the process exits 0 (at once when idle); nothing
+new starts there meanwhile (a new page or socket gets 503, a message in an open chat gets the
+notice); an answer past DRAIN_SECONDS is stored as interrupted; a second signal cuts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets.exceptions
+import websockets.sync.client
+from playwright.async_api import expect
+
+from gemini_chat.history import REPLY_MARKS
+from gemini_chat.lifecycle import DRAINING_NOTICE
+from tests.chat_client import ChatClient
+from tests.db import app_database, query
+from tests.fake_gemini import Reply
+from tests.test_browser import type_and_send
+from tests.test_page import open_chat, screenshot
+
+PIECES = [f"piece {n}, " for n in range(20)]
+WHOLE = "".join(PIECES)
+
+
+def status_of(url: str, path: str, **headers: str) -> int:
+    request = urllib.request.Request(url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def websocket_handshake_status(url: str) -> int:
+    """The HTTP status a socket.io websocket handshake (no sid: a new session) is answered."""
+    address = url.replace("http://", "ws://") + "/ws/socket.io/?EIO=4&transport=websocket"
+    try:
+        with websockets.sync.client.connect(address, open_timeout=10):
+            return 101
+    except websockets.exceptions.InvalidStatus as refusal:
+        return refusal.response.status_code
+
+
+async def exit_status(app, timeout: float) -> int:
+    """The app process's exit status, once it has exited (within ``timeout`` seconds)."""
+    return await asyncio.to_thread(app.process.wait, timeout)
+
+
+async def stored_replies(app) -> list[tuple[str, dict]]:
+    """The stored answers (text and metadata), oldest first."""
+    rows = await query(
+        app_database(app),
+        "SELECT output, metadata FROM steps WHERE type = 'assistant_message' ORDER BY "
+        '"createdAt"',
+    )
+    replies = [(output, json.loads(meta or "{}")) for output, meta in rows]
+    return [(text, meta) for text, meta in replies if meta.get("kind") == "reply"]
+
+
+async def streaming_answer(app, gemini, text: str, reply: Reply) -> ChatClient:
+    """A connected client whose question is being answered: its first pieces have arrived."""
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    gemini.script(reply)
+    client.mark()
+    await client.send(text)
+    await client.wait_for(
+        lambda: any("piece 1," in m.content for m in client.assistant_messages()),
+        what="the answer streaming",
+    )
+    return client
+
+
+async def test_sigterm_lets_a_streaming_answer_finish_and_store_then_exits_zero(
+    start_app_with, gemini
+):
+    app = start_app_with(DRAIN_SECONDS="30")
+    client = await streaming_answer(
+        app, gemini, "Tell me a long story", Reply(chunks=PIECES, delay=0.15)
+    )
+    app.process.send_signal(signal.SIGTERM)
+
+    # Draining: whatever would open a session here is turned away, for nginx to send elsewhere.
+    assert await asyncio.to_thread(status_of, app.url, "/") == 503
+    handshake = "/ws/socket.io/?EIO=4&transport=polling"
+    assert await asyncio.to_thread(status_of, app.url, handshake) == 503
+    assert await asyncio.to_thread(websocket_handshake_status, app.url) == 503
+
+    # The answer streams on to its end, in the client that asked.
+    await client.wait_idle(timeout=20)
+    ended = time.monotonic()
+    answers = [m.content for m in client.assistant_messages() if m.content.startswith("piece")]
+    assert answers == [WHOLE]
+    assert await exit_status(app, 10) == 0
+    assert time.monotonic() - ended < 3  # soon after the answer, not after the drain time
+    assert [(text, meta["status"]) for text, meta in await stored_replies(app)] == [
+        (WHOLE, "complete")
+    ]
+    assert len(gemini.requests) == 1
+    await client.disconnect()
+
+
+async def test_an_idle_instance_exits_at_once(start_app_with, gemini):
+    app = start_app_with(DRAIN_SECONDS="30")
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    signalled = time.monotonic()
+    app.process.send_signal(signal.SIGTERM)
+    assert await exit_status(app, 10) == 0
+    assert time.monotonic() - signalled < 3
+    await client.disconnect()
+
+
+async def test_an_answer_past_the_drain_time_is_stored_interrupted_with_its_text(
+    start_app_with, gemini
+):
+    app = start_app_with(DRAIN_SECONDS="2")
+    client = await streaming_answer(
+        app, gemini, "Tell me an endless story", Reply(chunks=PIECES, delay=1)
+    )
+    signalled = time.monotonic()
+    app.process.send_signal(signal.SIGTERM)
+    assert await exit_status(app, 10) == 0
+    assert 2 <= time.monotonic() - signalled < 5
+    [(text, meta)] = await stored_replies(app)
+    assert meta["status"] == "interrupted"
+    assert text.endswith(REPLY_MARKS["interrupted"])
+    written = text.removesuffix(REPLY_MARKS["interrupted"])
+    assert written.startswith("piece 0, piece 1, ") and written != WHOLE
+    assert WHOLE.startswith(written)
+    # What the client was shown before the server went down is what was stored.
+    shown = next(m.content for m in client.assistant_messages() if m.content.startswith("piece"))
+    assert shown.startswith(written)
+    await client.disconnect()
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+async def test_a_second_signal_cuts_the_answers_at_once(start_app_with, gemini, second):
+    app = start_app_with(DRAIN_SECONDS="30")
+    client = await streaming_answer(
+        app, gemini, "Tell me a slow story", Reply(chunks=PIECES, delay=1)
+    )
+    app.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(status_of, app.url, "/")  # the first is being handled
+    signalled = time.monotonic()
+    app.process.send_signal(second)
+    assert await exit_status(app, 10) == 0
+    assert time.monotonic() - signalled < 3
+    [(text, meta)] = await stored_replies(app)
+    assert meta["status"] == "interrupted"
+    assert text.startswith("piece 0, piece 1, ")
+    await client.disconnect()
+
+
+async def test_sigint_alone_stores_what_streamed_and_stops_at_once(start_app_with, gemini):
+    app = start_app_with(DRAIN_SECONDS="30")
+    client = await streaming_answer(
+        app, gemini, "Tell me a slow tale", Reply(chunks=PIECES, delay=1)
+    )
+    signalled = time.monotonic()
+    app.process.send_signal(signal.SIGINT)
+    assert await exit_status(app, 10) == 0
+    assert time.monotonic() - signalled < 3
+    [(text, meta)] = await stored_replies(app)
+    assert (meta["status"], text[:18]) == ("interrupted", "piece 0, piece 1, ")
+    await client.disconnect()
+
+
+async def test_a_message_sent_while_draining_gets_the_notice_and_goes_nowhere(
+    start_app_with, gemini
+):
+    app = start_app_with(DRAIN_SECONDS="30")
+    asking = await streaming_answer(app, gemini, "Keep talking", Reply(chunks=PIECES, delay=0.15))
+    other = await ChatClient(app.url).connect()
+    await other.wait_for(other.assistant_messages, what="the welcome message")
+    app.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(status_of, app.url, "/")
+
+    await other.send("Are you there?")
+    await other.wait_for(lambda: DRAINING_NOTICE in other.errors(), what="the draining notice")
+    await asking.wait_idle(timeout=20)
+    assert await exit_status(app, 10) == 0
+    assert len(gemini.requests) == 1  # the running answer's only
+    stored = await query(app_database(app), "SELECT output FROM steps")
+    assert not [row for row in stored if row[0] in ("Are you there?", DRAINING_NOTICE)]
+    await asking.disconnect()
+    await other.disconnect()
+
+
+@pytest.mark.browser
+async def test_a_message_typed_while_draining_shows_the_notice_in_the_page(
+    browser, start_app_with, gemini
+):
+    app = start_app_with(DRAIN_SECONDS="30")
+    page = await open_chat(browser, app)
+    asking = await streaming_answer(app, gemini, "Keep going", Reply(chunks=PIECES, delay=0.15))
+    app.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(status_of, app.url, "/")
+
+    await type_and_send(page, "Hello from the open page")
+    notice = page.get_by_text(DRAINING_NOTICE)
+    await expect(notice).to_be_visible(timeout=15_000)
+    await screenshot(page, "drain-notice.png")
+    await asking.wait_idle(timeout=20)
+    assert await exit_status(app, 10) == 0
+    assert len(gemini.requests) == 1
+    await asking.disconnect()
+    await page.context.close()
