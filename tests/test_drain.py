@@ -26,7 +26,7 @@ from tests.chat_client import ChatClient
 from tests.db import app_database, query
 from tests.fake_gemini import Reply
 from tests.test_browser import type_and_send
-from tests.test_page import open_chat, screenshot
+from tests.test_page import last_step, open_chat, screenshot
 
 PIECES = [f"piece {n}, " for n in range(20)]
 WHOLE = "".join(PIECES)
@@ -88,6 +88,13 @@ async def test_sigterm_lets_a_streaming_answer_finish_and_store_then_exits_zero(
     client = await streaming_answer(
         app, gemini, "Tell me a long story", Reply(chunks=PIECES, delay=0.15)
     )
+    # The same chat open in a second tab, following the answer live.
+    viewer = ChatClient(app.url)
+    await viewer.connect(thread_id=await client.chat_thread())
+    await viewer.wait_for(
+        lambda: any("piece" in m.content for m in viewer.assistant_messages()),
+        what="the answer in the second tab",
+    )
     app.process.send_signal(signal.SIGTERM)
 
     # Draining: whatever would open a session here is turned away, for nginx to send elsewhere.
@@ -101,6 +108,13 @@ async def test_sigterm_lets_a_streaming_answer_finish_and_store_then_exits_zero(
     ended = time.monotonic()
     answers = [m.content for m in client.assistant_messages() if m.content.startswith("piece")]
     assert answers == [WHOLE]
+    await viewer.wait_for(
+        lambda: (
+            [m.content for m in viewer.assistant_messages() if m.content.startswith("piece")]
+            == [WHOLE]
+        ),
+        what="the whole answer in the second tab",
+    )
     assert await exit_status(app, 10) == 0
     assert time.monotonic() - ended < 3  # soon after the answer, not after the drain time
     assert [(text, meta["status"]) for text, meta in await stored_replies(app)] == [
@@ -108,6 +122,7 @@ async def test_sigterm_lets_a_streaming_answer_finish_and_store_then_exits_zero(
     ]
     assert len(gemini.requests) == 1
     await client.disconnect()
+    await viewer.disconnect()
 
 
 async def test_an_idle_instance_exits_at_once(start_app_with, gemini):
@@ -198,21 +213,26 @@ async def test_a_message_sent_while_draining_gets_the_notice_and_goes_nowhere(
 
 
 @pytest.mark.browser
-async def test_a_message_typed_while_draining_shows_the_notice_in_the_page(
+async def test_in_chromium_an_answer_finishes_and_a_new_message_gets_the_notice(
     browser, start_app_with, gemini
 ):
     app = start_app_with(DRAIN_SECONDS="30")
-    page = await open_chat(browser, app)
-    asking = await streaming_answer(app, gemini, "Keep going", Reply(chunks=PIECES, delay=0.15))
+    asking = await open_chat(browser, app)
+    other = await open_chat(browser, app)
+    gemini.script(Reply(chunks=PIECES, delay=0.15))
+    await type_and_send(asking, "Keep going")
+    answer = last_step(asking, "assistant_message")
+    await expect(answer).to_contain_text("piece 1,", timeout=15_000)
     app.process.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(status_of, app.url, "/")
+    await asyncio.to_thread(status_of, app.url, "/")  # draining
 
-    await type_and_send(page, "Hello from the open page")
-    notice = page.get_by_text(DRAINING_NOTICE)
-    await expect(notice).to_be_visible(timeout=15_000)
-    await screenshot(page, "drain-notice.png")
-    await asking.wait_idle(timeout=20)
+    await type_and_send(other, "Hello from the open page")
+    await expect(other.get_by_text(DRAINING_NOTICE)).to_be_visible(timeout=15_000)
+    await screenshot(other, "drain-notice.png")
+    await expect(answer).to_have_text(WHOLE.strip(), timeout=20_000)
+    await screenshot(asking, "drain-answer-finished.png")
     assert await exit_status(app, 10) == 0
-    assert len(gemini.requests) == 1
-    await asking.disconnect()
-    await page.context.close()
+    assert len(gemini.requests) == 1  # the running answer's only
+    assert [text for text, _ in await stored_replies(app)] == [WHOLE]
+    for page in (asking, other):
+        await page.context.close()
