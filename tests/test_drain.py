@@ -14,12 +14,14 @@ import signal
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 import websockets.exceptions
 import websockets.sync.client
 from playwright.async_api import expect
 
+from gemini_chat.actions import REGENERATE
 from gemini_chat.history import REPLY_MARKS
 from gemini_chat.lifecycle import DRAINING_NOTICE
 from tests.chat_client import ChatClient
@@ -236,3 +238,34 @@ async def test_in_chromium_an_answer_finishes_and_a_new_message_gets_the_notice(
     assert [text for text, _ in await stored_replies(app)] == [WHOLE]
     for page in (asking, other):
         await page.context.close()
+
+
+async def test_asking_again_while_draining_gets_the_notice_and_a_stranger_gets_503(
+    start_app_with, gemini
+):
+    app = start_app_with(DRAIN_SECONDS="30")
+    other = await ChatClient(app.url).connect()
+    await other.wait_for(other.assistant_messages, what="the welcome message")
+    gemini.script_for("Quick one", Reply(text="A quick answer"))
+    [answer] = await other.ask("Quick one")
+    await other.wait_for(
+        lambda: any(a["name"] == REGENERATE for a in other.actions_on(answer.id)),
+        what="Regenerate on the answer",
+    )
+    [regenerate] = [a for a in other.actions_on(answer.id) if a["name"] == REGENERATE]
+    asking = await streaming_answer(app, gemini, "Keep on", Reply(chunks=PIECES, delay=0.15))
+    app.process.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(status_of, app.url, "/")
+
+    # A click in a chat open here is that chat's: it reaches the app, which answers no more.
+    status, _ = await other.call_action(regenerate)
+    assert status == 200
+    await other.wait_for(lambda: DRAINING_NOTICE in other.errors(), what="the draining notice")
+    # A click naming no session open here is a newcomer's: elsewhere.
+    status, _ = await other.call_action(regenerate, session_id=str(uuid.uuid4()))
+    assert status == 503
+    await asking.wait_idle(timeout=20)
+    assert await exit_status(app, 10) == 0
+    assert len(gemini.requests) == 2  # the quick answer and the running one
+    await asking.disconnect()
+    await other.disconnect()
