@@ -269,3 +269,105 @@ async def test_asking_again_while_draining_gets_the_notice_and_a_stranger_gets_5
     assert len(gemini.requests) == 2  # the quick answer and the running one
     await asking.disconnect()
     await other.disconnect()
+
+
+# -- the drain's order of things, in-process
+
+
+@pytest.fixture
+def fresh_lifecycle(monkeypatch):
+    """The process's lifecycle as at start, put back after the test."""
+    from gemini_chat.lifecycle import lifecycle
+
+    monkeypatch.setattr(lifecycle, "draining", False)
+    monkeypatch.setattr(lifecycle, "cutting", False)
+    monkeypatch.setattr(lifecycle, "turns", set())
+    return lifecycle
+
+
+class Shutdown:
+    """uvicorn's exit handler, as the drain calls it, and the writes it waits for."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.called = asyncio.Event()
+        self.settled = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.calls.append(signum)
+        self.called.set()
+
+    async def settle(self) -> None:
+        self.settled += 1
+
+
+def turn(lifecycle, finished: asyncio.Event, statuses: list[str]) -> asyncio.Task:
+    """A turn as the chat runs one: reported, and stored with its status when cancelled."""
+
+    async def run() -> None:
+        lifecycle.turn_started()
+        try:
+            await finished.wait()
+            statuses.append("complete")
+        except asyncio.CancelledError:
+            statuses.append(lifecycle.reply_status_when_cancelled())
+            raise
+        finally:
+            lifecycle.turn_finished()
+
+    return asyncio.create_task(run())
+
+
+async def test_the_drain_waits_for_the_running_turn_then_settles_writes_and_shuts_down(
+    fresh_lifecycle,
+):
+    from gemini_chat.drain import Drain
+
+    shutdown, finished, statuses = Shutdown(), asyncio.Event(), []
+    running = turn(fresh_lifecycle, finished, statuses)
+    await asyncio.sleep(0)
+    drain = Drain(30, shutdown.settle, shutdown)
+    drain.on_signal(signal.SIGTERM)
+    assert fresh_lifecycle.draining
+    await asyncio.sleep(0.05)
+    assert shutdown.calls == []  # the answer is still running
+    finished.set()
+    await asyncio.wait_for(shutdown.called.wait(), 2)
+    assert (shutdown.calls, shutdown.settled, statuses) == ([signal.SIGTERM], 1, ["complete"])
+    await running
+
+
+async def test_the_drain_time_cuts_a_turn_as_interrupted(fresh_lifecycle):
+    from gemini_chat.drain import Drain
+
+    shutdown, statuses = Shutdown(), []
+    running = turn(fresh_lifecycle, asyncio.Event(), statuses)
+    await asyncio.sleep(0)
+    Drain(0.2, shutdown.settle, shutdown).on_signal(signal.SIGTERM)
+    await asyncio.wait_for(shutdown.called.wait(), 2)
+    assert (statuses, running.cancelled(), shutdown.settled) == (["interrupted"], True, 1)
+
+
+async def test_a_second_signal_cuts_at_once_and_a_third_is_uvicorns(fresh_lifecycle):
+    from gemini_chat.drain import Drain
+
+    shutdown, statuses = Shutdown(), []
+    turn(fresh_lifecycle, asyncio.Event(), statuses)
+    await asyncio.sleep(0)
+    drain = Drain(30, shutdown.settle, shutdown)
+    drain.on_signal(signal.SIGTERM)
+    await asyncio.sleep(0.05)
+    drain.on_signal(signal.SIGTERM)
+    await asyncio.wait_for(shutdown.called.wait(), 2)
+    assert statuses == ["interrupted"]
+    drain.on_signal(signal.SIGINT)
+    assert shutdown.calls == [signal.SIGTERM, signal.SIGINT]
+
+
+async def test_with_nothing_running_the_drain_shuts_down_at_once(fresh_lifecycle):
+    from gemini_chat.drain import Drain
+
+    shutdown = Shutdown()
+    Drain(30, shutdown.settle, shutdown).on_signal(signal.SIGTERM)
+    await asyncio.wait_for(shutdown.called.wait(), 0.5)
+    assert shutdown.calls == [signal.SIGTERM]
