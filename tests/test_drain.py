@@ -371,3 +371,29 @@ async def test_with_nothing_running_the_drain_shuts_down_at_once(fresh_lifecycle
     Drain(30, shutdown.settle, shutdown).on_signal(signal.SIGTERM)
     await asyncio.wait_for(shutdown.called.wait(), 0.5)
     assert shutdown.calls == [signal.SIGTERM]
+
+
+async def test_the_drain_waits_for_the_writes_asked_for_before_it(tmp_path):
+    """Chainlit stores each message from a task of its own: the process must not exit before
+    the last answer's write has run."""
+    from gemini_chat.storage import ChatDataLayer
+
+    layer = ChatDataLayer(f"sqlite+aiosqlite:///{tmp_path}/chats.db")
+    release, order = asyncio.Event(), []
+
+    async def slow_write() -> None:
+        await release.wait()
+        order.append("written")
+
+    async def settle() -> None:
+        await layer.writes_done()
+        order.append("settled")
+
+    writing = asyncio.create_task(layer._in_order(slow_write))
+    settling = asyncio.create_task(settle())
+    await asyncio.sleep(0.1)
+    assert order == []  # still waiting for the write
+    release.set()
+    await asyncio.wait_for(asyncio.gather(writing, settling), 2)
+    assert order == ["written", "settled"]
+    await layer.engine.dispose()
