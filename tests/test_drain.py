@@ -104,6 +104,7 @@ async def test_sigterm_lets_a_streaming_answer_finish_and_store_then_exits_zero(
     handshake = "/ws/socket.io/?EIO=4&transport=polling"
     assert await asyncio.to_thread(status_of, app.url, handshake) == 503
     assert await asyncio.to_thread(websocket_handshake_status, app.url) == 503
+    assert await asyncio.to_thread(status_of, app.url, "/health") == 200  # still alive
 
     # The answer streams on to its end, in the client that asked.
     await client.wait_idle(timeout=20)
