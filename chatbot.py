@@ -39,7 +39,7 @@ install_starters(settings.starters)
 async def on_app_startup() -> None:
     # SIGTERM drains this instance: running answers end and are stored, then it exits.
     install_message_refusal(settings.assistant_name)
-    drain_on_signals(settings.drain_timeout, server.data_layer.writes_done)
+    drain_on_signals(settings.drain_timeout, server.data_layer)
 
 
 @cl.on_app_shutdown

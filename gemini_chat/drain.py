@@ -243,13 +243,25 @@ class Drain:
         self.exit_server(signal.SIGTERM, None)
 
 
+async def writes_done(data_layer) -> None:
+    """Return once every write asked of the data layer so far is applied. Chainlit stores each
+    message from a task of its own; the data layer runs them one after another, in the order
+    they were asked for (storage.ChatDataLayer._in_order), so a no-op queued last ends last."""
+    await asyncio.sleep(0)  # writes just created take their place in the queue first
+    await data_layer._in_order(_nothing)
+
+
+async def _nothing() -> None:
+    return None
+
+
 def is_uvicorn_exit_handler(handler: Any) -> bool:
     import uvicorn
 
     return getattr(handler, "__func__", None) is uvicorn.Server.handle_exit
 
 
-def drain_on_signals(drain_timeout: float, settle: Callable[[], Awaitable[None]]) -> Drain | None:
+def drain_on_signals(drain_timeout: float, data_layer) -> Drain | None:
     """Make SIGTERM drain this instance and SIGINT stop it after storing what streamed; called
     in the running server (uvicorn has installed its signal handlers)."""
     uvicorn_exit = signal.getsignal(signal.SIGTERM)
@@ -258,7 +270,7 @@ def drain_on_signals(drain_timeout: float, settle: Callable[[], Awaitable[None]]
     ):
         logger.error("uvicorn's signal handler is not in place: SIGTERM stops without draining")
         return None
-    drain = Drain(drain_timeout, settle, uvicorn_exit)  # type: ignore[arg-type]
+    drain = Drain(drain_timeout, lambda: writes_done(data_layer), uvicorn_exit)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, drain.on_signal, signum)

@@ -206,9 +206,7 @@ RULES: dict[str, Rule] = {
     "get_attachment_usage": Rule(lambda a: [Id("thread", a["thread_id"], new=True)], _none),
 }
 # No id a client names: the user comes from Chainlit's own login, or there is no id at all.
-EXEMPT = frozenset(
-    {"get_user", "create_user", "build_debug_url", "close", "writes_done"}  # writes_done: no row
-)
+EXEMPT = frozenset({"get_user", "create_user", "build_debug_url", "close"})
 # The SQLAlchemy layer's helpers, which Chainlit calls only from inside the data layer.
 INTERNAL = frozenset(
     {"execute_sql", "clean_result", "get_current_timestamp", "get_all_user_threads"}

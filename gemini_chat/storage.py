@@ -223,13 +223,6 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             finally:
                 _holds_write_lock.reset(token)
 
-    async def writes_done(self) -> None:
-        """Return once every write asked for so far is applied (a drain waits for it before
-        the process exits)."""
-        await asyncio.sleep(0)  # writes just created take their place in the queue first
-        async with self._write_lock:
-            pass
-
     async def execute_sql(self, query: str, parameters: dict) -> list[dict[str, Any]] | int | None:
         # A connection, not an ORM session: the statements are plain SQL, and the session's
         # machinery cost a tenth of each one's Python calls.

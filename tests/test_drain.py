@@ -377,6 +377,7 @@ async def test_with_nothing_running_the_drain_shuts_down_at_once(fresh_lifecycle
 async def test_the_drain_waits_for_the_writes_asked_for_before_it(tmp_path):
     """Chainlit stores each message from a task of its own: the process must not exit before
     the last answer's write has run."""
+    from gemini_chat.drain import writes_done
     from gemini_chat.storage import ChatDataLayer
 
     layer = ChatDataLayer(f"sqlite+aiosqlite:///{tmp_path}/chats.db")
@@ -387,7 +388,7 @@ async def test_the_drain_waits_for_the_writes_asked_for_before_it(tmp_path):
         order.append("written")
 
     async def settle() -> None:
-        await layer.writes_done()
+        await writes_done(layer)
         order.append("settled")
 
     writing = asyncio.create_task(layer._in_order(slow_write))
