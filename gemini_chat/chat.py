@@ -260,7 +260,7 @@ class ChatController:
         emitter = cl.context.emitter
         await emitter.task_start()  # the page shows Stop, as for a message
         idle_collector.started()
-        lifecycle.turn_started()
+        lifecycle.track(asyncio.current_task())
         began = False
         try:
             admission: Admission | None = None
@@ -301,7 +301,6 @@ class ChatController:
                 await conversation.answers.offer(last)
         finally:
             idle_collector.finished()
-            lifecycle.turn_finished()
             await emitter.task_end()
 
     async def end(self) -> None:
@@ -411,7 +410,7 @@ class ChatController:
         task = asyncio.current_task()
         conversation.tasks.add(task)
         idle_collector.started()
-        lifecycle.turn_started()
+        lifecycle.track(asyncio.current_task())
         try:
             async with conversation.turn_lock:
                 watched = live_replies.watched_by(cl.context.session)
@@ -426,7 +425,6 @@ class ChatController:
             release_uploads(message)
             conversation.tasks.discard(task)
             idle_collector.finished()
-            lifecycle.turn_finished()
 
     def _user(self) -> str:
         user = cl.context.session.user

@@ -135,12 +135,15 @@ def _session_event_while_draining(handler, author: str):
     instead while draining."""
 
     async def on_event(sid: str, payload: Any = None) -> None:
-        if not lifecycle.draining:
-            await handler(sid, payload)
-            return
         from chainlit.session import WebsocketSession
 
         session = WebsocketSession.get(sid)
+        if not lifecycle.draining:
+            await handler(sid, payload)
+            # Counted from its arrival: a drain starting while the message is being admitted
+            # waits for its answer too.
+            lifecycle.track(getattr(session, "current_task", None))
+            return
         if session is not None:
             logger.info("Refused a message while draining: the page is told to reload")
             await show_draining_notice(session, author)

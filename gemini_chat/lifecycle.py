@@ -26,17 +26,19 @@ class Lifecycle:
     # Set when the drain stops waiting (its time ran out, or a second signal came): the answers
     # still running are cut, and stored as interrupted rather than stopped.
     cutting: bool = False
-    # The tasks running a turn (answering a message, asking again), queued ones included.
+    # The tasks running a turn (a message from its arrival, asking again), queued ones too.
     turns: set[asyncio.Task] = field(default_factory=set)
     _idle: asyncio.Event | None = None
 
-    def turn_started(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.turns.add(task)
+    def track(self, task: asyncio.Task | None) -> None:
+        """Count ``task`` as a running turn until it is done."""
+        if task is None or task.done() or task in self.turns:
+            return
+        self.turns.add(task)
+        task.add_done_callback(self._turn_done)
 
-    def turn_finished(self) -> None:
-        self.turns.discard(asyncio.current_task())  # type: ignore[arg-type]
+    def _turn_done(self, task: asyncio.Task) -> None:
+        self.turns.discard(task)
         if not self.turns and self._idle is not None:
             self._idle.set()
 
@@ -44,12 +46,6 @@ class Lifecycle:
         """Return once no turn is running here."""
         while self.turns:
             self._idle = asyncio.Event()
-            # A task cancelled before it reached its turn's end still leaves the set.
-            for task in list(self.turns):
-                if task.done():
-                    self.turns.discard(task)
-            if not self.turns:
-                break
             await self._idle.wait()
 
     def cut_turns(self) -> int:

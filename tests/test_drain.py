@@ -306,15 +306,13 @@ def turn(lifecycle, finished: asyncio.Event, statuses: list[str]) -> asyncio.Tas
     """A turn as the chat runs one: reported, and stored with its status when cancelled."""
 
     async def run() -> None:
-        lifecycle.turn_started()
+        lifecycle.track(asyncio.current_task())
         try:
             await finished.wait()
             statuses.append("complete")
         except asyncio.CancelledError:
             statuses.append(lifecycle.reply_status_when_cancelled())
             raise
-        finally:
-            lifecycle.turn_finished()
 
     return asyncio.create_task(run())
 
