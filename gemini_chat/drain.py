@@ -45,6 +45,8 @@ ALWAYS_SERVED = frozenset({"/health", "/healthz", "/readyz", "/metrics"})
 SOCKET_PATH = "/ws/socket.io"
 # How long the cut answers get to store what they wrote before the server goes down anyway.
 CUT_GRACE = 5.0
+# How long the pages still connected get to be told to go (and their chats' state stored).
+CLOSE_GRACE = 3.0
 # Requests naming their session in a JSON body (Chainlit's frontend: callAction, element edits).
 BODY_SESSION_ROUTES = frozenset({("POST", "/project/action"), ("PUT", "/project/element")})
 
@@ -187,18 +189,21 @@ def install_message_refusal(author: str) -> None:
 class Drain:
     """The drain of this process, started by the first SIGTERM.
 
-    ``settle`` waits for the writes asked for so far to be stored; ``exit_server`` shuts the
-    server down (uvicorn's handler of a signal)."""
+    ``settle`` waits for the writes asked for so far to be stored; ``close_connections`` ends
+    the chat connections still open; ``exit_server`` shuts the server down (uvicorn's handler
+    of a signal)."""
 
     def __init__(
         self,
         drain_timeout: float,
         settle: Callable[[], Awaitable[None]],
         exit_server: Callable[[int, Any], None],
+        close_connections: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.drain_timeout = drain_timeout
         self.settle = settle
         self.exit_server = exit_server
+        self.close_connections = close_connections
         self.task: asyncio.Task | None = None
         self.now = asyncio.Event()  # stop waiting for the answers: cut them
 
@@ -239,7 +244,9 @@ class Drain:
                     await asyncio.wait_for(ended, CUT_GRACE)
                 except TimeoutError:
                     logger.error("Answers still running %.0f s after being cut", CUT_GRACE)
-            await self.settle()
+            if self.close_connections is not None:
+                await self.close_connections()
+            await self.settle()  # what the chats' disconnection stored too
         except Exception:
             logger.exception("The drain failed; shutting down")
         logger.info("Drained: shutting down")
@@ -258,6 +265,25 @@ async def _nothing() -> None:
     return None
 
 
+async def close_chat_connections() -> None:
+    """End every chat connection, telling each page to reconnect (elsewhere: this instance
+    answers no new one). uvicorn's shutdown closes websockets itself but waits for a pending
+    long-poll (a page without websockets, or still upgrading) to end by itself, which takes
+    engine.io's ping interval (25 s)."""
+    from chainlit.server import sio
+
+    sockets = list(sio.eio.sockets.values())
+    if not sockets:
+        return
+    # Each runs Chainlit's disconnect (the chat's state is stored) and queues engine.io's close
+    # packet; not waiting for a polling page to fetch it (wait=False): it may never come back.
+    closing = (socket.close(wait=False) for socket in sockets)
+    try:
+        await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), CLOSE_GRACE)
+    except TimeoutError:
+        logger.warning("Chat connections still closing after %.0f s", CLOSE_GRACE)
+
+
 def is_uvicorn_exit_handler(handler: Any) -> bool:
     import uvicorn
 
@@ -273,7 +299,12 @@ def drain_on_signals(drain_timeout: float, data_layer) -> Drain | None:
     ):
         logger.error("uvicorn's signal handler is not in place: SIGTERM stops without draining")
         return None
-    drain = Drain(drain_timeout, lambda: writes_done(data_layer), uvicorn_exit)  # type: ignore[arg-type]
+    drain = Drain(
+        drain_timeout,
+        lambda: writes_done(data_layer),
+        uvicorn_exit,  # type: ignore[arg-type]
+        close_chat_connections,
+    )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, drain.on_signal, signum)

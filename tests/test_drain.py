@@ -128,13 +128,58 @@ async def test_sigterm_lets_a_streaming_answer_finish_and_store_then_exits_zero(
     await viewer.disconnect()
 
 
-async def test_an_idle_instance_exits_at_once(start_app_with, gemini):
+async def test_an_answer_asked_but_not_yet_begun_is_waited_for(start_app_with, gemini):
     app = start_app_with(DRAIN_SECONDS="30")
     client = await ChatClient(app.url).connect()
     await client.wait_for(client.assistant_messages, what="the welcome message")
+    gemini.script(Reply(text="Worth the wait", first_delay=1.5))
+    client.mark()
+    await client.send("Take your time")
+    await gemini.arrived(1)  # asked; Gemini has not said a word yet
+    app.process.send_signal(signal.SIGTERM)
+    await client.wait_idle(timeout=20)
+    assert "Worth the wait" in [m.content for m in client.assistant_messages()]
+    assert await exit_status(app, 10) == 0
+    assert [(t, m["status"]) for t, m in await stored_replies(app)] == [
+        ("Worth the wait", "complete")
+    ]
+    await client.disconnect()
+
+
+async def connect_by_long_polling(client: ChatClient) -> ChatClient:
+    """Connect as a page does where websockets are blocked: socket.io over long-polling, a
+    request always waiting at the server for the next event."""
+    await client.login_local()
+    await client.sio.connect(
+        client.url,
+        socketio_path="/ws/socket.io",
+        transports=["polling"],
+        headers=client.headers,
+        auth={
+            "clientType": "webapp",
+            "sessionId": client.session_id,
+            "threadId": "",
+            "userEnv": "{}",
+            "chatProfile": "",
+        },
+        wait_timeout=10,
+    )
+    await client.sio.emit("connection_successful")
+    return client
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_an_idle_instance_exits_at_once(start_app_with, gemini, transport):
+    app = start_app_with(DRAIN_SECONDS="30")
+    client = ChatClient(app.url)
+    if transport == "polling":
+        await connect_by_long_polling(client)
+    else:
+        await client.connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
     signalled = time.monotonic()
     app.process.send_signal(signal.SIGTERM)
-    assert await exit_status(app, 10) == 0
+    assert await exit_status(app, 40) == 0
     assert time.monotonic() - signalled < 3
     await client.disconnect()
 

@@ -363,6 +363,12 @@ def test_the_drain_tells_open_sockets_and_sessions_from_new_ones_as_chainlit_kee
     from chainlit.session import WebsocketSession
 
     assert isinstance(sio.eio.sockets, dict)
+    # drain.close_chat_connections closes each without waiting for a polling page to fetch it.
+    from engineio.async_socket import AsyncSocket
+
+    close = inspect.signature(AsyncSocket.close)
+    assert list(close.parameters)[:2] == ["self", "wait"]
+    assert "'disconnect'" in inspect.getsource(AsyncSocket.close)
     assert "sid" in inspect.getsource(type(sio.eio).handle_request)
     assert WebsocketSession.get_by_id("not-a-session") is None
     call_action = inspect.getsource(chainlit.server.call_action)
