@@ -286,7 +286,7 @@ async def test_in_chromium_an_answer_finishes_and_a_new_message_gets_the_notice(
         await page.context.close()
 
 
-async def test_asking_again_while_draining_gets_the_notice_and_a_stranger_gets_503(
+async def test_asking_again_or_editing_while_draining_gets_the_notice_a_stranger_503(
     start_app_with, gemini
 ):
     app = start_app_with(DRAIN_SECONDS="30")
@@ -307,12 +307,20 @@ async def test_asking_again_while_draining_gets_the_notice_and_a_stranger_gets_5
     status, _ = await other.call_action(regenerate)
     assert status == 200
     await other.wait_for(lambda: DRAINING_NOTICE in other.errors(), what="the draining notice")
+    # An edited message would be asked again: refused the same way, the stored one unchanged.
+    [question] = [m.id for m in other.messages.values() if m.content == "Quick one"]
+    await other.edit(question, "Quick one, edited")
+    await other.wait_for(
+        lambda: other.errors().count(DRAINING_NOTICE) == 2, what="the notice for the edit"
+    )
     # A click naming no session open here is a newcomer's: elsewhere.
     status, _ = await other.call_action(regenerate, session_id=str(uuid.uuid4()))
     assert status == 503
     await asking.wait_idle(timeout=20)
     assert await exit_status(app, 10) == 0
     assert len(gemini.requests) == 2  # the quick answer and the running one
+    stored = await query(app_database(app), "SELECT output FROM steps WHERE id = :id", id=question)
+    assert stored == [("Quick one",)]
     await asking.disconnect()
     await other.disconnect()
 
