@@ -204,7 +204,26 @@ async def test_an_answer_past_the_drain_time_is_stored_interrupted_with_its_text
     # What the client was shown before the server went down is what was stored.
     shown = next(m.content for m in client.assistant_messages() if m.content.startswith("piece"))
     assert shown.startswith(written)
+    thread = await client.chat_thread()
     await client.disconnect()
+
+    # Started again on its database, the chat goes on: the cut answer is in the next request
+    # as it was written, without its mark.
+    again = start_app_with(directory=app.directory, DRAIN_SECONDS="2")
+    resumed = ChatClient(again.url)
+    await resumed.connect(thread_id=thread)
+    await resumed.wait_for(
+        lambda: any(m.content == text for m in resumed.assistant_messages()),
+        what="the interrupted answer, marked, in the reopened chat",
+    )
+    gemini.script(Reply(text="The end."))
+    await resumed.ask("And then?")
+    assert gemini.last.conversation[1:] == [
+        ("user", "Tell me an endless story"),
+        ("assistant", written),
+        ("user", "And then?"),
+    ]
+    await resumed.disconnect()
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
