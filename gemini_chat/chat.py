@@ -410,7 +410,7 @@ class ChatController:
         task = asyncio.current_task()
         conversation.tasks.add(task)
         idle_collector.started()
-        lifecycle.track(asyncio.current_task())
+        lifecycle.track(task)
         try:
             async with conversation.turn_lock:
                 watched = live_replies.watched_by(cl.context.session)
