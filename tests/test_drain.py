@@ -31,6 +31,9 @@ from tests.test_browser import type_and_send
 from tests.test_page import last_step, open_chat, screenshot
 
 PIECES = [f"piece {n}, " for n in range(20)]
+# The answers here are slow on purpose (a piece a second, a first word after 1.5 s): the app
+# must not give up on them as stalled.
+SLOW_GEMINI = {"GEMINI_STALL_TIMEOUT": "10"}
 WHOLE = "".join(PIECES)
 
 
@@ -86,7 +89,7 @@ async def streaming_answer(app, gemini, text: str, reply: Reply) -> ChatClient:
 async def test_sigterm_lets_a_streaming_answer_finish_and_store_then_exits_zero(
     start_app_with, gemini
 ):
-    app = start_app_with(DRAIN_SECONDS="30")
+    app = start_app_with(DRAIN_SECONDS="30", **SLOW_GEMINI)
     client = await streaming_answer(
         app, gemini, "Tell me a long story", Reply(chunks=PIECES, delay=0.15)
     )
@@ -129,7 +132,7 @@ async def test_sigterm_lets_a_streaming_answer_finish_and_store_then_exits_zero(
 
 
 async def test_an_answer_asked_but_not_yet_begun_is_waited_for(start_app_with, gemini):
-    app = start_app_with(DRAIN_SECONDS="30")
+    app = start_app_with(DRAIN_SECONDS="30", **SLOW_GEMINI)
     client = await ChatClient(app.url).connect()
     await client.wait_for(client.assistant_messages, what="the welcome message")
     gemini.script(Reply(text="Worth the wait", first_delay=1.5))
@@ -170,7 +173,7 @@ async def connect_by_long_polling(client: ChatClient) -> ChatClient:
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_an_idle_instance_exits_at_once(start_app_with, gemini, transport):
-    app = start_app_with(DRAIN_SECONDS="30")
+    app = start_app_with(DRAIN_SECONDS="30", **SLOW_GEMINI)
     client = ChatClient(app.url)
     if transport == "polling":
         await connect_by_long_polling(client)
@@ -187,7 +190,7 @@ async def test_an_idle_instance_exits_at_once(start_app_with, gemini, transport)
 async def test_an_answer_past_the_drain_time_is_stored_interrupted_with_its_text(
     start_app_with, gemini
 ):
-    app = start_app_with(DRAIN_SECONDS="2")
+    app = start_app_with(DRAIN_SECONDS="2", **SLOW_GEMINI)
     client = await streaming_answer(
         app, gemini, "Tell me an endless story", Reply(chunks=PIECES, delay=1)
     )
@@ -209,7 +212,7 @@ async def test_an_answer_past_the_drain_time_is_stored_interrupted_with_its_text
 
     # Started again on its database, the chat goes on: the cut answer is in the next request
     # as it was written, without its mark.
-    again = start_app_with(directory=app.directory, DRAIN_SECONDS="2")
+    again = start_app_with(directory=app.directory, DRAIN_SECONDS="2", **SLOW_GEMINI)
     resumed = ChatClient(again.url)
     await resumed.connect(thread_id=thread)
     await resumed.wait_for(
@@ -228,7 +231,7 @@ async def test_an_answer_past_the_drain_time_is_stored_interrupted_with_its_text
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
 async def test_a_second_signal_cuts_the_answers_at_once(start_app_with, gemini, second):
-    app = start_app_with(DRAIN_SECONDS="30")
+    app = start_app_with(DRAIN_SECONDS="30", **SLOW_GEMINI)
     client = await streaming_answer(
         app, gemini, "Tell me a slow story", Reply(chunks=PIECES, delay=1)
     )
@@ -245,7 +248,7 @@ async def test_a_second_signal_cuts_the_answers_at_once(start_app_with, gemini, 
 
 
 async def test_sigint_alone_stores_what_streamed_and_stops_at_once(start_app_with, gemini):
-    app = start_app_with(DRAIN_SECONDS="30")
+    app = start_app_with(DRAIN_SECONDS="30", **SLOW_GEMINI)
     client = await streaming_answer(
         app, gemini, "Tell me a slow tale", Reply(chunks=PIECES, delay=1)
     )
@@ -261,7 +264,7 @@ async def test_sigint_alone_stores_what_streamed_and_stops_at_once(start_app_wit
 async def test_a_message_sent_while_draining_gets_the_notice_and_goes_nowhere(
     start_app_with, gemini
 ):
-    app = start_app_with(DRAIN_SECONDS="30")
+    app = start_app_with(DRAIN_SECONDS="30", **SLOW_GEMINI)
     asking = await streaming_answer(app, gemini, "Keep talking", Reply(chunks=PIECES, delay=0.15))
     other = await ChatClient(app.url).connect()
     await other.wait_for(other.assistant_messages, what="the welcome message")
@@ -283,7 +286,7 @@ async def test_a_message_sent_while_draining_gets_the_notice_and_goes_nowhere(
 async def test_in_chromium_an_answer_finishes_and_a_new_message_gets_the_notice(
     browser, start_app_with, gemini
 ):
-    app = start_app_with(DRAIN_SECONDS="30")
+    app = start_app_with(DRAIN_SECONDS="30", **SLOW_GEMINI)
     asking = await open_chat(browser, app)
     other = await open_chat(browser, app)
     gemini.script(Reply(chunks=PIECES, delay=0.15))
@@ -308,7 +311,7 @@ async def test_in_chromium_an_answer_finishes_and_a_new_message_gets_the_notice(
 async def test_asking_again_or_editing_while_draining_gets_the_notice_a_stranger_503(
     start_app_with, gemini
 ):
-    app = start_app_with(DRAIN_SECONDS="30")
+    app = start_app_with(DRAIN_SECONDS="30", **SLOW_GEMINI)
     other = await ChatClient(app.url).connect()
     await other.wait_for(other.assistant_messages, what="the welcome message")
     gemini.script_for("Quick one", Reply(text="A quick answer"))
