@@ -11,6 +11,7 @@ import chainlit as cl
 from gemini_chat.actions import CONTINUE, REGENERATE, USAGE
 from gemini_chat.app import prepare_server
 from gemini_chat.chat import ChatController
+from gemini_chat.drain import drain_on_signals, install_message_refusal
 from gemini_chat.limits import build_usage_counter
 from gemini_chat.llm import build_backend, build_client, build_model
 from gemini_chat.sharing import viewable
@@ -32,6 +33,13 @@ backend = (
 controller = ChatController(settings, backend, build_usage_counter(settings, server.access.local))
 # Buttons with ready-made first messages under the welcome (CHAT_STARTERS).
 install_starters(settings.starters)
+
+
+@cl.on_app_startup
+async def on_app_startup() -> None:
+    # SIGTERM drains this instance: running answers end and are stored, then it exits.
+    install_message_refusal(settings.assistant_name)
+    drain_on_signals(settings.drain_timeout, server.data_layer)
 
 
 @cl.on_app_shutdown

@@ -24,6 +24,7 @@ from . import metrics
 from .actions import CONTINUE_PROMPT, Answers, LastAnswer, set_aside, show_usage
 from .attachments import Attachment, AttachmentRefused, configured_limits
 from .config import Settings
+from .drain import show_draining_notice
 from .errors import (
     AnswerTruncated,
     ChatError,
@@ -44,6 +45,7 @@ from .history import (
     continued_items,
     history_from_steps,
 )
+from .lifecycle import lifecycle
 from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
 from .live import LiveReply, live_replies
 from .llm import Backend
@@ -252,9 +254,14 @@ class ChatController:
         task.add_done_callback(conversation.tasks.discard)
 
     async def _again(self, conversation: Conversation, last: LastAnswer, continuing: bool) -> None:
+        if lifecycle.draining:  # no new answer here: the chat goes on on another instance
+            await show_draining_notice(cl.context.session, self.settings.assistant_name)
+            await conversation.answers.offer(last)
+            return
         emitter = cl.context.emitter
         await emitter.task_start()  # the page shows Stop, as for a message
         idle_collector.started()
+        lifecycle.track(asyncio.current_task())
         began = False
         try:
             admission: Admission | None = None
@@ -406,6 +413,7 @@ class ChatController:
         task = asyncio.current_task()
         conversation.tasks.add(task)
         idle_collector.started()
+        lifecycle.track(task)
         try:
             async with conversation.turn_lock:
                 watched = live_replies.watched_by(cl.context.session)
@@ -529,7 +537,8 @@ class ChatController:
             metrics.message_stopped()
             answer = prefix + stream.text
             items = settle()
-            await self._finish_partial(reply, answer, "stopped")
+            # Stopped by the user, or cut by the end of a drain (lifecycle.py).
+            await self._finish_partial(reply, answer, lifecycle.reply_status_when_cancelled())
             keep(answer, items)
             raise
         except ChatError as error:

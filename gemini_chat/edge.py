@@ -13,6 +13,8 @@ One ASGI middleware, in front of every other one, that
   no MIME sniffing, no referrer;
 - lets exactly the operator's endpoints (/healthz, /readyz, /metrics: gemini_chat/health.py)
   through the local-mode checks, so a probe or Prometheus reaches them under any host name;
+- while the instance drains after SIGTERM, answers 503 to whatever would open a new session
+  here (gemini_chat/drain.py), so a load balancer sends it to another instance;
 - marks cookies ``Secure`` when the request came over HTTPS, directly or through a proxy that
   uvicorn trusts (``X-Forwarded-Proto``; FORWARDED_ALLOW_IPS, this computer by default).
 """
@@ -29,7 +31,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .drain import admitted_while_draining, refuse_while_draining
 from .health import OPERATIONS_PATHS
+from .lifecycle import lifecycle
 
 logger = logging.getLogger("gemini_chat")
 
@@ -191,7 +195,13 @@ class Edge:
         refusal = self.refusal(scope, headers, rules)
         if refusal is not None:
             await _refuse(scope, receive, send, *refusal)
-        elif scope["type"] == "websocket":
+            return
+        if lifecycle.draining:  # only what belongs to a session open here (drain.py)
+            admitted, receive = await admitted_while_draining(scope, receive, rules.body_limit)
+            if not admitted:
+                await refuse_while_draining(scope, receive, send)
+                return
+        if scope["type"] == "websocket":
             await self.app(scope, receive, send)
         else:
             await self.serve(scope, receive, send, rules)

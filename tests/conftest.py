@@ -158,6 +158,8 @@ def app_env(gemini: FakeGemini, **overrides: str) -> dict[str, str]:
         "GEMINI_STALL_TIMEOUT": "1.5",
         "GEMINI_MAX_RETRY_WAIT": "2",
         "DISCONNECT_GRACE_SECONDS": "1.5",
+        # A test's app stopped mid-answer exits soon (the drain tests set their own).
+        "DRAIN_SECONDS": "1",
     }
     base.update(overrides)
     return guarded_env(**base)

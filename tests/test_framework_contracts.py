@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import signal
 
 import chainlit.server
 import chainlit.socket
@@ -360,3 +361,80 @@ def test_the_chat_of_a_log_line_is_the_thread_of_the_contexts_socket_session():
 
     assert isinstance(context_var, ContextVar)
     assert "self.thread_id = " in inspect.getsource(WebsocketSession.__mro__[1].__init__)
+
+
+# -- the drain on SIGTERM (gemini_chat/drain.py)
+
+
+def test_chainlit_runs_uvicorns_server_whose_startup_runs_inside_its_signal_handlers():
+    """drain_on_signals runs in on_app_startup and keeps what is then SIGTERM's handler as
+    uvicorn's way to shut down: `chainlit run` must serve with uvicorn.Server.serve, which
+    installs handle_exit for SIGTERM and SIGINT before it runs the lifespan's startup."""
+    import chainlit.cli
+    import uvicorn.server
+
+    run = inspect.getsource(chainlit.cli.run_chainlit)
+    assert "server = uvicorn.Server(config)" in run and "await server.serve()" in run
+    serve = inspect.getsource(uvicorn.Server.serve)
+    assert "with self.capture_signals():" in serve and "await self._serve(sockets)" in serve
+    capture = inspect.getsource(uvicorn.Server.capture_signals)
+    assert "signal.signal(sig, self.handle_exit)" in capture
+    assert {signal.SIGTERM, signal.SIGINT} <= set(uvicorn.server.HANDLED_SIGNALS)
+    assert "await self.lifespan.startup()" in inspect.getsource(uvicorn.Server.startup)
+    assert "await config.code.on_app_startup()" in inspect.getsource(chainlit.server.lifespan)
+
+
+def test_uvicorns_exit_handler_shuts_the_server_down_and_chainlit_exits_zero():
+    """The drain calls handle_exit(SIGTERM) when it is over: it must ask for the graceful
+    shutdown (should_exit, not force_exit), whose lifespan shutdown is Chainlit's, which ends
+    the process with status 0."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app=None))
+    server.handle_exit(signal.SIGTERM, None)
+    assert (server.should_exit, server.force_exit) == (True, False)
+    shutdown = inspect.getsource(uvicorn.Server.shutdown)
+    assert "connection.shutdown()" in shutdown and "await self.lifespan.shutdown()" in shutdown
+    lifespan = inspect.getsource(chainlit.server.lifespan)
+    assert lifespan.index("await config.code.on_app_shutdown()") < lifespan.index("os._exit(0)")
+
+
+def test_the_drain_tells_open_sockets_and_sessions_from_new_ones_as_chainlit_keeps_them():
+    """While draining, the edge admits a socket.io request whose engine.io sid this process
+    has open (sio.eio.sockets) and a request naming an open session (WebsocketSession)."""
+    from chainlit.session import WebsocketSession
+
+    assert isinstance(sio.eio.sockets, dict)
+    # drain.close_chat_connections closes each without waiting for a polling page to fetch it.
+    from engineio.async_socket import AsyncSocket
+
+    close = inspect.signature(AsyncSocket.close)
+    assert list(close.parameters)[:2] == ["self", "wait"]
+    assert "'disconnect'" in inspect.getsource(AsyncSocket.close)
+    assert "sid" in inspect.getsource(type(sio.eio).handle_request)
+    assert WebsocketSession.get_by_id("not-a-session") is None
+    call_action = inspect.getsource(chainlit.server.call_action)
+    assert 'payload["sessionId"]' in call_action or "sessionId" in call_action
+
+
+def test_a_sent_or_edited_message_reaches_chainlits_socket_handlers_that_store_it():
+    """drain.install_message_refusal answers these events instead of Chainlit while draining,
+    because Chainlit stores the message (and creates the chat) before on_message runs."""
+    for event in ("client_message", "edit_message"):
+        handler = sio.handlers["/"][event]
+        original = getattr(handler, "wrapped", handler)
+        assert list(inspect.signature(original).parameters) == ["sid", "payload"]
+    assert "asyncio.create_task(message._create())" in inspect.getsource(
+        ChainlitEmitter.process_message
+    )
+
+
+def test_uvicorns_websocket_protocols_can_answer_a_handshake_with_a_503():
+    """A refused socket.io websocket handshake gets an HTTP 503 (for nginx to try another
+    instance) through the ASGI websocket.http.response extension."""
+    from uvicorn.protocols.websockets import websockets_sansio_impl, wsproto_impl
+
+    for module in (websockets_sansio_impl, wsproto_impl):
+        source = inspect.getsource(module)
+        assert '"websocket.http.response": {}' in source
+        assert '"websocket.http.response.start"' in source
