@@ -46,6 +46,7 @@ from .history import (
 from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
 from .live import LiveReply, live_replies
 from .llm import Backend
+from .partial import PartialSaver, settle_interrupted
 from .preferences import METADATA_KEY as PREFERENCES_KEY
 from .preferences import (
     ModelCatalog,
@@ -178,6 +179,8 @@ class ChatController:
     async def resume(self, thread: dict) -> None:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
         copy of the old session is not trusted for that)."""
+        live = live_replies.get(thread.get("id"))
+        await settle_interrupted(thread, live.reply.id if live is not None else None)
         steps = thread.get("steps") or []
         history = history_from_steps(
             steps,
@@ -510,10 +513,13 @@ class ChatController:
         notice: cl.Message | None = None
         failure: ChatError | None = None
         usage: TokenUsage | None = None
+        # Stored as it streams, so a process that dies mid-answer loses little of it.
+        saver = PartialSaver.start_for(reply, self.settings.partial_save_interval)
         try:
             try:
                 answer = prefix + await stream.run(items)
             finally:
+                saver.stop()  # before the reply's final write, which replaces the partial one
                 usage = self._account(conversation, reply, stream, continued)
             reply.content = answer
             items = settle()

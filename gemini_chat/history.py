@@ -36,7 +36,11 @@ MAX_SCALE = 8.0
 
 
 # How a reply that did not complete is marked on screen (and so in storage); never sent back.
-REPLY_MARKS = {"stopped": "\n\n*— stopped*", "incomplete": "\n\n*— incomplete reply*"}
+REPLY_MARKS = {
+    "stopped": "\n\n*— stopped*",
+    "incomplete": "\n\n*— incomplete reply*",
+    "interrupted": "\n\n*— interrupted: the server writing this answer stopped*",
+}
 # What a reply stopped before its first word shows in its place.
 STOPPED_BEFORE_TEXT = "*Stopped before any answer.*"
 
