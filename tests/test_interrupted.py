@@ -284,6 +284,128 @@ async def test_a_killed_answer_was_stored_as_it_streamed_and_reopens_interrupted
     await reopened.disconnect()
 
 
+async def test_the_final_write_replaces_the_partial_one_complete_or_stopped(restartable, gemini):
+    app = restartable()
+    gemini.script(
+        Reply(chunks=counted_words(40), delay=0.05), Reply(chunks=counted_words(400), delay=0.05)
+    )
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    await client.send("Count to forty")
+    thread_id = await client.chat_thread()
+    await eventually(lambda: partial_text(app, thread_id), what="a partial save")
+    await client.wait_idle()
+    whole = "".join(counted_words(40))
+
+    async def stored_as(expected: list[tuple[str, str]]) -> bool:
+        rows = await stored_replies(app, thread_id)
+        return [(text, meta.get("status")) for text, meta in rows] == expected
+
+    await eventually(lambda: stored_as([(whole, "complete")]), what="the complete answer")
+
+    await client.send("Count to four hundred")
+    await client.wait_for(
+        lambda: any("w010" in m.content for m in client.assistant_messages()[2:]),
+        what="the second answer streaming",
+    )
+
+    async def second_saved() -> bool:
+        rows = await stored_replies(app, thread_id)
+        return len(rows) == 2 and rows[1][1].get("status") == "streaming"
+
+    await eventually(second_saved, what="the second answer saved as it streams")
+    client.mark()
+    await client.stop()
+    await client.wait_for(lambda: "task_end" in [n for n, _ in client.events[client._mark :]])
+    shown = client.assistant_messages()[-1].content
+    assert shown.endswith(REPLY_MARKS["stopped"])
+    await eventually(
+        lambda: stored_as([(whole, "complete"), (shown, "stopped")]), what="the stopped answer"
+    )
+    assert not await query(
+        app_database(app),
+        'SELECT "id" FROM steps WHERE "streaming" = 1 AND "threadId" = :t',
+        t=thread_id,
+    )
+    await client.disconnect()
+
+
+def words_after(count: int) -> list[str]:
+    return [f" w{i:03d}" for i in range(count)]
+
+
+@pytest.mark.parametrize("again", ["continue", "regenerate"])
+async def test_an_answer_asked_again_or_continued_when_killed_reopens_interrupted(
+    restartable, gemini, again
+):
+    app = restartable()
+    if again == "continue":
+        first = Reply(chunks=["The start", " of it"], finish_reason="length")
+    else:
+        first = Reply("Old answer.")
+    gemini.script(first, Reply(chunks=words_after(400), delay=0.05))
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    shown = await client.ask("Tell me all")
+    thread_id = await client.chat_thread()
+    button = "continue" if again == "continue" else "regenerate"
+    anchor = shown[-1]
+    await client.wait_for(
+        lambda: [a for a in client.actions_on(anchor.id) if a["name"] == button],
+        what=f"{button} on the answer",
+    )
+    [action] = [a for a in client.actions_on(anchor.id) if a["name"] == button]
+    status, body = await client.call_action(action)
+    assert status == 200, body
+
+    async def streaming_row() -> tuple[str, str] | None:
+        rows = await query(
+            app_database(app),
+            'SELECT "id", "output", "metadata" FROM steps WHERE "threadId" = :t',
+            t=thread_id,
+        )
+        for step_id, output, metadata in rows:
+            if json.loads(metadata or "{}").get("status") == "streaming" and " w005" in output:
+                return step_id, output
+        return None
+
+    await eventually(streaming_row, what="the answer saved as it streams")
+    app.kill()
+    await client.disconnect()
+    reply_id, saved = await streaming_row()
+    if again == "continue":
+        assert reply_id == shown[0].id  # the cut answer grows in place
+        assert saved.startswith("The start of it w000 w001")
+    else:
+        assert reply_id != shown[0].id
+        assert saved.startswith(" w000 w001")
+
+    restarted = restartable(port=app.port)
+    reopened = ChatClient(restarted.url, headers=dict(client.headers))
+    await reopened.connect(thread_id=thread_id)
+    answer = await reopened.wait_for(
+        lambda: reopened.messages.get(reply_id), what="the interrupted answer"
+    )
+    assert answer.content == saved + MARK
+    rows = await stored_replies(restarted, thread_id)
+    assert [(text, meta["status"]) for text, meta in rows if meta.get("kind") == "reply"] == [
+        (saved + MARK, "interrupted")
+    ]
+    gemini.script(Reply("Next."))
+    await reopened.wait_for(
+        lambda: any(a["name"] == "regenerate" for a in reopened.actions_on(reply_id)),
+        what="Regenerate on the interrupted answer",
+    )
+    await reopened.ask("And then?")
+    request = (await gemini.arrived(3))[-1]
+    assert request.conversation[1:] == [
+        ("user", "Tell me all"),
+        ("assistant", saved),
+        ("user", "And then?"),
+    ]
+    await reopened.disconnect()
+
+
 # --- the page left open through the crash --------------------------------------------------------
 
 
@@ -301,6 +423,8 @@ async def test_the_open_page_shows_the_interrupted_answer_after_a_restart_withou
     thread_id = page.url.rsplit("/", 1)[1]
     await eventually(lambda: partial_text(app, thread_id, len("w000 w010 ")), what="a save")
 
+    # A mark only this page load carries: a reload would lose it.
+    await page.evaluate("window.sameLoad = true")
     app.kill()
     saved = (await stored_replies(app, thread_id))[0][0]
     restartable(port=app.port)
@@ -317,6 +441,7 @@ async def test_the_open_page_shows_the_interrupted_answer_after_a_restart_withou
     # Nothing is being written: no typing cursor, and the buttons of a last answer on it.
     await expect(page.locator(".loading-cursor")).to_have_count(0)
     await page.get_by_role("button", name="Regenerate").wait_for(timeout=15_000)
+    assert await page.evaluate("window.sameLoad === true")  # never reloaded
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=ARTIFACTS / "interrupted-after-restart.png")
 
