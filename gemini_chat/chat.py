@@ -60,6 +60,7 @@ from .preferences import (
     store,
     stored_in,
 )
+from .reconnect import stable_id
 from .runtime import idle_collector
 from .starters import offer_starters
 from .streaming import EventBudget, ReplyStream
@@ -163,6 +164,8 @@ class ChatController:
             content=self.settings.welcome,
             author=self.settings.assistant_name,
             metadata={"kind": "welcome"},
+            # A page that reconnects to a restarted server has it already: shown once.
+            id=stable_id(cl.context.session.id, "welcome"),
         )
         await offer_starters(welcome.id, self.settings.starters)
         await welcome.send()

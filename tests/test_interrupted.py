@@ -454,3 +454,29 @@ async def test_the_open_page_shows_the_interrupted_answer_after_a_restart_withou
         ("assistant", saved),
         ("user", "Are you back?"),
     ]
+
+
+@pytest.mark.browser
+async def test_a_new_chat_open_through_a_restart_shows_its_welcome_and_starters_once(
+    restartable, gemini, browser
+):
+    app = restartable()
+    page = await open_chat(browser, app)
+    starters = page.get_by_role("button", name="Plan a trip")
+    await expect(starters).to_have_count(1)
+    await page.evaluate("window.sameLoad = true")
+    app.kill()
+    await expect(page.locator("#chat-submit")).to_be_disabled()  # the page lost its server
+    restartable(port=app.port)
+
+    # The page reconnects by itself, to a server that starts its session afresh and sends the
+    # welcome and starters again: the page shows them once, and takes the starters away when
+    # the chat begins.
+    gemini.script(Reply("Hi again."))
+    await type_and_send(page, "Hello after the restart")
+    await page.get_by_text("Hi again.").wait_for(timeout=15_000)
+    await expect(page.get_by_text("Ask me anything")).to_have_count(1)
+    await expect(starters).to_have_count(0)
+    assert await page.evaluate("window.sameLoad === true")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "new-chat-after-restart.png")
