@@ -131,9 +131,10 @@ def interrupted_text(text: str) -> str:
 
 
 def _is_streaming_reply(step: dict[str, Any]) -> bool:
-    if step.get("type") != "assistant_message":
-        return False
-    meta = load_json(step.get("metadata"))
+    raw = step.get("metadata")
+    if step.get("type") != "assistant_message" or (isinstance(raw, str) and STREAMING not in raw):
+        return False  # most steps: no need to parse their metadata
+    meta = load_json(raw)
     return meta.get("kind") == "reply" and meta.get("status") == STREAMING
 
 
