@@ -12,6 +12,7 @@ import logging
 import re
 
 import chainlit.server
+import chainlit.session
 import chainlit.socket
 from chainlit.emitter import ChainlitEmitter
 from chainlit.message import MessageBase
@@ -318,3 +319,30 @@ def test_whether_a_socket_is_still_connected_is_asked_of_the_servers_manager():
     """approval.py ends a question at once when the tab asked has gone."""
     assert list(inspect.signature(sio.manager.is_connected).parameters) == ["sid", "namespace"]
     assert sio.manager.is_connected("no-such-socket", "/") is False
+
+
+def test_a_socket_of_an_unknown_session_naming_a_chat_resumes_it():
+    """gemini_chat/reconnect.py and partial.py: a page whose server died reconnects with its
+    session id and chat id; a server that does not know the session starts one that resumes the
+    chat (its answers settled as interrupted), else starts afresh (the welcome again)."""
+    connect = inspect.getsource(chainlit.socket.connect)
+    assert 'session_id = auth["sessionId"]' in connect
+    assert connect.index("restore_existing_session(") < connect.index("WebsocketSession(")
+    assert "thread_id=thread_id" in connect
+    assert "self.thread_id_to_resume = thread_id" in inspect.getsource(chainlit.session)
+    successful = inspect.getsource(chainlit.socket.connection_successful)
+    assert successful.index("resume_thread(context.session)") < successful.index(
+        "config.code.on_chat_resume(thread)"
+    )
+    assert "on_chat_start()" in successful
+
+
+def test_the_stored_streaming_column_is_what_a_page_draws_a_typing_cursor_for():
+    """gemini_chat/partial.py stores a streaming answer with Chainlit's "streaming" column
+    false: the page draws a cursor on a step loaded with it true."""
+    import chainlit.data.sql_alchemy
+
+    loaded = inspect.getsource(chainlit.data.sql_alchemy)
+    assert 's."streaming" AS step_streaming' in loaded
+    assert 'streaming=step_feedback.get("step_streaming", False)' in loaded
+    assert '"streaming": self.streaming' in inspect.getsource(MessageBase.to_dict)
