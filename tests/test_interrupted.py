@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.async_api import expect
 
-from gemini_chat.history import REPLY_MARKS, history_from_steps
+from gemini_chat.history import REPLY_MARKS, history_from_steps, load_json
 from gemini_chat.partial import PartialSaver, settle_interrupted
 from gemini_chat.relay import LocalRelay, install_relay
 from tests.app_process import AppServer, app_directory, start_app
@@ -189,14 +189,18 @@ async def test_a_reply_still_being_written_or_ended_is_left_alone(status, live_i
 # --- the real app, killed mid-answer ------------------------------------------------------------
 
 
+def database_of(app: AppServer) -> str:
+    return getattr(app, "database_url", None) or app_database(app)
+
+
 async def stored_replies(app: AppServer, thread_id: str) -> list[tuple[str, dict]]:
     rows = await query(
-        app_database(app),
+        database_of(app),
         'SELECT "output", "metadata" FROM steps WHERE "threadId" = :t '
         'AND "type" = \'assistant_message\' ORDER BY "createdAt"',
         t=thread_id,
     )
-    replies = [(output, json.loads(metadata or "{}")) for output, metadata in rows]
+    replies = [(output, load_json(metadata)) for output, metadata in rows]
     return [(output, meta) for output, meta in replies if meta.get("kind") == "reply"]
 
 
@@ -210,17 +214,23 @@ async def partial_text(app: AppServer, thread_id: str, longer_than: int = 0) -> 
 
 
 @pytest.fixture
-def restartable(gemini):
-    """Start the app in one directory (its database) and again on the same port after a
-    kill; every instance is stopped at the end."""
+def restartable(gemini, request):
+    """Start the app in one directory (its SQLite database, or the PostgreSQL one a test sets
+    as ``start.database_url``) and again on the same port after a kill; every instance is
+    stopped at the end."""
     directory = app_directory()
-    env = app_env(gemini, PARTIAL_SAVE_SECONDS="0.5")
     servers: list[AppServer] = []
 
     def start(port: int | None = None) -> AppServer:
-        server = start_app(env, directory=directory, port=port)
+        overrides = {"PARTIAL_SAVE_SECONDS": "0.5"}
+        if start.database_url:
+            overrides["DATABASE_URL"] = start.database_url
+        server = start_app(app_env(gemini, **overrides), directory=directory, port=port)
+        server.database_url = start.database_url
         servers.append(server)
         return server
+
+    start.database_url = None
 
     yield start
     for server in servers:
@@ -228,8 +238,10 @@ def restartable(gemini):
 
 
 async def test_a_killed_answer_was_stored_as_it_streamed_and_reopens_interrupted(
-    restartable, gemini
+    restartable, gemini, database_url
 ):
+    if database_url.startswith("postgresql"):
+        restartable.database_url = database_url
     app = restartable()
     words = counted_words(400)
     gemini.script(Reply(chunks=words, delay=0.05))  # 20 s: still streaming when killed
