@@ -49,6 +49,7 @@ from .lifecycle import lifecycle
 from .limits import Admission, LimitRefusal, UsageCounter, tokens_used
 from .live import LiveReply, live_replies
 from .llm import Backend
+from .partial import PartialSaver, settle_interrupted
 from .preferences import METADATA_KEY as PREFERENCES_KEY
 from .preferences import (
     ModelCatalog,
@@ -62,6 +63,7 @@ from .preferences import (
     store,
     stored_in,
 )
+from .reconnect import stable_id
 from .runtime import idle_collector
 from .starters import offer_starters
 from .streaming import EventBudget, ReplyStream
@@ -165,6 +167,8 @@ class ChatController:
             content=self.settings.welcome,
             author=self.settings.assistant_name,
             metadata={"kind": "welcome"},
+            # A page that reconnects to a restarted server has it already: shown once.
+            id=stable_id(cl.context.session.id, "welcome"),
         )
         await offer_starters(welcome.id, self.settings.starters)
         await welcome.send()
@@ -181,6 +185,8 @@ class ChatController:
     async def resume(self, thread: dict) -> None:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
         copy of the old session is not trusted for that)."""
+        live = live_replies.get(thread.get("id"))
+        await settle_interrupted(thread, live.reply.id if live is not None else None)
         steps = thread.get("steps") or []
         history = history_from_steps(
             steps,
@@ -521,10 +527,13 @@ class ChatController:
         notice: cl.Message | None = None
         failure: ChatError | None = None
         usage: TokenUsage | None = None
+        # Stored as it streams, so a process that dies mid-answer loses little of it.
+        saver = PartialSaver.start_for(reply, self.settings.partial_save_interval)
         try:
             try:
                 answer = prefix + await stream.run(items)
             finally:
+                saver.stop()  # before the reply's final write, which replaces the partial one
                 usage = self._account(conversation, reply, stream, continued)
             reply.content = answer
             items = settle()

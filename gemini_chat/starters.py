@@ -84,12 +84,24 @@ async def offer_starters(welcome_id: str, starters: tuple[Starter, ...]) -> None
 
     # Each is named by its message: Chainlit names a chat begun by an action after the
     # action's name, as it names a typed one after its text.
+    from .reconnect import stable_id
+
     actions = [
-        cl.Action(name=s.message, payload={}, label=s.label, tooltip=s.message, icon=ICON)
+        cl.Action(
+            name=s.message,
+            payload={},
+            label=s.label,
+            tooltip=s.message,
+            icon=ICON,
+            id=stable_id(welcome_id, s.message),
+        )
         for s in starters
     ]
     cl.user_session.set(SESSION_KEY, Offer(actions))
     for action in actions:
+        # A page reconnecting to a restarted server still shows them: taken away before they
+        # come again (the page adds buttons without looking for one of the same id).
+        await action.remove()
         await action.send(for_id=welcome_id)
 
 

@@ -13,6 +13,7 @@ import re
 import signal
 
 import chainlit.server
+import chainlit.session
 import chainlit.socket
 from chainlit.emitter import ChainlitEmitter
 from chainlit.message import MessageBase
@@ -438,3 +439,30 @@ def test_uvicorns_websocket_protocols_can_answer_a_handshake_with_a_503():
         source = inspect.getsource(module)
         assert '"websocket.http.response": {}' in source
         assert '"websocket.http.response.start"' in source
+
+
+def test_a_socket_of_an_unknown_session_naming_a_chat_resumes_it():
+    """gemini_chat/reconnect.py and partial.py: a page whose server died reconnects with its
+    session id and chat id; a server that does not know the session starts one that resumes the
+    chat (its answers settled as interrupted), else starts afresh (the welcome again)."""
+    connect = inspect.getsource(chainlit.socket.connect)
+    assert 'session_id = auth["sessionId"]' in connect
+    assert connect.index("restore_existing_session(") < connect.index("WebsocketSession(")
+    assert "thread_id=thread_id" in connect
+    assert "self.thread_id_to_resume = thread_id" in inspect.getsource(chainlit.session)
+    successful = inspect.getsource(chainlit.socket.connection_successful)
+    assert successful.index("resume_thread(context.session)") < successful.index(
+        "config.code.on_chat_resume(thread)"
+    )
+    assert "on_chat_start()" in successful
+
+
+def test_the_stored_streaming_column_is_what_a_page_draws_a_typing_cursor_for():
+    """gemini_chat/partial.py stores a streaming answer with Chainlit's "streaming" column
+    false: the page draws a cursor on a step loaded with it true."""
+    import chainlit.data.sql_alchemy
+
+    loaded = inspect.getsource(chainlit.data.sql_alchemy)
+    assert 's."streaming" AS step_streaming' in loaded
+    assert 'streaming=step_feedback.get("step_streaming", False)' in loaded
+    assert '"streaming": self.streaming' in inspect.getsource(MessageBase.to_dict)

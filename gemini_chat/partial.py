@@ -1,0 +1,162 @@
+"""Answers kept in the database while they stream, so a process that dies loses little of them.
+
+While a reply streams, ``PartialSaver`` stores it every ``partial_save_interval`` seconds with
+the text so far and the status "streaming": one write per interval per answer, none when the
+text did not change, none queued behind a write the database has not finished, and none awaited
+by the stream. The reply's final write (complete, stopped, incomplete) replaces it, as every
+write of a step with the same id does.
+
+A reply still "streaming" in the database whose writer is gone (the instance was killed, or
+drained before it ended) is settled when its chat is opened again (``settle_interrupted``): it
+is shown and stored with the "interrupted" mark, and its text, without the mark, is in the
+history of the next message, as a stopped answer's is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from .history import REPLY_MARKS, load_json
+from .relay import current_relay
+
+logger = logging.getLogger("gemini_chat")
+
+STREAMING = "streaming"
+INTERRUPTED = "interrupted"
+
+Write = Callable[[dict[str, Any]], Awaitable[Any]]
+Sleep = Callable[[float], Awaitable[Any]]
+
+# Writes of partial answers under way, kept referenced until they end.
+_writes: set[asyncio.Task] = set()
+
+
+class Streamed(Protocol):
+    """A reply being written (a ``cl.Message``): its text so far, and its stored form."""
+
+    content: str
+    metadata: dict | None
+
+    def to_dict(self) -> Any: ...
+
+
+def _data_layer_write() -> Write | None:
+    from chainlit.data import get_data_layer
+
+    layer = get_data_layer()
+    return layer.update_step if layer is not None else None
+
+
+class PartialSaver:
+    """Stores one streaming reply every ``interval`` seconds while it changes.
+
+    ``write`` stores a step dict (the data layer's ``update_step``: owner-checked, in the order
+    writes were asked for, so the reply's final write, asked for after ``stop``, lands last).
+    """
+
+    def __init__(
+        self,
+        reply: Streamed,
+        interval: float,
+        write: Write | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.reply = reply
+        self.interval = interval
+        self.write = write
+        self.sleep = sleep
+        # What the database holds of it: a continued answer starts from its stored text.
+        self.saved: str | None = reply.content
+        self.writes = 0
+        self._writing: asyncio.Task | None = None
+        self._timer: asyncio.Task | None = None
+
+    @classmethod
+    def start_for(cls, reply: Streamed, interval: float) -> PartialSaver:
+        """A saver already running for ``reply`` (idle without a data layer or interval)."""
+        saver = cls(reply, interval, _data_layer_write())
+        saver.start()
+        return saver
+
+    def start(self) -> None:
+        if self.write is None or self.interval <= 0:
+            return
+        self._timer = asyncio.create_task(self._every_interval())
+
+    def stop(self) -> None:
+        """No more saves: the reply's own write follows. A save already asked for still lands,
+        before that write (the data layer writes in order)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def _every_interval(self) -> None:
+        while True:
+            await self.sleep(self.interval)
+            self.save()
+
+    def save(self) -> bool:
+        """Ask for a write of the reply as it is now, unless nothing changed since the last one
+        or that one is still being written (a slow database gets no pile of writes)."""
+        text = self.reply.content
+        if not text or text == self.saved or self.write is None:
+            return False
+        if self._writing is not None and not self._writing.done():
+            return False
+        step = self.reply.to_dict()
+        step["metadata"] = {**(self.reply.metadata or {}), "status": STREAMING}
+        # Chainlit's own "streaming" column makes a page draw a typing cursor on the stored
+        # message: the metadata says it is being written, for the app alone to settle.
+        step["streaming"] = False
+        self.saved = text
+        self.writes += 1
+        self._writing = task = asyncio.create_task(self._store(step))
+        _writes.add(task)
+        task.add_done_callback(_writes.discard)
+        return True
+
+    async def _store(self, step: dict[str, Any]) -> None:
+        assert self.write is not None
+        try:
+            await self.write(step)
+        except Exception:  # the stream goes on; the final write will try again
+            logger.exception("A streaming answer could not be stored")
+
+
+def interrupted_text(text: str) -> str:
+    return text + REPLY_MARKS[INTERRUPTED]
+
+
+def _is_streaming_reply(step: dict[str, Any]) -> bool:
+    raw = step.get("metadata")
+    if step.get("type") != "assistant_message" or (isinstance(raw, str) and STREAMING not in raw):
+        return False  # most steps: no need to parse their metadata
+    meta = load_json(raw)
+    return meta.get("kind") == "reply" and meta.get("status") == STREAMING
+
+
+async def settle_interrupted(
+    thread: dict[str, Any], live_reply_id: str | None, write: Write | None = None
+) -> int:
+    """Mark, in ``thread`` as loaded and in the database, each reply stored as streaming that
+    nobody is writing any more: not ``live_reply_id`` (streaming in this process) and not while
+    another instance writes an answer in this chat. Returns how many were marked."""
+    steps = [
+        step
+        for step in thread.get("steps") or []
+        if _is_streaming_reply(step) and step.get("id") != live_reply_id
+    ]
+    if not steps or await current_relay().streaming_elsewhere(thread["id"]):
+        return 0
+    write = write or _data_layer_write()
+    for step in steps:
+        step["output"] = interrupted_text(step.get("output") or "")
+        step["metadata"] = {**load_json(step.get("metadata")), "status": INTERRUPTED}
+        step["streaming"] = False  # no typing cursor: nobody writes it any more
+        if write is not None:
+            await write({**step, "threadId": thread["id"]})
+    logger.info("A reopened chat had %d interrupted answer(s)", len(steps))
+    return len(steps)
