@@ -51,20 +51,18 @@ def cluster(fake_gemini_server, postgres_cluster):
 
 
 @pytest.fixture(autouse=True)
-def cluster_logs_on_failure(request, cluster):
-    """A failed test prints the end of each instance's log and nginx's own output."""
+def cluster_up(request, cluster):
+    """Every instance serving when a test starts (one killed by the test before is started
+    again); a failed test prints the end of each instance's log and nginx's own output."""
+    for index, server in enumerate(cluster.instances):
+        if server.process.poll() is not None:
+            cluster.start(index)
     yield
     if getattr(request.node, "call_failed", False):
         for index, server in enumerate(cluster.instances):
             tail = "\n".join(server.log().splitlines()[-40:])
             print(f"--- end of instance {index}'s log (port {cluster.ports[index]}):\n{tail}")
         print(f"--- nginx:\n{cluster.nginx_output()[-3000:]}")
-
-
-def restore(cluster: Cluster, index: int) -> None:
-    """Start a killed instance again for the next test."""
-    if cluster.instances[index].process.poll() is not None:
-        cluster.start(index)
 
 
 async def logged_in_page(browser, cluster: Cluster):
@@ -224,38 +222,35 @@ async def test_an_instance_killed_mid_answer_hands_the_page_to_the_other_instanc
     index = await kill_mid_answer(cluster, page, gemini, first, second)
     other = 1 - index
     killed_at = time.time()
-    try:
-        cluster.kill(index)
+    cluster.kill(index)
 
-        # The page's socket reconnects through nginx by itself, to the other instance.
-        await logged(
-            cluster,
-            reconnected_to(cluster, route, other, killed_at),
-            "the page's socket reconnected to the other instance",
-            timeout=20,
-        )
-        # The other instance shows the chat from the database: both questions and the answer.
-        chat = page.get_by_role("main")
-        await chat.get_by_text("Otters hold hands while they sleep.").wait_for(timeout=15_000)
-        await chat.get_by_text(first, exact=True).wait_for(timeout=15_000)
-        await chat.get_by_text(second, exact=True).wait_for(timeout=15_000)
-        await screenshot(page, "cluster-after-kill.png")
+    # The page's socket reconnects through nginx by itself, to the other instance.
+    await logged(
+        cluster,
+        reconnected_to(cluster, route, other, killed_at),
+        "the page's socket reconnected to the other instance",
+        timeout=20,
+    )
+    # The other instance shows the chat from the database: both questions and the answer.
+    chat = page.get_by_role("main")
+    await chat.get_by_text("Otters hold hands while they sleep.").wait_for(timeout=15_000)
+    await chat.get_by_text(first, exact=True).wait_for(timeout=15_000)
+    await chat.get_by_text(second, exact=True).wait_for(timeout=15_000)
+    await screenshot(page, "cluster-after-kill.png")
 
-        # The next message is answered there, with the chat's history.
-        gemini.script_for(first, Reply("Beavers build dams."))
-        await type_and_send(page, "And beavers?")
-        await expect(last_step(page, "assistant_message")).to_have_text("Beavers build dams.")
-        request = gemini.requests[-1]
-        assert request.conversation[1:3] == [
-            ("user", first),
-            ("assistant", "Otters hold hands while they sleep."),
-        ]
-        assert request.conversation[-1] == ("user", "And beavers?")
-        # Every request the page made since the kill was answered by the other instance.
-        after = [r for r in cluster.served_for(route) if r.started > killed_at and r.upstream]
-        assert {r.upstream for r in after} == {f"127.0.0.1:{cluster.ports[other]}"}
-    finally:
-        restore(cluster, index)
+    # The next message is answered there, with the chat's history.
+    gemini.script_for(first, Reply("Beavers build dams."))
+    await type_and_send(page, "And beavers?")
+    await expect(last_step(page, "assistant_message")).to_have_text("Beavers build dams.")
+    request = gemini.requests[-1]
+    assert request.conversation[1:3] == [
+        ("user", first),
+        ("assistant", "Otters hold hands while they sleep."),
+    ]
+    assert request.conversation[-1] == ("user", "And beavers?")
+    # Every request the page made since the kill was answered by the other instance.
+    after = [r for r in cluster.served_for(route) if r.started > killed_at and r.upstream]
+    assert {r.upstream for r in after} == {f"127.0.0.1:{cluster.ports[other]}"}
 
 
 @pytest.mark.browser
@@ -271,7 +266,7 @@ async def test_the_answer_of_a_killed_instance_is_kept_marked_interrupted(cluste
     async def saved():
         rows = await query(
             cluster.database_url,
-            'SELECT "output" FROM steps WHERE "threadId" = :t AND "type" = \'assistant_message\'',
+            'SELECT "output" FROM steps WHERE "threadId" = :t AND "type" = :kind',
             t=thread,
             kind="assistant_message",
         )
@@ -280,30 +275,25 @@ async def test_the_answer_of_a_killed_instance_is_kept_marked_interrupted(cluste
     # The answer so far is stored while it streams (PARTIAL_SAVE_SECONDS), before the kill.
     await eventually(saved, timeout=5, what="the partial answer stored while it streams")
     killed_at = time.time()
-    try:
-        cluster.kill(index)
-        await logged(
-            cluster,
-            reconnected_to(cluster, route, other, killed_at),
-            "the page's socket reconnected to the other instance",
-            timeout=20,
-        )
-        answer = page.locator('.step[data-step-type="assistant_message"]', has_text="Sea otters")
-        await answer.get_by_text(INTERRUPTED_MARK).wait_for(timeout=15_000)
-        await expect(answer.locator(".message-content").first).to_contain_text(
-            "Sea otters use tools."
-        )
-        await screenshot(page, "cluster-interrupted.png")
+    cluster.kill(index)
+    await logged(
+        cluster,
+        reconnected_to(cluster, route, other, killed_at),
+        "the page's socket reconnected to the other instance",
+        timeout=20,
+    )
+    answer = page.locator('.step[data-step-type="assistant_message"]', has_text="Sea otters")
+    await answer.get_by_text(INTERRUPTED_MARK).wait_for(timeout=15_000)
+    await expect(answer.locator(".message-content").first).to_contain_text("Sea otters use tools.")
+    await screenshot(page, "cluster-interrupted.png")
 
-        gemini.script_for(first, Reply("Beavers build dams."))
-        await type_and_send(page, "And beavers?")
-        await expect(last_step(page, "assistant_message")).to_have_text("Beavers build dams.")
-        assert gemini.requests[-1].conversation[1:] == [
-            ("user", first),
-            ("assistant", "Otters hold hands while they sleep."),
-            ("user", second),
-            ("assistant", "Sea otters use tools."),
-            ("user", "And beavers?"),
-        ]
-    finally:
-        restore(cluster, index)
+    gemini.script_for(first, Reply("Beavers build dams."))
+    await type_and_send(page, "And beavers?")
+    await expect(last_step(page, "assistant_message")).to_have_text("Beavers build dams.")
+    assert gemini.requests[-1].conversation[1:] == [
+        ("user", first),
+        ("assistant", "Otters hold hands while they sleep."),
+        ("user", second),
+        ("assistant", "Sea otters use tools."),
+        ("user", "And beavers?"),
+    ]
