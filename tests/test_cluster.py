@@ -6,8 +6,11 @@ message with its history."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from playwright.async_api import expect
@@ -133,6 +136,10 @@ async def test_new_chats_spread_over_both_instances_and_each_stays_on_its_own(cl
         assert all(r.status < 400 for r in mine), [(r.uri, r.status) for r in mine]
         chats[route] = cluster.index_of(mine[0].upstream)
         number += 1
+    # Metrics are for the operator's scraper, which asks each instance: never through nginx.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(urllib.request.urlopen, cluster.url + "/metrics", timeout=10)
+    assert refused.value.code == 403
     # Every question reached Gemini once, whichever instance it went to.
     asked = [request.conversation[-1][1] for request in gemini.requests]
     assert sorted(asked) == sorted(f"Question {n} for the cluster" for n in range(number))
