@@ -178,7 +178,9 @@ class Cluster:
     def served(self) -> list[Served]:
         """Every request nginx has logged so far, in order."""
         path = self.prefix / "logs" / "access.log"
-        lines = path.read_text().splitlines() if path.exists() else []
+        text = path.read_text() if path.exists() else ""
+        # A line nginx is writing right now is read once it is whole.
+        lines = text.split("\n")[:-1]
         requests = []
         for line in lines:
             entry = json.loads(line)
