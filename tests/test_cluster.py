@@ -115,7 +115,12 @@ async def test_new_chats_spread_over_both_instances_and_each_stays_on_its_own(cl
         # As the browser does: long-polling, then upgraded to a websocket.
         await client.connect(transports=("polling", "websocket"))
         await client.wait_for(client.assistant_messages, what="the welcome")
-        await client.wait_for(lambda c=client: c.sio.transport() == "websocket", what="upgrade")
+
+        async def upgraded(client=client):
+            return client.sio.transport() == "websocket"
+
+        # The upgrade sends the client no event to wait on.
+        await eventually(upgraded, what="the socket upgraded to a websocket")
         question = f"Question {number} for the cluster"
         gemini.script_for(question, Reply(f"Answer {number} from the cluster."))
         replies = await client.ask(question)
