@@ -54,6 +54,8 @@ class ChatClient:
     actions: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Chainlit's "ask" calls received (see answer_questions), in order.
     questions: list[dict[str, Any]] = field(default_factory=list)
+    # The route cookie a load balancer in front gave this tab (deploy/nginx.conf), if any.
+    route: str | None = None
 
     def __post_init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
@@ -147,13 +149,21 @@ class ChatClient:
     # -- login, as the browser does it
 
     def _post(self, path: str, data: bytes, content_type: str) -> str:
+        # A load balancer's route cookie (deploy/nginx.conf) goes along, as a browser's does.
+        route = {"Cookie": f"route={self.route}"} if self.route else {}
         request = urllib.request.Request(
-            self.url + path, data=data, method="POST", headers={"Content-Type": content_type}
+            self.url + path,
+            data=data,
+            method="POST",
+            headers={"Content-Type": content_type, **route},
         )
         with urllib.request.urlopen(request, timeout=15) as response:
             cookies = response.headers.get_all("Set-Cookie") or []
         token = next(c.split(";")[0] for c in cookies if c.startswith("access_token="))
-        self.headers["Cookie"] = token
+        routes = [c.split(";")[0] for c in cookies if c.startswith("route=")]
+        if routes:
+            self.route = routes[0].removeprefix("route=")
+        self.headers["Cookie"] = f"{token}; route={self.route}" if self.route else token
         return token
 
     async def login_local(self) -> str:
@@ -169,7 +179,14 @@ class ChatClient:
 
     # -- connection
 
-    async def connect(self, thread_id: str = "", origin: str | None = None) -> ChatClient:
+    async def connect(
+        self,
+        thread_id: str = "",
+        origin: str | None = None,
+        transports: Sequence[str] = ("websocket",),
+    ) -> ChatClient:
+        """Open the chat socket; ``transports=("polling", "websocket")`` connects as the
+        browser does: long-polling first, then upgraded to a websocket."""
         if "Cookie" not in self.headers:
             await self.login_local()
         headers = dict(self.headers)
@@ -178,7 +195,7 @@ class ChatClient:
         await self.sio.connect(
             self.url,
             socketio_path="/ws/socket.io",
-            transports=["websocket"],
+            transports=list(transports),
             headers=headers,
             auth={
                 "clientType": "webapp",
