@@ -266,7 +266,6 @@ async def test_an_instance_killed_mid_answer_hands_the_page_to_the_other_instanc
 
 
 @pytest.mark.browser
-@pytest.mark.xfail(strict=True, reason="needs the interrupted mark")
 async def test_the_answer_of_a_killed_instance_is_kept_marked_interrupted(cluster, browser, gemini):
     page = await logged_in_page(browser, cluster)
     route = (await route_of(page))["value"]
