@@ -13,6 +13,7 @@ from gemini_chat.app import prepare_server
 from gemini_chat.chat import ChatController
 from gemini_chat.limits import build_usage_counter
 from gemini_chat.llm import build_backend, build_client, build_model
+from gemini_chat.relay import current_relay
 from gemini_chat.sharing import viewable
 from gemini_chat.starters import install_starters, withdraw_starters
 
@@ -34,8 +35,14 @@ controller = ChatController(settings, backend, build_usage_counter(settings, ser
 install_starters(settings.starters)
 
 
+@cl.on_app_startup
+async def on_app_startup() -> None:
+    await current_relay().start()  # instances on one PostgreSQL database talk through it
+
+
 @cl.on_app_shutdown
 async def on_app_shutdown() -> None:
+    await current_relay().close()
     if backend is not None and backend.mcp is not None:
         await backend.mcp.close()  # the MCP servers' processes and connections
     if client is not None:
