@@ -137,8 +137,10 @@ class LiveReply:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The creation stamp given last to a step of the turn (stamp_before_answer).
     last_stamp: str | None = None
-    # Where every change goes too, once another instance follows the reply (the relay).
+    # Where every change goes too, once another instance follows the reply (the relay), and
+    # whether a tab there still does.
     outlet: Callable[[dict[str, Any]], None] | None = None
+    watched_elsewhere: Callable[[], bool] | None = None
 
     @property
     def owner(self) -> str | None:
@@ -236,7 +238,7 @@ class LiveReply:
         return any(
             session.id not in self.departed or session.socket_id != self.departed[session.id]
             for session in sessions
-        )
+        ) or (self.watched_elsewhere is not None and self.watched_elsewhere())
 
     async def broadcast_message(self, message: cl.Message) -> None:
         """A message the asking session was sent (an error notice), for the viewers too."""

@@ -106,6 +106,8 @@ class PostgresRelay(LocalRelay):
         # Questions asked, by id: the answers so far and the future of the awaited one.
         self._asked: dict[str, _Question] = {}
         self._parts: dict[str, tuple[float, list[str | None]]] = {}
+        # Answers written here followed on other instances: thread id -> instance -> its tabs.
+        self._followers: dict[str, dict[str, int]] = {}
 
     # -- the connection
 
@@ -176,6 +178,12 @@ class PostgresRelay(LocalRelay):
     def _say(self, message: dict[str, Any]) -> None:
         """Queue ``message`` for the channel; never waits, never fails (dropped when the
         relay is down: the answer on this instance goes on regardless)."""
+        try:
+            self._queue(message)
+        except Exception:  # whatever it is, the answer streaming here must not see it
+            logger.exception("Relay between instances: a message could not be sent")
+
+    def _queue(self, message: dict[str, Any]) -> None:
         if self._outbox is None or not self.connected.is_set():
             return
         payload = json.dumps({**message, "from": self.instance}, separators=(",", ":"))
@@ -246,6 +254,10 @@ class PostgresRelay(LocalRelay):
             mirror = _mirror_of(message.get("t"))
             if mirror is not None:
                 mirror.change(message)
+        elif kind == "viewers":
+            live = _live_here(message.get("t"))
+            if live is not None and live.owner == message.get("user"):
+                self._followers.setdefault(live.thread_id, {})[sender] = int(message["n"])
         elif kind == "stop":
             live = _live_here(message.get("t"))
             if live is not None and live.owner == message.get("user") and live.halt():
@@ -266,12 +278,27 @@ class PostgresRelay(LocalRelay):
         if question["k"] == "watch":
             thread_id = live.thread_id
             if live.outlet is None:
-                live.outlet = lambda change: self._say({"k": "ev", "t": thread_id, **change})
+                live.outlet = lambda change: self._relayed(thread_id, change)
+                live.watched_elsewhere = lambda: self._followed(thread_id)
             # In the same turn of the loop as the outlet: every change after this copy
             # follows it on the channel, none before it does.
             reply["steps"] = live.snapshot()
             logger.info("A chat opened on another instance follows the answer written here")
         self._say({**reply, "yes": True})
+
+    def _relayed(self, thread_id: str, change: dict[str, Any]) -> None:
+        self._say({"k": "ev", "t": thread_id, **change})
+        if change.get("e") == "end":
+            self._followers.pop(thread_id, None)
+
+    def _followed(self, thread_id: str) -> bool:
+        """Whether a tab on another instance (one still heard from) follows this answer: it
+        goes on for them when the tabs here are gone, as for a second tab here."""
+        now = time.monotonic()
+        return any(
+            count > 0 and now - self._peers.get(instance, 0.0) < HELLO_SECONDS * 3
+            for instance, count in self._followers.get(thread_id, {}).items()
+        )
 
     # -- questions
 
@@ -318,6 +345,10 @@ class PostgresRelay(LocalRelay):
             live_replies.start(mirror)  # type: ignore[arg-type]
             mirror.serve()  # in this session's context: its user reads the chat's files
         return live_replies.show_to(thread, session, history)
+
+    def following(self, thread_id: str, owner: str, tabs: int) -> None:
+        """How many tabs here follow the answer written elsewhere in ``thread_id``."""
+        self._say({"k": "viewers", "t": thread_id, "user": owner, "n": tabs})
 
     def stop_elsewhere(self, thread_id: str, owner: str) -> None:
         self._say({"k": "stop", "t": thread_id, "user": owner})
@@ -393,10 +424,12 @@ class MirroredReply:
 
         viewer = Viewer(session, history)
         self.viewers.append(viewer)
+        self.relay.following(self.thread_id, self.owner, len(self.viewers))
         return viewer
 
     def detach(self, session: Any) -> None:
         self.viewers = [v for v in self.viewers if v.session is not session]
+        self.relay.following(self.thread_id, self.owner, len(self.viewers))
 
     def left(self, session: Any) -> None:
         self.departed[session.id] = session.socket_id
