@@ -283,6 +283,7 @@ class PostgresRelay(LocalRelay):
             # In the same turn of the loop as the outlet: every change after this copy
             # follows it on the channel, none before it does.
             reply["steps"] = live.snapshot()
+            reply["turn"] = {"user_text": live.user_text, "user_message_id": live.user_message_id}
             logger.info("A chat opened on another instance follows the answer written here")
         self._say({**reply, "yes": True})
 
@@ -341,7 +342,7 @@ class PostgresRelay(LocalRelay):
             return False
         mirror = _mirror_of(thread_id)
         if mirror is None:
-            mirror = MirroredReply(thread_id, owner, answer["steps"], self)
+            mirror = MirroredReply(thread_id, owner, answer["steps"], answer["turn"], self)
             live_replies.start(mirror)  # type: ignore[arg-type]
             mirror.serve()  # in this session's context: its user reads the chat's files
         return live_replies.show_to(thread, session, history)
@@ -395,7 +396,12 @@ class MirroredReply:
     viewers in order by one task."""
 
     def __init__(
-        self, thread_id: str, owner: str, steps: list[dict[str, Any]], relay: PostgresRelay
+        self,
+        thread_id: str,
+        owner: str,
+        steps: list[dict[str, Any]],
+        turn: dict[str, Any],
+        relay: PostgresRelay,
     ) -> None:
         from .live import Viewer
 
@@ -409,6 +415,8 @@ class MirroredReply:
         self.done = asyncio.Event()
         self.steps: dict[str, dict[str, Any]] = {step["id"]: dict(step) for step in steps}
         self.reply_id = steps[-1]["id"]
+        # The question answered: user_text and user_message_id.
+        self.turn = turn
         self._changes: asyncio.Queue[tuple[dict[str, Any], list[Viewer]]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._heard = time.monotonic()
@@ -496,11 +504,7 @@ class MirroredReply:
                 if await self.relay.streaming_elsewhere(self.thread_id):
                     self._heard = time.monotonic()
                     continue
-                # The instance writing it is gone (or the relay is): free the tabs here.
-                logger.warning("Lost the answer followed on another instance")
-                self._end()
-                final = {**self.steps[self.reply_id], "streaming": False}
-                change, viewers = {"e": "lost", "final": final}, list(self.viewers)
+                change, viewers = self._lost(), list(self.viewers)
             kind = change.get("e")
             if kind == "piece":
                 await pieces_to(viewers, change["id"], change["p"], change.get("s"))
@@ -514,11 +518,21 @@ class MirroredReply:
                 await release(viewers, change["final"], turn)
                 self.done.set()
                 return
-            elif kind == "lost":
-                for viewer in viewers:
-                    await _quietly_end(viewer, change["final"])
-                self.done.set()
-                return
+
+    def _lost(self) -> dict[str, Any]:
+        """The instance writing the answer is gone (or the relay is): the tabs here keep what
+        was written, marked as interrupted, and may ask the next question with it."""
+        from .history import REPLY_MARKS
+
+        logger.warning("Lost the answer followed on another instance")
+        self._end()
+        text = self.steps[self.reply_id].get("output") or ""
+        final = {
+            **self.steps[self.reply_id],
+            "output": text + REPLY_MARKS.get("interrupted", ""),
+            "streaming": False,
+        }
+        return {"e": "end", "final": final, "turn": {**self.turn, "answer": text}}
 
     async def _files(self, message_id: str) -> tuple:
         from .uploads import stored_files
@@ -528,12 +542,6 @@ class MirroredReply:
         except Exception as error:
             logger.warning("The files of a followed answer could not be read: %s", error)
             return ()
-
-
-async def _quietly_end(viewer: Any, final: dict[str, Any]) -> None:
-    with contextlib.suppress(Exception):
-        await viewer.emitter.update_step(final)
-        await viewer.emitter.task_end()
 
 
 async def tell_instances_accounts_changed(connection: Any) -> None:

@@ -25,7 +25,7 @@ from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
 from tests.test_browser import counted_words
 
-USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus")
+USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal")
 MESSAGES_PER_MINUTE = 3
 
 
@@ -315,3 +315,129 @@ async def test_a_page_on_another_instance_shows_the_answer_streaming(instances, 
     await page.screenshot(path=ARTIFACTS / "relay-page-finished.png")
     await on_a.disconnect()
     await context.close()
+
+
+async def test_a_followed_answer_whose_instance_dies_frees_the_tab_following_it(
+    instances, gemini, cluster_url, fake_gemini_server
+):
+    _, b = instances
+    env = app_env(
+        fake_gemini_server,
+        DATABASE_URL=cluster_url,
+        CHAINLIT_AUTH_SECRET=SECRET,
+        USER_MESSAGES_PER_MINUTE=str(MESSAGES_PER_MINUTE),
+    )
+    doomed = await asyncio.to_thread(start_app, env)
+    try:
+        words = counted_words(200)
+        gemini.script(Reply(chunks=words, delay=0.08), Reply("Still here."))
+        on_doomed = await asked_on_a((doomed, b), "hal", "Count until you die")
+        thread = await on_doomed.chat_thread()
+        on_b = await logged_in(b, "hal", on_doomed.headers["Cookie"])
+        await on_b.connect(thread_id=thread)
+        await on_b.wait_for(
+            lambda: (m := answer_of(on_b, "w000")) and m.tokens >= 2, what="the answer on B"
+        )
+        await asyncio.to_thread(doomed.kill)
+        # The tab on B is not left waiting for an answer that will never end.
+        await on_b.wait_for(lambda: not on_b.running, timeout=20, what="the composer free")
+        shown = answer_of(on_b, "w000").content
+        assert "w199" not in shown
+        so_far = shown.split("\n\n")[0]
+        on_b.mark()
+        await on_b.send("Are you there?")
+        await on_b.wait_idle()
+        request = gemini.requests[-1]
+        assert request.conversation[1:] == [
+            ("user", "Count until you die"),
+            ("assistant", so_far),
+            ("user", "Are you there?"),
+        ]
+        await on_b.disconnect()
+        await on_doomed.disconnect()
+    finally:
+        doomed.stop()
+
+
+# --- the relay itself, two of them in this process on a database of their own ------------------
+
+
+@pytest.fixture
+def own_cluster():
+    from tests.postgres import PostgresCluster, find_bin
+
+    bin_dir = find_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed")
+    cluster = PostgresCluster(bin_dir).start()
+    yield cluster
+    cluster.stop()
+
+
+def streaming_here(thread_id: str, text: str, owner: str = "ann"):
+    """An answer being written in this process (as chat.py registers one)."""
+    from types import SimpleNamespace
+
+    from gemini_chat.live import LiveReply, live_replies
+
+    reply = SimpleNamespace(
+        to_dict=lambda: {"id": "reply-1", "type": "assistant_message", "output": text}
+    )
+    origin = SimpleNamespace(user=SimpleNamespace(identifier=owner), id="s", socket_id="x")
+    live = LiveReply(thread_id, reply, "question", "message-1", origin, task=None)  # type: ignore[arg-type]
+    live_replies.start(live)
+    return live
+
+
+async def test_the_relay_carries_long_messages_and_comes_back_after_a_database_restart(
+    own_cluster,
+):
+    from gemini_chat.live import live_replies
+
+    url = own_cluster.database()
+    here, there = PostgresRelay(url), PostgresRelay(url)
+    for relay in (here, there):
+        await relay.start()
+    live = None
+    try:
+        for relay in (here, there):
+            await asyncio.wait_for(relay.connected.wait(), 10)
+        thread = "11111111-1111-4111-8111-111111111111"
+        # 30 KB of text so far (4 notifications' worth), with characters of several bytes.
+        text = "Grüße, 世界! " * 2000
+        live = streaming_here(thread, text)
+        # Both relays are in this process: "there" asks, "here" (which heard it too) answers.
+        await eventually(lambda: _knows(there, here), what="the relays to know each other")
+        answer = await there._ask({"k": "watch", "t": thread, "user": "ann"})
+        assert answer is not None and answer["steps"][-1]["output"] == text
+        # Not to another user.
+        assert await there._ask({"k": "watch", "t": thread, "user": "eve"}) is None
+
+        await asyncio.to_thread(own_cluster.go_down)
+        await eventually(lambda: _down(here, there), what="both relays to notice")
+        # Down: nothing waits, nothing fails; the answer writing here goes on.
+        asked = time.monotonic()
+        assert await there.streaming_elsewhere(thread) is False
+        assert time.monotonic() - asked < 0.1
+        live.outlet = lambda change: here._relayed(thread, change)
+        live.outlet({"e": "piece", "id": "reply-1", "p": "more"})
+        here.login_ended("some-token")
+
+        await asyncio.to_thread(own_cluster.come_back)
+        for relay in (here, there):
+            await asyncio.wait_for(relay.connected.wait(), 30)
+        await eventually(lambda: _knows(there, here), what="the relays to know each other again")
+        assert await there.streaming_elsewhere(thread) is True
+    finally:
+        if live is not None:
+            live_replies.end(live)
+        for relay in (here, there):
+            await relay.close()
+
+
+async def _knows(asker: PostgresRelay, other: PostgresRelay) -> bool:
+    return other.instance in asker._peers
+
+
+async def _down(*relays: PostgresRelay) -> bool:
+    return not any(relay.connected.is_set() for relay in relays)
