@@ -190,9 +190,9 @@ class PostgresRelay(LocalRelay):
         if len(payload.encode()) <= PART_BYTES:
             pieces = [payload]
         else:
-            # Cut by characters under the limit in bytes (a character is at most 4 bytes, and
-            # JSON escapes in the part's own encoding at most 6 per character).
-            size = PART_BYTES // 6
+            # json.dumps writes ASCII (other characters escaped), and a part's own encoding
+            # at most doubles a character (a quote or backslash escaped again).
+            size = PART_BYTES // 2
             chunks = [payload[i : i + size] for i in range(0, len(payload), size)]
             key = uuid.uuid4().hex
             pieces = [

@@ -25,7 +25,7 @@ from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
 from tests.test_browser import counted_words
 
-USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal")
+USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal", "ivy")
 MESSAGES_PER_MINUTE = 3
 
 
@@ -284,6 +284,25 @@ async def test_a_logout_on_one_instance_ends_the_login_on_the_other_at_once(inst
     took = time.monotonic() - ended
     print(f"logout on A refused on B after {took * 1000:.0f} ms")
     assert status == 401
+
+
+async def test_a_new_password_ends_the_login_on_every_instance_at_once(instances, cluster_url):
+    from gemini_chat.accounts import AccountStore
+
+    a, b = instances
+    tab = await logged_in(a, "ivy")
+    cookie = tab.headers["Cookie"]
+    # Both instances accept the login now, and would trust it for a couple of seconds.
+    for app in (a, b):
+        assert await asyncio.to_thread(_status, app.url, cookie) == 200
+    # What `python -m gemini_chat.accounts passwd ivy` does.
+    store = AccountStore(cluster_url)
+    try:
+        await store.set_password("ivy", "a-new-password")
+    finally:
+        await store.close()
+    for app in (b, a):
+        assert await asyncio.to_thread(_status, app.url, cookie) == 401
 
 
 @pytest.mark.browser
