@@ -25,7 +25,7 @@ from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
 from tests.test_browser import counted_words
 
-USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal", "ivy", "joy")
+USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal", "ivy", "joy", "kim")
 MESSAGES_PER_MINUTE = 3
 
 
@@ -146,6 +146,47 @@ async def test_a_chat_opened_on_another_instance_shows_the_answer_live_then_carr
     ]
     assert any(m.content == "Counted." for m in on_b.assistant_messages())
     await on_b.disconnect()
+
+
+async def test_thinking_streaming_on_one_instance_shows_on_the_other(instances, gemini):
+    from tests.test_thoughts import thought_steps
+
+    a, b = instances
+    ideas = [f"idea {i}. " for i in range(30)]
+    # The tab on B opens the chat before the first thought: the thinking step comes live.
+    gemini.script(Reply("Otters hold hands.", thoughts=ideas, delay=0.08, first_delay=0.8))
+    on_a = await logged_in(a, "kim")
+    await on_a.connect()
+    await on_a.wait_for(on_a.assistant_messages, what="the welcome")
+    on_a.mark()
+    await on_a.send("Think about otters")
+    thread = await on_a.chat_thread()
+    on_b = await logged_in(b, "kim", on_a.headers["Cookie"])
+    await on_b.connect(thread_id=thread)
+    await on_b.wait_for(lambda: on_b.running, what="B following the answer")
+    assert not thought_steps(on_b)
+
+    def finished(tab: ChatClient) -> bool:
+        steps = thought_steps(tab)
+        return bool(steps) and steps[0]["name"].startswith("Thought for")
+
+    await on_b.wait_for(
+        lambda: any("idea 3." in s["output"] for s in thought_steps(on_b)), what="thinking on B"
+    )
+    await on_b.wait_for(lambda: finished(on_b), timeout=20, what="the finished step on B")
+    (step,) = thought_steps(on_b)
+    assert step["output"] == "".join(ideas)  # every piece exactly once
+    assert any(
+        name == "stream_start" and (data.get("metadata") or {}).get("kind") == "thoughts"
+        for name, data in on_b.events
+    ), "the thinking was not streamed to B"
+    await on_b.wait_for(
+        lambda: any(m.content == "Otters hold hands." for m in on_b.assistant_messages()),
+        what="the answer on B",
+    )
+    await on_b.wait_for(lambda: not on_b.running, what="B free to ask")
+    for tab in (on_a, on_b):
+        await tab.disconnect()
 
 
 async def test_stop_on_another_instance_stops_the_answer_and_another_user_cannot(
