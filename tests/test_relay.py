@@ -346,8 +346,8 @@ async def test_a_new_password_ends_the_login_on_every_instance_at_once(instances
         assert await asyncio.to_thread(_status, app.url, cookie) == 401
 
 
-async def page_on(browser, app, name: str, thread: str):
-    """A page of ``name``, logged in on ``app`` through the login page, on chat ``thread``."""
+async def page_on(browser, app, name: str):
+    """A page of ``name``, logged in on ``app`` through the login page, on a new chat."""
     context = await browser.new_context(viewport={"width": 1100, "height": 760})
     page = await context.new_page()
     await page.goto(app.url)
@@ -355,25 +355,25 @@ async def page_on(browser, app, name: str, thread: str):
     await page.locator("#password").fill(password(name))
     await page.get_by_role("button", name="Sign In").click()
     await page.get_by_text("Ask me anything").wait_for(timeout=30_000)
-    await page.goto(f"{app.url}/thread/{thread}")
     return page
 
 
 @pytest.mark.browser
 async def test_a_page_on_another_instance_shows_the_answer_streaming(instances, gemini, browser):
     _, b = instances
-    words = counted_words(80)
+    words = counted_words(100)
     gemini.script(Reply(chunks=words, delay=0.08))
+    page = await page_on(browser, b, "gus")
     on_a = await asked_on_a(instances, "gus", "Count for the page")
-    page = await page_on(browser, b, "gus", await on_a.chat_thread())
+    await page.goto(f"{b.url}/thread/{await on_a.chat_thread()}")
 
     answer = page.locator(".ai-message .message-content", has_text="w000").last
     await expect(answer).to_contain_text("w010")
     await expect(page.locator("#stop-button")).to_be_visible()
-    assert "w079" not in await answer.inner_text(), "already over: nothing shown live"
+    assert "w099" not in await answer.inner_text(), "already over: nothing shown live"
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=ARTIFACTS / "relay-page-following.png")
-    await expect(answer).to_contain_text("w079", timeout=20_000)
+    await expect(answer).to_contain_text("w099", timeout=20_000)
     await expect(page.locator("#stop-button")).to_have_count(0)
     assert (await answer.inner_text()).split() == [w.strip() for w in words]
     await page.screenshot(path=ARTIFACTS / "relay-page-finished.png")
@@ -386,9 +386,10 @@ async def test_stop_on_a_page_on_another_instance_stops_the_answer(instances, ge
     _, b = instances
     words = counted_words(150)
     gemini.script(Reply(chunks=words, delay=0.08))
+    page = await page_on(browser, b, "joy")
     on_a = await asked_on_a(instances, "joy", "Count until I stop you")
     (request,) = await gemini.arrived(1)
-    page = await page_on(browser, b, "joy", await on_a.chat_thread())
+    await page.goto(f"{b.url}/thread/{await on_a.chat_thread()}")
 
     answer = page.locator(".ai-message .message-content", has_text="w000").last
     await expect(answer).to_contain_text("w010")
