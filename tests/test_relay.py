@@ -25,7 +25,7 @@ from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
 from tests.test_browser import counted_words
 
-USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal", "ivy", "joy", "kim")
+USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal", "ivy", "joy", "kim", "lee")
 MESSAGES_PER_MINUTE = 3
 
 
@@ -93,6 +93,16 @@ def answer_of(tab: ChatClient, first_word: str):
     return next((m for m in tab.assistant_messages() if m.content.startswith(first_word)), None)
 
 
+def following(tab: ChatClient) -> bool:
+    """The tab loaded the chat and waits for the answer (the composer shows Stop): Chainlit's
+    own task_start/task_end around the resume hook come before the chat is sent."""
+    names = [name for name, _ in tab.events]
+    if "resume_thread" not in names:
+        return False
+    after = names[names.index("resume_thread") :]
+    return "task_start" in after and tab.running
+
+
 def resumed_text(tab: ChatClient) -> str:
     """The answer's text as the chat loaded it (before any live piece)."""
     (thread,) = [d for n, d in tab.events if n == "resume_thread"]
@@ -116,7 +126,7 @@ async def test_a_chat_opened_on_another_instance_shows_the_answer_live_then_carr
     await on_b.wait_for(lambda: answer_of(on_b, "Intro"), what="the text so far on B")
     so_far = resumed_text(on_b)
     assert so_far.startswith(intro + "w000 w001") and len(so_far) < len("".join(words))
-    await on_b.wait_for(lambda: on_b.running, what="the composer waiting on B")
+    await on_b.wait_for(lambda: following(on_b), what="the composer waiting on B")
     # The rest arrives live, piece by piece, then the final message, exactly; the tab on A,
     # which asked, may go: the answer goes on for the tab following it on B.
     await on_b.wait_for(
@@ -163,7 +173,7 @@ async def test_thinking_streaming_on_one_instance_shows_on_the_other(instances, 
     thread = await on_a.chat_thread()
     on_b = await logged_in(b, "kim", on_a.headers["Cookie"])
     await on_b.connect(thread_id=thread)
-    await on_b.wait_for(lambda: on_b.running, what="B following the answer")
+    await on_b.wait_for(lambda: following(on_b), what="B following the answer")
     assert not thought_steps(on_b)
 
     def finished(tab: ChatClient) -> bool:
@@ -185,6 +195,47 @@ async def test_thinking_streaming_on_one_instance_shows_on_the_other(instances, 
         what="the answer on B",
     )
     await on_b.wait_for(lambda: not on_b.running, what="B free to ask")
+    for tab in (on_a, on_b):
+        await tab.disconnect()
+
+
+async def test_a_tool_call_on_one_instance_shows_its_step_on_the_other(instances, gemini):
+    from tests.fake_gemini import ToolCall, tool_call_reply
+
+    a, b = instances
+    words = counted_words(20)
+    gemini.script(
+        tool_call_reply(
+            ToolCall("calculate", {"expression": "6 * 7"}, id="call_1"),
+            shape="openai",
+            first_delay=1.2,
+        ),
+        Reply(chunks=words, delay=0.05),
+    )
+    on_a = await logged_in(a, "lee")
+    await on_a.connect()
+    await on_a.wait_for(on_a.assistant_messages, what="the welcome")
+    on_a.mark()
+    await on_a.send("Six times seven?")
+    on_b = await logged_in(b, "lee", on_a.headers["Cookie"])
+    await on_b.connect(thread_id=await on_a.chat_thread())
+    await on_b.wait_for(lambda: following(on_b), what="B following the answer")
+
+    def tool_step(tab: ChatClient) -> dict | None:
+        """The tool's step as last sent: live, or in the chat as loaded if it came first."""
+        shown = []
+        for name, data in tab.events:
+            if name == "resume_thread":
+                shown.extend(step for step in data["steps"] if step.get("type") == "tool")
+            elif name in ("new_message", "update_message") and data.get("type") == "tool":
+                shown.append(data)
+        return shown[-1] if shown and shown[-1].get("output") else None
+
+    step = await on_b.wait_for(lambda: tool_step(on_b), what="the tool's step on B")
+    assert step["name"] == "calculate" and "```result\n42\n```" in step["output"]
+    assert step["output"] == tool_step(on_a)["output"]
+    await on_b.wait_for(lambda: not on_b.running, what="the end of the answer on B")
+    assert any(m.content == "".join(words) for m in on_b.assistant_messages())
     for tab in (on_a, on_b):
         await tab.disconnect()
 
