@@ -56,6 +56,8 @@ def instances(cluster_url, fake_gemini_server):
         DATABASE_URL=cluster_url,
         CHAINLIT_AUTH_SECRET=SECRET,
         USER_MESSAGES_PER_MINUTE=str(MESSAGES_PER_MINUTE),
+        # Long enough for a tab on B to open the chat before a slow first piece.
+        GEMINI_STALL_TIMEOUT="5",
     )
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.map(lambda _: start_app(env), range(2))
@@ -116,7 +118,7 @@ async def test_a_chat_opened_on_another_instance_shows_the_answer_live_then_carr
     _, b = instances
     # A first piece far over a notification's 8000 bytes: the text so far goes in parts.
     intro = "Intro " + "lorem ipsum " * 1500 + "\n\n"
-    words = [intro, *counted_words(60)]
+    words = [intro, *counted_words(100)]
     gemini.script(Reply(chunks=words, delay=0.08), Reply("Counted."))
     on_a = await asked_on_a(instances, "ann", "Count for me")
     thread = await on_a.chat_thread()
@@ -164,7 +166,7 @@ async def test_thinking_streaming_on_one_instance_shows_on_the_other(instances, 
     a, b = instances
     ideas = [f"idea {i}. " for i in range(30)]
     # The tab on B opens the chat before the first thought: the thinking step comes live.
-    gemini.script(Reply("Otters hold hands.", thoughts=ideas, delay=0.08, first_delay=0.8))
+    gemini.script(Reply("Otters hold hands.", thoughts=ideas, delay=0.08, first_delay=2.5))
     on_a = await logged_in(a, "kim")
     await on_a.connect()
     await on_a.wait_for(on_a.assistant_messages, what="the welcome")
@@ -208,7 +210,7 @@ async def test_a_tool_call_on_one_instance_shows_its_step_on_the_other(instances
         tool_call_reply(
             ToolCall("calculate", {"expression": "6 * 7"}, id="call_1"),
             shape="openai",
-            first_delay=1.2,
+            first_delay=2.5,
         ),
         Reply(chunks=words, delay=0.05),
     )
@@ -370,12 +372,18 @@ async def test_a_logout_on_one_instance_ends_the_login_on_the_other_at_once(inst
     # B has just accepted the login (and would trust it for a couple of seconds).
     assert await asyncio.to_thread(_status, b.url, cookie) == 200
     assert await asyncio.to_thread(_logout, a.url, cookie) == 200
-    ended = time.monotonic()
-    while (status := await asyncio.to_thread(_status, b.url, cookie)) == 200:
-        assert time.monotonic() - ended < 1.0, "B still accepts the ended login"
-    took = time.monotonic() - ended
+    took = await refused_soon(b, cookie)
     print(f"logout on A refused on B after {took * 1000:.0f} ms")
+
+
+async def refused_soon(app, cookie: str) -> float:
+    """How long ``app`` still accepted the login ``cookie``: well under the 2 s an instance
+    trusts a login it accepted without asking the database (tokens.CHECK_SECONDS)."""
+    ended = time.monotonic()
+    while (status := await asyncio.to_thread(_status, app.url, cookie)) == 200:
+        assert time.monotonic() - ended < 1.0, "the ended login is still accepted"
     assert status == 401
+    return time.monotonic() - ended
 
 
 async def test_a_new_password_ends_the_login_on_every_instance_at_once(instances, cluster_url):
@@ -394,7 +402,7 @@ async def test_a_new_password_ends_the_login_on_every_instance_at_once(instances
     finally:
         await store.close()
     for app in (b, a):
-        assert await asyncio.to_thread(_status, app.url, cookie) == 401
+        await refused_soon(app, cookie)
 
 
 async def page_on(browser, app, name: str):
