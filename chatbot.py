@@ -14,6 +14,7 @@ from gemini_chat.chat import ChatController
 from gemini_chat.drain import drain_on_signals, install_message_refusal
 from gemini_chat.limits import build_usage_counter
 from gemini_chat.llm import build_backend, build_client, build_model
+from gemini_chat.relay import current_relay
 from gemini_chat.sharing import viewable
 from gemini_chat.starters import install_starters, withdraw_starters
 
@@ -40,10 +41,12 @@ async def on_app_startup() -> None:
     # SIGTERM drains this instance: running answers end and are stored, then it exits.
     install_message_refusal(settings.assistant_name)
     drain_on_signals(settings.drain_timeout, server.data_layer)
+    await current_relay().start()  # instances on one PostgreSQL database talk through it
 
 
 @cl.on_app_shutdown
 async def on_app_shutdown() -> None:
+    await current_relay().close()
     if backend is not None and backend.mcp is not None:
         await backend.mcp.close()  # the MCP servers' processes and connections
     if client is not None:

@@ -27,6 +27,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from .config import ConfigError, Settings, load_settings
+from .relay import tell_instances_accounts_changed
 from .schema import (
     StorageError,
     accounts,
@@ -227,6 +228,7 @@ class AccountStore:
                     session_epoch=new_epoch(),
                 )
             )
+            await tell_instances_accounts_changed(connection)
 
     async def set_password(self, name: str, password: str) -> None:
         """A new password, and a new session epoch: every login of the account ends."""
@@ -239,6 +241,7 @@ class AccountStore:
             )
             if result.rowcount == 0:
                 raise AccountError(f"There is no user {name!r}.")
+            await tell_instances_accounts_changed(connection)
 
     async def remove(self, name: str) -> None:
         """Remove the account, which ends every login of it (its chats stay)."""
@@ -248,6 +251,7 @@ class AccountStore:
             )
             if result.rowcount == 0:
                 raise AccountError(f"There is no user {name!r}.")
+            await tell_instances_accounts_changed(connection)
             await connection.execute(
                 revoked_tokens.delete().where(revoked_tokens.c.identifier == name)
             )

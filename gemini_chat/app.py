@@ -35,6 +35,7 @@ from .logs import (
 )
 from .mcp import load_server_configs
 from .ownership import note_authenticated
+from .relay import build_relay, install_relay
 from .runtime import tune_runtime
 from .schema import StorageError, describe_url, prepare_database
 from .sharing import install_sharing
@@ -153,6 +154,9 @@ def prepare_server() -> Server:
         upload_limit=upload_limit(configured_limits()),
         page_login=access.page_login_headers,
     )
+    # Instances on one PostgreSQL database tell each other of answers and logins (started with
+    # the server: chatbot.py's on_app_startup).
+    install_relay(build_relay(settings.database_url, access))
     data_layer = ChatDataLayer(settings.database_url, settings.max_message_chars)
     current = Server(settings, data_layer, access, edge, tools)
     # Downloads and share links, the owner check kept (sharing.py).

@@ -37,6 +37,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from .accounts import AccountStore, LoginThrottle
+from .relay import current_relay
 from .schema import app_settings, prepare_engine_args, read_setting, run_blocking
 from .tokens import CHECK_SECONDS, TokenRegistry, login_claim, read_login
 
@@ -164,12 +165,19 @@ class Access:
         login = read_login(token, _signing_secret())
         return login is not None and await self.tokens.accepts(login)
 
+    def accounts_changed(self) -> None:
+        """The accounts command changed an account (on any instance's database): tokens and
+        local mode are checked again at their next use."""
+        self.tokens.forget_trusted()
+        self._local_until = 0.0
+
     async def logout(self, request: Any) -> dict:
         """Chainlit's on_logout: end the token the request carries, on every instance."""
         token = _token_of_request(request)
         login = read_login(token, _signing_secret(), check_expiry=False) if token else None
         if login is not None and not self.local:
             await self.tokens.revoke(login)
+            current_relay().login_ended(login.token_id)  # the other instances, at once
             logger.info("Logged out a session of %r", login.identifier)
         return {"success": True}
 

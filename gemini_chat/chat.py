@@ -64,6 +64,7 @@ from .preferences import (
     stored_in,
 )
 from .reconnect import stable_id
+from .relay import current_relay
 from .runtime import idle_collector
 from .starters import offer_starters
 from .streaming import EventBudget, ReplyStream
@@ -209,6 +210,8 @@ class ChatController:
         # An answer still being written in this chat (the page was reloaded, or the chat opened
         # in another tab): show it as it is and follow it live; the composer waits for it.
         following = live_replies.show_to(thread, cl.context.session, history)
+        if not following:  # perhaps on another instance of the app
+            following = await current_relay().follow(thread, cl.context.session, history)
         emitter = cl.context.emitter
 
         async def show() -> None:
@@ -228,8 +231,7 @@ class ChatController:
     async def stop(self) -> None:
         cancelled = self.conversation().cancel_turns()
         watched = live_replies.watched_by(cl.context.session)
-        if watched is not None and watched.task is not None and not watched.task.done():
-            watched.task.cancel()  # stopped from a tab that follows the answer
+        if watched is not None and watched.halt():  # stopped from a tab that follows the answer
             cancelled += 1
         logger.info("Stop requested: cancelled %d turn(s)", cancelled)
 

@@ -9,6 +9,11 @@ piece, the turn's thinking and tool steps as they change, the final message, and
 own history. Stop works from any of them, and the reply goes on while at least one of them is
 connected. The steps a turn opens before its answer get creation stamps in the order they were
 shown (``stamp_before_answer``), so the chat loads again in that order.
+
+Tabs on other instances of the app follow it through the relay (gemini_chat/relay.py): once one
+asks, the reply's ``outlet`` gets every change the viewers here get, as a plain dict, and the
+relay's copy of the reply on that instance hands them to its viewers with the same functions
+(``pieces_to``, ``steps_to``, ``updates_to``, ``release``).
 """
 
 from __future__ import annotations
@@ -66,6 +71,49 @@ class Viewer:
         return ChainlitEmitter(self.session)
 
 
+async def pieces_to(
+    viewers: list[Viewer], step_id: str, piece: str, step: dict[str, Any] | None = None
+) -> None:
+    """A piece of a streaming step: a viewer already shown the step gets the piece; another
+    gets the step as it is now (``step``, the piece included)."""
+    for viewer in viewers:
+        if step is None or step_id in viewer.shown:
+            await _quietly(viewer.emitter.send_token(step_id, piece))
+        else:
+            viewer.shown.add(step_id)
+            await _quietly(viewer.emitter.stream_start(step))
+
+
+async def steps_to(viewers: list[Viewer], step: dict[str, Any]) -> None:
+    """A step shown or changed: the page adds a step it does not have, and updates one it has."""
+    for viewer in viewers:
+        viewer.shown.add(step["id"])
+        await _quietly(viewer.emitter.send_step(step))
+
+
+async def updates_to(viewers: list[Viewer], step: dict[str, Any]) -> None:
+    for viewer in viewers:
+        await _quietly(viewer.emitter.update_step(step))
+
+
+async def release(viewers: list[Viewer], final: dict[str, Any], turn: dict[str, Any]) -> None:
+    """The reply is over: viewers get its final form and the turn in their history, and are
+    free to ask the next question. ``turn``: user_text, user_message_id, answer, files, items."""
+    for viewer in viewers:
+        # A continued answer replaces the cut-off one the viewer's history holds.
+        viewer.history.take_back(turn["user_message_id"])
+        viewer.history.record(
+            turn["user_text"],
+            turn["answer"],
+            turn["user_message_id"],
+            turn.get("files", ()),
+            # A turn that used tools: its items, as the asking session keeps them.
+            stored_items(turn.get("items")),
+        )
+        await _quietly(viewer.emitter.update_step(final))
+        await _quietly(viewer.emitter.task_end())
+
+
 @dataclass(eq=False)
 class LiveReply:
     """One reply being written, and who is watching it."""
@@ -89,6 +137,28 @@ class LiveReply:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The creation stamp given last to a step of the turn (stamp_before_answer).
     last_stamp: str | None = None
+    # Where every change goes too, once another instance follows the reply (the relay), and
+    # whether a tab there still does.
+    outlet: Callable[[dict[str, Any]], None] | None = None
+    watched_elsewhere: Callable[[], bool] | None = None
+
+    @property
+    def owner(self) -> str | None:
+        """The identifier of the user whose chat this is."""
+        return getattr(self.origin.user, "identifier", None)
+
+    def halt(self) -> bool:
+        """Stop the reply (Stop from a tab following it); True if it was running."""
+        if self.task is None or self.task.done():
+            return False
+        self.task.cancel()
+        return True
+
+    def _relay(self, change: dict[str, Any]) -> None:
+        # Called before the change is emitted here: the copy the relay sends when another
+        # instance starts following (snapshot) either holds the change or comes before it.
+        if self.outlet is not None:
+            self.outlet(change)
 
     def sink(self) -> Callable[[str], Awaitable[None]]:
         """Where the reply's text goes: the asking session, then every viewer."""
@@ -97,9 +167,9 @@ class LiveReply:
             # Viewers attached during the awaits below already got this piece in their
             # snapshot (the message's content grows before it is emitted).
             targets = list(self.viewers)
+            self._relay({"e": "piece", "id": self.reply.id, "p": piece})
             await self.reply.stream_token(piece)
-            for viewer in targets:
-                await _quietly(viewer.emitter.send_token(self.reply.id, piece))
+            await pieces_to(targets, self.reply.id, piece)
 
         return write
 
@@ -136,25 +206,21 @@ class LiveReply:
         """A piece of the thinking step, for the asking session and the viewers."""
         # Viewers attached during the await below get this piece in their snapshot.
         targets = list(self.viewers)
+        if self.outlet is not None:
+            self._relay({"e": "piece", "id": step.id, "p": piece, "s": _without_output(step)})
         await step.stream_token(piece)
-        for viewer in targets:
-            if step.id in viewer.shown:
-                await _quietly(viewer.emitter.send_token(step.id, piece))
-            else:
-                viewer.shown.add(step.id)
-                await _quietly(viewer.emitter.stream_start(step.to_dict()))
+        await pieces_to(targets, step.id, piece, step.to_dict())
 
     async def show_step(self, step: dict[str, Any]) -> None:
         """A step of the turn was shown to the asking session or changed there: the viewers
         get it as it is now (the page adds a step it does not have, and updates one it has)."""
         self.steps[step["id"]] = step
-        for viewer in list(self.viewers):
-            viewer.shown.add(step["id"])
-            await _quietly(viewer.emitter.send_step(step))
+        self._relay({"e": "step", "s": step})
+        await steps_to(list(self.viewers), step)
 
     async def finish_thinking(self, step: cl.Step) -> None:
-        for viewer in list(self.viewers):
-            await _quietly(viewer.emitter.update_step(step.to_dict()))
+        self._relay({"e": "update", "s": step.to_dict()})
+        await updates_to(list(self.viewers), step.to_dict())
 
     def attach(self, session: WebsocketSession, history: History) -> Viewer:
         viewer = Viewer(session, history)
@@ -172,11 +238,12 @@ class LiveReply:
         return any(
             session.id not in self.departed or session.socket_id != self.departed[session.id]
             for session in sessions
-        )
+        ) or (self.watched_elsewhere is not None and self.watched_elsewhere())
 
     async def broadcast_message(self, message: cl.Message) -> None:
         """A message the asking session was sent (an error notice), for the viewers too."""
         step = message.to_dict()
+        self._relay({"e": "notice", "s": step})
         for viewer in list(self.viewers):
             await _quietly(viewer.emitter.send_step(step))
 
@@ -184,20 +251,22 @@ class LiveReply:
         """The reply is over (complete, stopped or failed): viewers get its final form and the
         turn in their history, and are free to ask the next question."""
         final = {**self.reply.to_dict(), "streaming": False}
-        for viewer in list(self.viewers):
-            # A continued answer replaces the cut-off one the viewer's history holds.
-            viewer.history.take_back(self.user_message_id)
-            viewer.history.record(
-                self.user_text,
-                answer,
-                self.user_message_id,
-                self.files,
-                # A turn that used tools: its items, as the asking session keeps them.
-                stored_items((self.reply.metadata or {}).get(ITEMS_KEY)),
-            )
-            await _quietly(viewer.emitter.update_step(final))
-            await _quietly(viewer.emitter.task_end())
+        turn = {
+            "user_text": self.user_text,
+            "user_message_id": self.user_message_id,
+            "answer": answer,
+            "items": (self.reply.metadata or {}).get(ITEMS_KEY),
+        }
+        # Files stay here: another instance reads them from the database.
+        self._relay({"e": "end", "final": final, "turn": turn})
+        await release(list(self.viewers), final, {**turn, "files": self.files})
         self.done.set()
+
+
+def _without_output(step: cl.Step) -> dict[str, Any]:
+    shown = step.to_dict()
+    shown.pop("output", None)
+    return shown
 
 
 async def _quietly(emission: Awaitable[Any]) -> None:

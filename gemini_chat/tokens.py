@@ -11,8 +11,10 @@ A token is accepted while
 - its login is younger than the token lifetime (Chainlit's ``/auth/jwt`` re-issues a token
   with the same claim, so it cannot stretch a login, nor bring back an ended one).
 
-A token accepted is trusted for ``CHECK_SECONDS`` without asking the database again, so another
-instance refuses an ended token within that time (the instance that served the logout at once).
+A token accepted is trusted for ``CHECK_SECONDS`` without asking the database again. On
+PostgreSQL the instances tell each other of a logout and of the accounts command's changes
+(gemini_chat/relay.py), so every instance refuses an ended token at once; without that relay
+(the database unreachable for it), within that time.
 A refusal is final and remembered. This module does not import Chainlit.
 """
 
@@ -140,6 +142,14 @@ class TokenRegistry:
                 revoked_tokens.delete().where(revoked_tokens.c.expires_at < now)
             )
             await connection.execute(insert)
+
+    def ended_elsewhere(self, token_id: str) -> None:
+        """Another instance ended this token (a logout there): refused here at once."""
+        self._refuse(token_id)
+
+    def forget_trusted(self) -> None:
+        """Accounts changed (a new password, a removal): ask the database again."""
+        self._trusted_until.clear()
 
     def _refuse(self, token_id: str) -> None:
         self._trusted_until.pop(token_id, None)

@@ -80,6 +80,16 @@ class PostgresCluster:
             sql,
         )
 
+    def go_down(self) -> None:
+        """The server stops at once, as a crash would (``come_back`` starts it again)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def come_back(self) -> None:
+        """Start the server again on the same port (pg_ctl reuses the options it was started
+        with, from postmaster.opts)."""
+        log = str(self.directory / "server.log")
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-l", log, "restart")
+
     def database(self) -> str:
         """A new empty database owned by the app's role; its SQLAlchemy URL."""
         name = f"chat_{uuid.uuid4().hex[:12]}"
