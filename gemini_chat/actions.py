@@ -30,6 +30,9 @@ REGENERATE = "regenerate"
 CONTINUE = "continue"
 USAGE = "usage"  # the name of the usage and total lines: clicking them does nothing
 USAGE_ID = "gemini-usage-"
+# The buttons of a last answer, by its id: a page that reconnected holds them under these ids.
+REGENERATE_ID = "gemini-regenerate-"
+CONTINUE_ID = "gemini-continue-"
 TOTAL_ID = "gemini-total-"
 # Put before an answer that was asked again, on screen and in storage; never sent to Gemini.
 EARLIER_MARK = "*Earlier answer; a new one was asked for below.*\n\n"
@@ -137,8 +140,9 @@ class Answers:
 
     # -- on screen
 
-    async def offer(self, last: LastAnswer) -> None:
-        """``last`` is now the chat's last answer: the chat's total and the buttons go on it."""
+    async def offer(self, last: LastAnswer, replace: bool = False) -> None:
+        """``last`` is now the chat's last answer: the chat's total and the buttons go on it;
+        ``replace`` the copies a page that reconnected may still show (same ids)."""
         await self.withdraw()
         self.last = last
         anchor = last.anchor
@@ -163,6 +167,7 @@ class Answers:
                 label="Regenerate",
                 tooltip="Ask Gemini again for a new answer to the same message",
                 icon="refresh-cw",
+                id=f"{REGENERATE_ID}{anchor.id}",
             )
         )
         if last.truncated:
@@ -173,9 +178,12 @@ class Answers:
                     label="Continue",
                     tooltip="Ask Gemini to go on from where the answer was cut off",
                     icon="arrow-right",
+                    id=f"{CONTINUE_ID}{anchor.id}",
                 )
             )
         for action in offered:
+            if replace:
+                await action.remove()  # the page removes an action by its id
             await action.send(for_id=anchor.id)
         self.offered = offered
 
@@ -187,12 +195,16 @@ class Answers:
 
     async def show_stored(self, usages: Iterable[tuple[str, TokenUsage]], offer: bool) -> None:
         """A reopened chat: every stored answer's usage again, then the last answer's buttons
-        (not while an answer is being written in it elsewhere: that one will be the last)."""
+        (not while an answer is being written in it elsewhere: that one will be the last).
+
+        A page whose socket reconnected to a server that resumes its chat afresh (a restart,
+        another instance) keeps the lines and buttons it had, and the page adds an action
+        without looking for its id: each replaces its copy, so none shows twice."""
         for message_id, usage in usages:
-            await show_usage(message_id, usage)
+            await show_usage(message_id, usage, replace=True)
         if offer and self.last is not None:
             last, self.last = self.last, None
-            await self.offer(last)
+            await self.offer(last, replace=True)
 
 
 async def show_usage(message_id: str, usage: TokenUsage, replace: bool = False) -> None:

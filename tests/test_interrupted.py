@@ -492,3 +492,35 @@ async def test_a_new_chat_open_through_a_restart_shows_its_welcome_and_starters_
     assert await page.evaluate("window.sameLoad === true")
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=ARTIFACTS / "new-chat-after-restart.png")
+
+
+@pytest.mark.browser
+async def test_an_open_page_that_reconnects_shows_each_usage_line_and_button_once(
+    restartable, gemini, browser
+):
+    """The page keeps the buttons it had when its socket comes back to a server that resumes the
+    chat afresh (a restart, or another instance): they are sent again, and must not double."""
+    app = restartable()
+    page = await open_chat(browser, app)
+    for question, answer in (("First question", "First answer."), ("Second one", "Second answer.")):
+        gemini.script(Reply(answer))
+        await type_and_send(page, question)
+        await page.get_by_text(answer).wait_for(timeout=15_000)
+    await page.get_by_role("button", name="Regenerate").wait_for(timeout=15_000)
+    usage = page.locator('[id^="gemini-usage-"]')
+    await expect(usage).to_have_count(2)
+    await page.evaluate("window.sameLoad = true")
+    app.kill()
+    await expect(page.locator("#chat-submit")).to_be_disabled()  # the page lost its server
+    restartable(port=app.port)
+
+    # Reconnected by itself (the send button comes back), resumed: every line and button once.
+    gemini.script(Reply("Third answer."))
+    await type_and_send(page, "Third one")
+    await page.get_by_text("Third answer.").wait_for(timeout=15_000)
+    await expect(usage).to_have_count(3)
+    await expect(page.get_by_role("button", name="Regenerate")).to_have_count(1)
+    await expect(page.get_by_text("tokens in this chat")).to_have_count(1)
+    assert await page.evaluate("window.sameLoad === true")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "reconnected-buttons-once.png")
