@@ -75,7 +75,7 @@ def cluster_up(request, cluster):
         for index, server in enumerate(cluster.instances):
             tail = "\n".join(server.log().splitlines()[-40:])
             print(f"--- end of instance {index}'s log (port {cluster.ports[index]}):\n{tail}")
-        print(f"--- nginx:\n{cluster.nginx_output()[-3000:]}")
+        print(f"--- nginx:\n{cluster.nginx_output()[-10000:]}")
         log = cluster.prefix / "logs" / "access.log"
         print("--- nginx's access log ends with:\n" + "\n".join(log.read_text().splitlines()[-60:]))
 
@@ -235,6 +235,9 @@ async def kill_mid_answer(cluster: Cluster, page, gemini, first: str, second: st
     await expect(last_step(page, "assistant_message")).to_have_text(
         "Otters hold hands while they sleep."
     )
+    # The page moves to the chat's own address after its first exchange; a question typed
+    # while it does may be dropped with the composer it was typed in.
+    await page.wait_for_url("**/thread/*", timeout=15_000)
     await type_and_send(page, second)
     await (
         last_step(page, "assistant_message")
