@@ -3,7 +3,8 @@ accounts mode, driven through nginx by the socket client and by Chromium: new ch
 both instances and each stays on its own; logging in works through nginx; an instance killed
 mid-answer hands its open page to the other instance, which shows the chat and answers the next
 message with its history; and once the killed instance is back, that page stays on the instance
-that took it over (its buttons work there).
+that took it over (its buttons work there); a draining instance's refusal of a page load moves the
+browser to the other instance too.
 
 nginx's route cookie names an instance (i1, i2), shared by many browsers: each test browser sends
 a user agent of its own (``browser_agent()``), by which nginx's log tells its requests apart."""
@@ -451,3 +452,55 @@ async def test_a_page_moved_by_a_failure_stays_on_its_new_instance_when_the_old_
         (r.method, r.uri, r.upstreams) for r in since
     ]
     assert (await route_of(page))["value"] == cluster.name(other)
+
+
+# --- a draining instance moves a browser's new page load -----------------------------------------
+
+
+async def test_a_page_load_refused_by_a_draining_instance_moves_the_browser(cluster, gemini):
+    agent = browser_agent("socket-client")
+    client = ChatClient(cluster.url, headers={"User-Agent": agent})
+    await client.login("alice", PASSWORD)
+    index = [cluster.name(i) for i in range(cluster.size)].index(client.route)
+    other = 1 - index
+    # An answer that goes on writing keeps the instance draining (up to DRAIN_SECONDS).
+    await client.connect()
+    await client.wait_for(client.assistant_messages, what="the welcome")
+    question = "Keep writing while the server stops"
+    gemini.script_for(question, Reply(chunks=["Still ", "writing"], ending="stall"))
+    await client.send(question)
+
+    def writing():
+        return any(m.content == "Still writing" for m in client.assistant_messages())
+
+    await client.wait_for(writing, what="the answer streaming")
+    try:
+        cluster.term(index)
+
+        async def draining():
+            url = f"http://{cluster.address(index)}/readyz"
+            try:
+                await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
+            except urllib.error.HTTPError as error:
+                return error.code == 503
+            return False
+
+        await eventually(draining, what="the instance draining")
+        # The browser loads a page again: its cookie names the draining instance, which refuses
+        # it; the other instance answers, and the cookie now names that one.
+        request = urllib.request.Request(
+            cluster.url + "/", headers={"Cookie": f"route={client.route}", "User-Agent": agent}
+        )
+        with await asyncio.to_thread(urllib.request.urlopen, request, timeout=10) as response:
+            assert response.status == 200
+            cookies = response.headers.get_all("Set-Cookie") or []
+        assert [c.split(";")[0] for c in cookies if c.startswith("route=")] == [
+            f"route={cluster.name(other)}"
+        ]
+        (load,) = [r for r in cluster.served_for(agent) if r.method == "GET" and r.uri == "/"]
+        assert load.upstreams == [cluster.address(index), cluster.address(other)]
+        assert load.status == 200
+    finally:
+        await client.disconnect()
+        # Not left draining for the next test.
+        cluster.kill(index)
