@@ -8,7 +8,8 @@
 # answers finish, up to DRAIN_SECONDS), then nginx and PostgreSQL, and removes the temporary
 # files; a second Ctrl-C stops the instances at once.
 #
-# Settings come from the environment and .env as for one instance (GEMINI_API_KEY, ...).
+# Settings come from the environment and .env as for one instance (GEMINI_API_KEY, ...);
+# FAIL_TIMEOUT (10s) is nginx's, see deploy/render-nginx.sh.
 # The throwaway database starts empty, so the app runs in local mode (this computer only); with
 # DATABASE_URL naming a database that has accounts, set CHAINLIT_AUTH_SECRET as well.
 set -euo pipefail

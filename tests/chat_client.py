@@ -149,13 +149,15 @@ class ChatClient:
     # -- login, as the browser does it
 
     def _post(self, path: str, data: bytes, content_type: str) -> str:
-        # A load balancer's route cookie (deploy/nginx.conf) goes along, as a browser's does.
+        # A load balancer's route cookie (deploy/nginx.conf) goes along, as a browser's does,
+        # and the tab's User-Agent if it has one of its own (the socket sends it too).
         route = {"Cookie": f"route={self.route}"} if self.route else {}
+        others = {k: v for k, v in self.headers.items() if k.lower() == "user-agent"}
         request = urllib.request.Request(
             self.url + path,
             data=data,
             method="POST",
-            headers={"Content-Type": content_type, **route},
+            headers={"Content-Type": content_type, **others, **route},
         )
         with urllib.request.urlopen(request, timeout=15) as response:
             cookies = response.headers.get_all("Set-Cookie") or []

@@ -6,19 +6,23 @@ it is given, and nginx as an ordinary user in a temporary prefix, with deploy/ng
 rendered by deploy/render-nginx.sh for the instances' ports. Tests reach the app at ``url``
 (nginx), stop instances with ``kill(i)`` (SIGKILL) or ``term(i)`` (SIGTERM), start one again on
 its port with ``start(i)``, and read which instance served each request from nginx's access log
-(``served()``).
+(``served()``). Each instance has a short name (i1, i2, ...), which nginx's route cookie
+carries; tests tell their browsers apart in nginx's log by the user agent each one sends
+(``browser_agent()``).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +50,8 @@ class Served:
     method: str
     uri: str
     status: int
-    route: str
+    route: str  # the route cookie the browser sent (an instance's name), "" without one
+    agent: str  # the browser's user agent
     # The instances tried, in order ("127.0.0.1:PORT"); the last one answered.
     upstreams: list[str]
     msec: float  # when it ended
@@ -67,6 +72,8 @@ class Cluster:
     size: int = 2
     # The database the instances share (for tests that read what was stored).
     database_url: str = ""
+    # How long nginx leaves out an instance that failed (deploy/render-nginx.sh's FAIL_TIMEOUT).
+    fail_timeout: str = "10s"
     instances: list[AppServer] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     directories: list[Path] = field(default_factory=list)
@@ -117,6 +124,7 @@ class Cluster:
             capture_output=True,
             text=True,
             check=True,
+            env={**os.environ, "FAIL_TIMEOUT": self.fail_timeout},
         ).stdout
         (self.prefix / "nginx.conf").write_text(config)
         log = (self.prefix / "logs" / "nginx.out").open("ab")
@@ -175,6 +183,15 @@ class Cluster:
         """Which instance an upstream address ("127.0.0.1:PORT") is."""
         return self.ports.index(int(upstream.rsplit(":", 1)[1]))
 
+    def address(self, index: int) -> str:
+        """Instance ``index``'s address as nginx's log writes it."""
+        return f"127.0.0.1:{self.ports[index]}"
+
+    @staticmethod
+    def name(index: int) -> str:
+        """Instance ``index``'s name, as the route cookie carries it."""
+        return f"i{index + 1}"
+
     def served(self) -> list[Served]:
         """Every request nginx has logged so far, in order."""
         path = self.prefix / "logs" / "access.log"
@@ -195,6 +212,7 @@ class Cluster:
                     uri=entry["uri"],
                     status=int(entry["status"]),
                     route=entry["route"],
+                    agent=entry["agent"],
                     upstreams=upstreams,
                     msec=float(entry["msec"]),
                     seconds=float(entry["seconds"]),
@@ -202,13 +220,19 @@ class Cluster:
             )
         return requests
 
-    def served_for(self, route: str) -> list[Served]:
-        """The requests of one browser (its route cookie)."""
-        return [request for request in self.served() if request.route == route]
+    def served_for(self, agent: str) -> list[Served]:
+        """The requests of one browser (its user agent, from ``browser_agent()``)."""
+        return [request for request in self.served() if request.agent == agent]
 
-    def instances_of(self, route: str) -> set[int]:
+    def instances_of(self, agent: str) -> set[int]:
         """The instances that answered the requests of one browser."""
-        return {self.index_of(r.upstream) for r in self.served_for(route) if r.upstream}
+        return {self.index_of(r.upstream) for r in self.served_for(agent) if r.upstream}
+
+
+def browser_agent(kind: str = "browser") -> str:
+    """A user agent of its own for one test browser, which tells its requests apart in nginx's
+    log (the route cookie names an instance, shared by many browsers)."""
+    return f"cluster-test-{kind}/{uuid.uuid4().hex[:12]}"
 
 
 def cluster_env(base: dict[str, str]) -> dict[str, str]:
