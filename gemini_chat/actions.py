@@ -31,8 +31,8 @@ CONTINUE = "continue"
 USAGE = "usage"  # the name of the usage and total lines: clicking them does nothing
 USAGE_ID = "gemini-usage-"
 # The buttons of a last answer, by its id: a page that reconnected holds them under these ids.
-REGENERATE_ID = "gemini-regenerate-"
-CONTINUE_ID = "gemini-continue-"
+REGENERATE_ID = "regenerate-"
+CONTINUE_ID = "continue-"
 TOTAL_ID = "gemini-total-"
 # Put before an answer that was asked again, on screen and in storage; never sent to Gemini.
 EARLIER_MARK = "*Earlier answer; a new one was asked for below.*\n\n"
