@@ -50,6 +50,9 @@ CUT_GRACE = 5.0
 CLOSE_GRACE = 3.0
 # Requests naming their session in a JSON body (Chainlit's frontend: callAction, element edits).
 BODY_SESSION_ROUTES = frozenset({("POST", "/project/action"), ("PUT", "/project/element")})
+# The list of chats in the sidebar, which an open page fetches again when an answer ends: it
+# opens no session (a new page's own load is refused) and reads only the caller's chats.
+OPEN_PAGE_READS = frozenset({("POST", "/project/threads")})
 
 
 # -- the edge: what still passes while draining
@@ -84,7 +87,11 @@ async def admitted_while_draining(
         return _open_socket(query.get("sid", [None])[0]), receive
     if _open_session(query.get("session_id", [None])[0]):
         return True, receive  # an upload to an open chat, or one of its files
-    if scope["type"] != "http" or (scope["method"], path) not in BODY_SESSION_ROUTES:
+    if scope["type"] != "http":
+        return False, receive
+    if (scope["method"], path) in OPEN_PAGE_READS:
+        return True, receive
+    if (scope["method"], path) not in BODY_SESSION_ROUTES:
         return False, receive
     messages, size = [], 0
     while True:

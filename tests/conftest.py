@@ -116,7 +116,9 @@ def block_real_gemini(request, monkeypatch):
 
 def guarded_env(**overrides: str) -> dict[str, str]:
     """Environment for a child process: no proxy-free way out except loopback."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY",)}
+    # Nor CI, which a CI machine sets: it turns on Chainlit's own CI mode (a log line before
+    # the app's logging is set up, a made-up OPENAI_API_KEY), not how the app is run.
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "CI")}
     # Any request not to loopback goes to a closed local port and fails at once.
     env.update(
         HTTP_PROXY="http://127.0.0.1:9",

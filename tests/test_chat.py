@@ -89,15 +89,19 @@ async def test_message_over_the_limit_is_refused_without_upstream_call(chat, gem
 
 
 async def test_one_client_serves_every_message(app, gemini):
-    """The client is built once: all requests of two chats share one keep-alive connection."""
+    """The client is built once: the requests of a second chat go over the keep-alive
+    connections the first chat used, and no new one is opened."""
     for _ in range(2):
         client = await ChatClient(app.url).connect()
         await client.wait_for(client.assistant_messages, what="welcome")
         await client.ask("hello")
         await client.ask("again")
         await client.disconnect()
-    requests = await gemini.arrived(4)
-    assert len({r.peer for r in requests}) == 1
+    peers = [r.peer for r in await gemini.arrived(4)]
+    assert set(peers[2:]) <= set(peers[:2]), peers
+    # One connection, or two when a chat's first request went while the list of models (fetched
+    # as the chat opened) was still being read on the other.
+    assert len(set(peers)) <= 2, peers
 
 
 async def test_queued_message_waits_for_the_running_reply(chat, gemini: FakeGemini):

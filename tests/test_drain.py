@@ -302,7 +302,13 @@ async def test_in_chromium_an_answer_finishes_and_a_new_message_gets_the_notice(
     await type_and_send(other, "Hello from the open page")
     await expect(other.get_by_text(DRAINING_NOTICE)).to_be_visible(timeout=15_000)
     await screenshot(other, "drain-notice.png")
-    await expect(answer).to_have_text(WHOLE.strip(), timeout=20_000)
+    # When the answer ends, the page fetches its list of chats again: served, no error shown.
+    async with asking.expect_response(
+        lambda response: response.url.endswith("/project/threads"), timeout=20_000
+    ) as listed:
+        await expect(answer).to_have_text(WHOLE.strip(), timeout=20_000)
+    assert (await listed.value).status == 200
+    await expect(asking.get_by_text("Error fetching threads")).to_have_count(0)
     await screenshot(asking, "drain-answer-finished.png")
     assert await exit_status(app, 10) == 0
     assert len(gemini.requests) == 1  # the running answer's only
