@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -14,13 +15,24 @@ from tests.fake_gemini import Reply, rate_limit_per_minute
 pytestmark = pytest.mark.browser
 
 
-async def type_and_send(page, text: str) -> None:
+async def type_and_send(page, text: str, timeout: float = 15.0) -> None:
     composer = page.locator("#chat-input")
-    await composer.fill(text)
+    submit = page.locator("#chat-submit")
     # As a person waits for the send button: until the previous task has ended (shortly after
     # its answer shows), the button is Stop, or a disabled send button while the chat's first
-    # exchange is still being stored, and Enter sends nothing.
-    await expect(page.locator("#chat-submit")).to_be_enabled(timeout=15_000)
+    # exchange is still being stored, and Enter sends nothing. The page draws its message box
+    # again when a new chat gets its address, which empties it: what was typed then is typed
+    # again, as a person would.
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if await composer.input_value() != text:
+            await composer.fill(text)
+        try:
+            await expect(submit).to_be_enabled(timeout=2_000)
+            break
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
     await composer.press("Enter")
 
 
