@@ -497,7 +497,11 @@ async def test_a_page_load_refused_by_a_draining_instance_moves_the_browser(clus
         assert [c.split(";")[0] for c in cookies if c.startswith("route=")] == [
             f"route={cluster.name(other)}"
         ]
-        (load,) = [r for r in cluster.served_for(agent) if r.method == "GET" and r.uri == "/"]
+
+        def page_loads(served):
+            return [r for r in served if r.agent == agent and r.method == "GET" and r.uri == "/"]
+
+        (load,) = await logged(cluster, page_loads, "the page load in nginx's log")
         assert load.upstreams == [cluster.address(index), cluster.address(other)]
         assert load.status == 200
     finally:
