@@ -27,6 +27,11 @@ class Reply:
     # them was sent ended.
     tool_steps: dict[str, dict] = field(default_factory=dict)
     tool_done_at: float | None = None
+    # The answer as last sent whole (its status: "complete", or "incomplete" with its mark),
+    # and the notice that explains a failure; ``text`` is whichever of them came last.
+    answer: str | None = None
+    status: str | None = None
+    notice: str | None = None
 
 
 @dataclass
@@ -95,12 +100,14 @@ class BrowserChat:
                 if data.get("end") and reply.tool_done_at is None:
                     reply.tool_done_at = now
             elif event == "new_message" and data.get("type") == "assistant_message":
-                if reply.sent_at and (data.get("metadata") or {}).get("kind") in (
-                    "reply",
-                    "notice",
-                ):
+                metadata = data.get("metadata") or {}
+                if reply.sent_at and metadata.get("kind") in ("reply", "notice"):
                     reply.text = data.get("output", "")
                     reply.done_at = now
+                    if metadata["kind"] == "notice":
+                        reply.notice = reply.text
+                    else:
+                        reply.answer, reply.status = reply.text, metadata.get("status")
                     self.finished.set()
                 elif not reply.sent_at:
                     self.welcome.set()

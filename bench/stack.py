@@ -36,6 +36,7 @@ class FakeUpstream:
         )
         self.url = self.process.stdout.readline().strip()
         if not self.url:
+            self.__exit__()
             raise RuntimeError("the fake Gemini server did not start")
         return self
 
@@ -92,7 +93,11 @@ class Stack:
         )
 
     def __enter__(self) -> Stack:
-        self.cluster.launch()
+        try:
+            self.cluster.launch()
+        except BaseException:
+            self.cluster.stop()  # the instances (and nginx) that did start
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -14,7 +14,8 @@ echoes the last user message; a last message ``bench TOKENS DELAY FIRST_DELAY [T
 TOKENS pieces ``" tN"`` DELAY seconds apart after FIRST_DELAY seconds (the benchmark's load),
 after THOUGHTS pieces of thought summary when the request asks for thoughts (as Gemini streams
 them: ``Reply.thoughts``); ``bench-tool TOKENS DELAY FIRST_DELAY`` is the benchmark's turn with one
-tool call (``bench_tool_reply``). Every
+tool call (``bench_tool_reply``); ``bench-fault KIND TOKENS DELAY [once ID]`` is an upstream
+fault for the soak, steered from a separate process (``bench_fault_reply``). Every
 request is recorded so tests assert on exactly what the app sent. The server runs its own event
 loop in a thread, so tests on any loop (or none) can use it.
 """
@@ -459,6 +460,45 @@ def bench_tool_reply(request: RecordedRequest) -> Reply | None:
     return tool_call_reply(call, first_delay=first_delay)
 
 
+BENCH_FAULT = re.compile(
+    r"^bench-fault (429|500|503|reset|error|drop) (\d+) (\d+(?:\.\d+)?)(?: once (\S+))?$"
+)
+# The soak's 429 asks for a short wait, so the app's retries (and the chat) do not idle long.
+BENCH_FAULT_RETRY_DELAY = "1s"
+
+
+def bench_fault_reply(request: RecordedRequest, faulted: set[str]) -> Behaviour | None:
+    """An upstream fault on demand: "bench-fault KIND TOKENS DELAY [once ID]" as last user
+    message. KIND is one of the fake's own faults:
+
+        429    rate_limit_per_minute with RetryInfo 1s    500    internal_error
+        503    overloaded                                 reset  Reset: a TCP reset, no response
+        error  TOKENS pieces, then Gemini's error object inside the stream (``ending="error"``)
+        drop   TOKENS pieces, then the connection reset mid-stream (``ending="drop"``)
+
+    Without ``once`` every request carrying the message faults (the app's retries too); with
+    ``once ID`` only the first does, and a later one (a retry) gets TOKENS pieces DELAY apart,
+    as ``bench`` sends them. ``faulted`` holds the IDs already faulted."""
+    last_user = next((t for role, t in reversed(request.conversation) if role == "user"), "")
+    match = BENCH_FAULT.match(last_user)
+    if not match:
+        return None
+    kind, count, delay, once = match[1], int(match[2]), float(match[3]), match[4]
+    if once is not None:
+        if once in faulted:
+            return Reply(chunks=bench_tokens(count), delay=delay)
+        faulted.add(once)
+    if kind in ("error", "drop"):
+        return Reply(chunks=bench_tokens(count), delay=delay, ending=kind)
+    faults = {
+        "429": lambda: rate_limit_per_minute(BENCH_FAULT_RETRY_DELAY),
+        "500": internal_error,
+        "503": overloaded,
+        "reset": Reset,
+    }
+    return faults[kind]()
+
+
 @dataclass
 class Fail:
     """Answer with an HTTP error carrying ``body`` (list-shaped or a bare object) as JSON."""
@@ -833,6 +873,8 @@ class FakeGemini:
         self._chat_scripts: dict[str, deque[Behaviour]] = {}
         # The thought signature of each tool call answered with one: (name, argument text).
         self.signatures: dict[tuple[str, str], str] = {}
+        # The IDs of "bench-fault ... once ID" messages already answered with their fault.
+        self.faulted: set[str] = set()
         self._changed = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -909,6 +951,7 @@ class FakeGemini:
             self.model_listings.clear()
             self.model_list_fault = None
             self.signatures.clear()
+            self.faulted.clear()
 
     @property
     def pending(self) -> int:
@@ -1019,7 +1062,13 @@ class FakeGemini:
             or signature_refusal(recorded, self.signatures)
         ):
             behaviour = refusal
-        behaviour = behaviour or bench_reply(recorded) or bench_tool_reply(recorded) or Reply()
+        behaviour = (
+            behaviour
+            or bench_reply(recorded)
+            or bench_fault_reply(recorded, self.faulted)
+            or bench_tool_reply(recorded)
+            or Reply()
+        )
 
         if isinstance(behaviour, Reset):
             _reset(request)

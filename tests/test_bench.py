@@ -1,12 +1,15 @@
 """The benchmark's turn with one tool call: the fake Gemini answers it (a call, then the tokens
-once the result comes back), the two baselines run it, and its targets read PASS or FAIL."""
+once the result comes back), the two baselines run it, and its targets read PASS or FAIL. The
+soak's upstream faults, steered by message text ("bench-fault ..."): what the fake sends."""
 
 from __future__ import annotations
 
+import http.client
 import json
 from datetime import datetime, timedelta
 
 import aiohttp
+import pytest
 
 from bench.run import (
     AppDriver,
@@ -17,7 +20,7 @@ from bench.run import (
 )
 from bench.tools import bench_clock
 from tests.app_process import ROOT
-from tests.fake_gemini import FakeGemini
+from tests.fake_gemini import DEFAULT_KEY, FakeGemini
 
 
 def assert_one_call_and_its_result(gemini: FakeGemini) -> None:
@@ -83,3 +86,68 @@ def test_the_tool_turn_target_is_ten_percent_over_the_sdk_alone():
     rows = tool_turn_verdicts(turn(1.11))
     assert [ok for _, _, ok in rows] == [False, False, False]
     assert rows[0][1] == "11.1 ms against 10.0 ms (+11%)"
+
+
+def post_chat(gemini: FakeGemini, text: str) -> tuple[int, bytes]:
+    """One streamed request whose last user message is ``text``: the status and raw body."""
+    connection = http.client.HTTPConnection("127.0.0.1", gemini.port, timeout=10)
+    body = {"model": "gemini-3.8-flash", "messages": [{"role": "user", "content": text}]}
+    connection.request(
+        "POST",
+        "/v1beta/openai/chat/completions",
+        json.dumps({**body, "stream": True}),
+        {"Authorization": f"Bearer {DEFAULT_KEY}", "Content-Type": "application/json"},
+    )
+    try:
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def streamed(body: bytes) -> list:
+    return [
+        json.loads(line.removeprefix(b"data: "))
+        for line in body.split(b"\n\n")
+        if line.startswith(b"data: ") and line != b"data: [DONE]"
+    ]
+
+
+def test_bench_fault_sends_the_fakes_errors_on_every_request(gemini):
+    status, body = post_chat(gemini, "bench-fault 429 3 0")
+    (error,) = json.loads(body)
+    assert status == 429 and error["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"} in error[
+        "error"
+    ]["details"]
+    for _ in range(2):  # the app's retries fault too
+        status, body = post_chat(gemini, "bench-fault 503 3 0")
+        assert status == 503 and json.loads(body)[0]["error"]["status"] == "UNAVAILABLE"
+    status, body = post_chat(gemini, "bench-fault 500 3 0")
+    assert status == 500 and json.loads(body)[0]["error"]["status"] == "INTERNAL"
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+        post_chat(gemini, "bench-fault reset 3 0")
+
+
+def test_bench_fault_once_faults_the_first_request_only(gemini):
+    assert post_chat(gemini, "bench-fault 500 3 0 once c1-1")[0] == 500
+    status, body = post_chat(gemini, "bench-fault 500 3 0 once c1-1")
+    assert status == 200
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in streamed(body)) == (
+        " t0 t1 t2"
+    )
+    assert post_chat(gemini, "bench-fault 500 3 0 once c1-2")[0] == 500
+
+
+def test_bench_fault_breaks_the_stream_after_its_tokens(gemini):
+    status, body = post_chat(gemini, "bench-fault error 2 0")
+    *chunks, error = streamed(body)
+    assert status == 200 and [c["choices"][0]["delta"]["content"] for c in chunks] == [
+        " t0",
+        " t1",
+    ]
+    assert error["error"]["code"] == 503 and body.endswith(b"data: [DONE]\n\n")
+    with pytest.raises((ConnectionError, http.client.IncompleteRead)) as dropped:
+        post_chat(gemini, "bench-fault drop 2 0")
+    if isinstance(dropped.value, http.client.IncompleteRead):
+        assert b" t1" in dropped.value.partial and b"[DONE]" not in dropped.value.partial
