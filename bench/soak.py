@@ -304,6 +304,17 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
     }
 
 
+def tabs_per_instance(stack: Stack) -> list[int]:
+    """How many tabs' sockets nginx gave each instance, from its access log."""
+    cluster = stack.cluster
+    served = Counter(
+        cluster.index_of(r.upstream)
+        for r in cluster.served()
+        if r.uri.startswith("/ws/socket.io") and r.upstream
+    )
+    return [served[index] for index in range(len(stack.pids))]
+
+
 # --- verdicts ------------------------------------------------------------------------------------
 
 
@@ -399,7 +410,8 @@ def render(r: dict) -> str:
         "",
         f"{minutes:g} minutes, {s['instances']} instances behind nginx, about {s['chats']} chats "
         f"open, {r['chats_opened']} chats opened, seed {s['seed']}; a reading every "
-        f"{s['sample_seconds']:.1f} s.",
+        f"{s['sample_seconds']:.1f} s. Tabs per instance (nginx's log): "
+        + " / ".join(map(str, r.get("tabs_per_instance", ()))),
         "Answers by fault asked for (intact / failed with notice / otherwise):",
     ]
     for kind, counts in r["by_fault"].items():
@@ -496,6 +508,7 @@ def main() -> int:
                 flush=True,
             )
             results = asyncio.run(soak(stack, database_url, args))
+            results["tabs_per_instance"] = tabs_per_instance(stack)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["window"] = window_figures(results)
     RESULTS.mkdir(exist_ok=True)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 import aiohttp
 import pytest
 
+from bench.client import Reply
 from bench.run import (
     AppDriver,
     bare_tool_turn,
@@ -18,6 +19,7 @@ from bench.run import (
     sdk_tool_turn,
     tool_turn_verdicts,
 )
+from bench.soak import INCOMPLETE, NOTICES, Message, judge
 from bench.tools import bench_clock
 from tests.app_process import ROOT
 from tests.fake_gemini import DEFAULT_KEY, FakeGemini
@@ -151,3 +153,26 @@ def test_bench_fault_breaks_the_stream_after_its_tokens(gemini):
         post_chat(gemini, "bench-fault drop 2 0")
     if isinstance(dropped.value, http.client.IncompleteRead):
         assert b" t1" in dropped.value.partial and b"[DONE]" not in dropped.value.partial
+
+
+def test_the_soak_tells_intact_and_explained_failures_from_problems():
+    def reply(answer=None, status=None, notice=None) -> Reply:
+        return Reply(answer=answer, status=status, notice=notice)
+
+    plain = Message("bench 3 0.01 0", 3)
+    assert judge(plain, reply(" t0 t1 t2", "complete")) == "intact"
+    assert judge(plain, reply(" t0 t1", "complete")).startswith("no notice")
+    assert judge(plain, reply(" t0" + INCOMPLETE, "incomplete")).startswith("no notice")
+    assert judge(plain, reply(notice=NOTICES["503"])).startswith("a notice for a message")
+    dropped = Message("bench-fault drop 3 0.01", 3, "drop")
+    assert judge(dropped, reply(" t0 t1" + INCOMPLETE, "incomplete", NOTICES["drop"])) == "failed"
+    assert judge(dropped, reply(notice=NOTICES["drop"])) == "failed"
+    assert judge(dropped, reply(" t0 t1", "complete", NOTICES["drop"])).startswith("a partial")
+    assert judge(dropped, reply(" t9" + INCOMPLETE, "incomplete", NOTICES["drop"])).startswith(
+        "a partial answer that is not"
+    )
+    assert judge(dropped, reply(notice=NOTICES["503"])).startswith("the wrong notice")
+    assert judge(dropped, reply(" t0 t1 t2", "complete")).startswith("no notice")  # not retried
+    retried = Message("bench-fault 429 3 0.01 once c1-0", 3, "429", once=True)
+    assert judge(retried, reply(" t0 t1 t2", "complete")) == "intact"
+    assert judge(retried, reply(notice=NOTICES["429"])) == "failed"
