@@ -49,6 +49,7 @@ from gemini_chat.history import REPLY_MARKS
 
 CHATS = 50
 FAULT_SHARE = 0.04
+NEW_CHAT_SHARE = 0.2
 MEMORY_BAND_MB = 5.0  # the issue's "flat within 5 MB per instance"
 # Open files and connections may differ by this much between the window's first and last slice:
 # each open chat holds a socket, so the count follows the chats open at that moment. A leak of one
@@ -128,8 +129,9 @@ def judge(message: Message, reply) -> str:
 class Tally:
     """What the chats did so far, read by the sampler."""
 
-    def __init__(self, fault_share: float) -> None:
+    def __init__(self, fault_share: float, new_chat_share: float) -> None:
         self.fault_share = fault_share
+        self.new_chat_share = new_chat_share
         self.open = 0
         self.chats = 0
         self.outcomes: Counter[str] = Counter()
@@ -175,15 +177,21 @@ async def one_chat(
         except (OSError, aiohttp.ClientError, TimeoutError, AssertionError) as error:
             tally.outcomes["problem"] += 1
             tally.problems.append({"chat": number, "message": "", "what": f"open: {error!r}"})
+            await asyncio.sleep(1)  # the stack is in trouble: no storm of tabs opening
             return
         for index in range(rng.randint(1, 4)):
             message = plan_message(rng, f"c{number}-{index}", tally.fault_share)
-            outcome = await answer_of(chat, message)
+            try:
+                outcome = await answer_of(chat, message)
+            except (OSError, aiohttp.ClientError) as error:
+                # The tab lost its connection (an instance gone): a problem, and the run goes on.
+                tally.note(message, f"connection lost: {error!r}", number)
+                return
             tally.note(message, outcome, number)
             if outcome.startswith("no answer"):
                 break
             await asyncio.sleep(rng.uniform(0.2, 1.5))
-        await chat.close(clear=rng.random() < 0.2)
+        await chat.close(clear=rng.random() < tally.new_chat_share)
     finally:
         # Cut short (a failed open, the run stopped): nothing of the tab stays open.
         if getattr(chat, "reader", None) is not None:
@@ -238,7 +246,7 @@ async def sample_forever(stack: Stack, database: asyncpg.Connection, tally, star
 
 async def soak(stack: Stack, database_url: str, args) -> dict:
     rng = random.Random(args.seed)
-    tally = Tally(args.fault_share)
+    tally = Tally(args.fault_share, args.new_chat_share)
     samples: list[dict] = []
     seconds = args.minutes * 60
     interval = args.sample_seconds or min(10.0, seconds / 2 / SLICES / SAMPLES_PER_SLICE)
@@ -251,6 +259,7 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
         database=parts.path.lstrip("/"),
     )
     numbers = iter(range(1, 10**9))
+    started = machine()  # the date and the machine's load as the load begins
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         cookie = await login(http, stack.url)
         start = time.monotonic()
@@ -287,13 +296,14 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
             reporter.cancel()
             await database.close()
     return {
-        "machine": machine(),
+        "machine": started,
         "settings": {
             "minutes": args.minutes,
             "instances": args.instances,
             "chats": args.chats,
             "seed": args.seed,
             "fault_share": args.fault_share,
+            "new_chat_share": args.new_chat_share,
             "sample_seconds": interval,
         },
         "chats_opened": tally.chats,
@@ -490,6 +500,12 @@ def main() -> int:
         "--fault-share", type=float, default=FAULT_SHARE, help="share of messages that fault"
     )
     parser.add_argument(
+        "--new-chat-share",
+        type=float,
+        default=NEW_CHAT_SHARE,
+        help="share of tabs closed with New chat (the rest linger for the session timeout)",
+    )
+    parser.add_argument(
         "--sample-seconds",
         type=float,
         default=None,
@@ -507,7 +523,13 @@ def main() -> int:
                 f"{stack.url}, about {args.chats} chats open.",
                 flush=True,
             )
-            results = asyncio.run(soak(stack, database_url, args))
+            try:
+                results = asyncio.run(soak(stack, database_url, args))
+            except KeyboardInterrupt:
+                # A second Ctrl-C must not cut short the stopping of what was started.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                raise
             results["tabs_per_instance"] = tabs_per_instance(stack)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["window"] = window_figures(results)
