@@ -7,8 +7,9 @@ on PostgreSQL, answered by the fake Gemini in a process of its own), for ``--min
 
 Each chat is a new browser tab (bench/client.py's BrowserChat through nginx, with no route cookie,
 so nginx hands new tabs to the instances in turn). It sends 1 to 4 messages one after the other,
-answers of varied length and pace, then closes the tab: mostly just closing it (the session
-lingers for its reconnection grace), sometimes with "New chat" (cleared at once). A new chat
+answers of varied length and pace, then closes the tab: mostly just closing it (its session
+is kept for Chainlit's session_timeout, 5 minutes, in case the page comes back), sometimes with
+"New chat" (cleared at once). A new chat
 takes each one's place. A few percent of messages ask the fake for an upstream fault ("bench-fault
 ..." in tests/fake_gemini.py): a 429 with RetryInfo, a 500, a 503, a reset connection, an error
 inside the stream or a connection dropped mid-stream; some fault only once, so the app's retry
@@ -107,7 +108,8 @@ def plan_message(rng: random.Random, tag: str, fault_share: float) -> Message:
 
 
 def judge(message: Message, reply) -> str:
-    """ "intact", "failed" (with the fault's notice), or what was wrong."""
+    """The outcome of one answer: "intact", "failed" (with the fault's notice), or what was
+    wrong with it."""
     expected = expected_text(message.tokens)
     if reply.notice is None:
         if reply.status == "complete" and reply.answer == expected and message.may_end_intact:
@@ -149,7 +151,9 @@ class Tally:
 async def answer_of(chat: BrowserChat, message: Message) -> str:
     chat.reset()
     await chat.send(message.text)
-    # A failed answer's partial text comes first, its notice right after.
+    # A failed answer's partial text comes first, its notice right after; the client sets
+    # ``finished`` on each, so the notice is waited for by looking. The limit: a minute (retries,
+    # a busy machine) plus three times the slowest streaming time (pieces 50 ms apart).
     limit = 60 + message.tokens * 0.05 * 3
     try:
         await asyncio.wait_for(chat.finished.wait(), limit)
