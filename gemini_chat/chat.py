@@ -116,6 +116,7 @@ def release_session(session_id: str) -> None:
     Chainlit deletes the session (``framework.release_with_session``)."""
     chat_contexts.pop(session_id, None)
     user_sessions.pop(session_id, None)
+    idle_collector.released()
 
 
 # Background work (watches of gone sessions, usage being recorded), kept referenced until done.
