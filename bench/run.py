@@ -289,16 +289,25 @@ class Wave:
 
 
 class AppDriver:
-    def __init__(self, base_url: str, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        http: aiohttp.ClientSession,
+        transports: tuple[str, ...] = BrowserChat.transports,
+    ) -> None:
         self.base_url = base_url
         self.http = http
         self.cookie = ""
+        self.transports = transports  # how its chats connect (bench/client.py)
 
     async def start(self) -> None:
         self.cookie = await login(self.http, self.base_url)
 
     async def open_chats(self, count: int) -> list[BrowserChat]:
-        chats = [BrowserChat(self.base_url, self.cookie, self.http) for _ in range(count)]
+        chats = [
+            BrowserChat(self.base_url, self.cookie, self.http, transports=self.transports)
+            for _ in range(count)
+        ]
         for batch in range(0, count, 50):
             await asyncio.gather(*(c.connect() for c in chats[batch : batch + 50]))
         await asyncio.gather(*(asyncio.wait_for(c.welcome.wait(), 60) for c in chats))
@@ -310,8 +319,16 @@ class AppDriver:
         await asyncio.wait_for(chat.finished.wait(), 120)
 
     async def wave(
-        self, chats: int, tokens: int, delay: float, label: str, stagger: float = 0.0
+        self,
+        chats: int,
+        tokens: int,
+        delay: float,
+        label: str,
+        stagger: float = 0.0,
+        close_tab: bool = False,
     ) -> Wave:
+        """``chats`` chats streaming at once; then each leaves by "New chat", or with
+        ``close_tab`` by closing its tab (the session then waits for it to come back)."""
         browsers = await self.open_chats(chats)
         wave = Wave(chats, tokens, delay, natural_s=delay * (tokens - 1), stagger_s=stagger)
         text = f"bench {tokens} {delay} 0"
@@ -342,7 +359,7 @@ class AppDriver:
         wave.slowest_ratio = max(r.done_at - r.sent_at for r in replies) / wave.natural_s
         wave.intact = sum(r.text == expected for r in replies)
         wave.events_per_reply = statistics.mean(r.stream_events for r in replies)
-        await asyncio.gather(*(c.close() for c in browsers))
+        await asyncio.gather(*(c.close(clear=not close_tab) for c in browsers))
         return wave
 
 
@@ -863,6 +880,24 @@ def plot(r: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def app_env(fake_url: str, **overrides: str) -> dict[str, str]:
+    """How the benchmark runs the single app: the fake upstream, SQLite in a directory of its
+    own, the benchmark's one tool; ``overrides`` win."""
+    directory = Path(tempfile.mkdtemp(prefix="gemini-chat-bench-"))
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "OPENAI_"))},
+        "GEMINI_API_KEY": DEFAULT_KEY,
+        "GEMINI_BASE_URL": fake_url,
+        "CHAINLIT_ENV_FILE": "/nonexistent/.env",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{directory}/bench.db",
+        # The app gets the same one tool as the Agents SDK alone, so both send the same request.
+        "TOOLS": "none",
+        "TOOL_MODULES": "bench.tools",
+        "PYTHONPATH": str(ROOT),
+        **overrides,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller waves, fewer trials")
@@ -875,21 +910,9 @@ def main() -> int:
         [sys.executable, "-m", "tests.fake_gemini"], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     fake_url = fake.stdout.readline().strip()
-    directory = Path(tempfile.mkdtemp(prefix="gemini-chat-bench-"))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "OPENAI_"))},
-        "GEMINI_API_KEY": DEFAULT_KEY,
-        "GEMINI_BASE_URL": fake_url,
-        "CHAINLIT_ENV_FILE": "/nonexistent/.env",
-        "DATABASE_URL": f"sqlite+aiosqlite:///{directory}/bench.db",
-        # The app gets the same one tool as the Agents SDK alone, so both send the same request.
-        "TOOLS": "none",
-        "TOOL_MODULES": "bench.tools",
-        "PYTHONPATH": str(ROOT),
-    }
     app = None
     try:
-        app = start_app(env)
+        app = start_app(app_env(fake_url))
         if args.tool_turn:
             results = asyncio.run(measure_tool_turn_only(app, fake_url))
         else:
