@@ -78,7 +78,8 @@ def state(objects: bool) -> dict:
         "malloc": _malloc(),
     }
     if objects:
-        counts = Counter(type(o).__module__ + "." + type(o).__qualname__ for o in gc.get_objects())
+        # f-strings, since a few types' __module__ is a descriptor, not a string.
+        counts = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
         kept["gc_objects"] = sum(counts.values())
         kept["types"] = dict(counts.most_common(300))
     return kept
@@ -87,10 +88,15 @@ def state(objects: bool) -> dict:
 def _write(signum, frame) -> None:
     path = Path(os.environ["MEMPROBE_FILE"])
     objects = signum == signal.SIGUSR1
-    written = state(objects)
-    if objects and tracemalloc.is_tracing():
-        tracemalloc.take_snapshot().dump(str(path.with_suffix(".tracemalloc")))
-        written["tracemalloc"] = True
+    # A signal handler runs inside whatever frame the app was in: an exception escaping it
+    # would surface there (a storage call failing for no reason), so none may escape.
+    try:
+        written = state(objects)
+        if objects and tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(str(path.with_suffix(".tracemalloc")))
+            written["tracemalloc"] = True
+    except Exception as error:  # reported to the benchmark instead
+        written = {"error": repr(error)}
     # Renamed into place, so the benchmark never reads half a file.
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(written))
