@@ -166,6 +166,7 @@ class BrowserChat:
         """engine.io-client's probe: the websocket is tested with ``2probe``, polling is paused
         (the pending poll returns, no POST in flight), then ``5`` moves the socket over."""
         ws = await self._open_websocket(self.socket_path + f"&transport=websocket&sid={self.sid}")
+        self._probing = ws  # closed with the tab even if it closes before the upgrade ends
         await ws.send_str("2probe")
         answer = await ws.receive_str()
         assert answer == "3probe", answer
@@ -255,8 +256,8 @@ class BrowserChat:
         ``clear=False`` like a closed tab: the connection just ends."""
         if clear and (self.ws is None or not self.ws.closed):
             await self._emit("clear_session")
-        if self.ws is not None:
-            await self.ws.close()
+        for ws in {self.ws, getattr(self, "_probing", None)} - {None}:
+            await ws.close()
         for task in (self.reader, getattr(self, "poller", None)):
             if task is not None:
                 task.cancel()
