@@ -104,9 +104,9 @@ def release_with_session(release) -> None:
     ``session_timeout`` has passed without the tab coming back; it then forgets the session but
     keeps its chat context (issue 2951). Releasing the app's share in that same call needs no
     timer of its own: one beside Chainlit's raced it, since Chainlit starts its timer only after
-    storing the session's metadata, which under a burst of closing tabs takes seconds; the
-    app's check came first, found the session still there and never looked again, so a wave of
-    500 closed tabs kept 500 chat contexts for the life of the process.
+    storing the session's metadata, which queues up when many tabs close at once; the app's
+    check came first, found the session still there and never looked again, so a wave of 500
+    closed tabs kept 500 chat contexts for the life of the process.
 
     A reload under `chainlit run -w` installs the new copy's ``release`` in place of the old.
     """

@@ -113,7 +113,7 @@ async def test_a_closed_tabs_chat_is_freed_when_its_session_expires_however_late
     chainlit_context, monkeypatch
 ):
     """Chainlit deletes a closed tab's session after its session_timeout, counted from after it
-    stored the session's metadata (seconds later under a burst of closing tabs): whenever that
+    stored the session's metadata (later when many tabs close at once): whenever that
     is, the chat's context and state go with it, and not before."""
     from chainlit.chat_context import chat_contexts
     from chainlit.session import WebsocketSession
