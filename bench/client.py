@@ -37,6 +37,8 @@ class BrowserChat:
     cookie: str
     session: aiohttp.ClientSession
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # A chat to open (the page's /thread/ID); "" for a new one.
+    thread_id: str = ""
     reply: Reply = field(default_factory=Reply)
     welcome: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -51,7 +53,7 @@ class BrowserChat:
         auth = {
             "clientType": "webapp",
             "sessionId": self.session_id,
-            "threadId": "",
+            "threadId": self.thread_id,
             "userEnv": "{}",
             "chatProfile": "",
         }
