@@ -1,12 +1,13 @@
 """The deployed stack with one instance, then two, in one run: what a second instance buys.
 
-    uv run python -m bench.scale            # the full run (about 10 minutes on 2 cores)
+    uv run python -m bench.scale            # the full run (5 to 10 minutes on 2 cores)
     uv run python -m bench.scale --quick    # 100 chats together and fewer capacity steps
 
 For each size, the same pieces (bench/stack.py): the real `chainlit run` instances behind nginx
 (deploy/nginx.conf rendered for them), one PostgreSQL cluster (a fresh database per size), the
 fake Gemini server as its own process, and browser-like tabs (bench/client.py) in this process.
-Each size gets a warm-up, then:
+Both stacks stay up and are driven one at a time, wave by wave in turn, so that other work on
+the machine weighs on both alike. Each gets a warm-up, then:
 
 - 500 chats together: 500 tabs connected first (new browsers, so nginx spreads them in turn),
   then all send at once, 100 tokens 0.2 s apart: first-token p50/p95, completion against the
@@ -43,7 +44,6 @@ from bench.client import BrowserChat
 from bench.run import (
     RESULTS,
     AppDriver,
-    Wave,
     cpu_seconds,
     expected_text,
     machine,
@@ -137,6 +137,10 @@ class Database:
         self.bytes_heard += len(payload.encode())
         self.heard.append(json.loads(payload))
 
+    def heard_end(self) -> bool:
+        """Whether the end of a followed answer went over the channel."""
+        return any(m.get("k") == "ev" and m.get("e") == "end" for m in self.heard)
+
     def forget(self) -> None:
         self.heard, self.bytes_heard = [], 0
 
@@ -169,11 +173,8 @@ def per_chat(before: dict[str, int], after: dict[str, int], chats: int) -> dict[
 # --- one size ---------------------------------------------------------------------------------
 
 
-def fits(wave: Wave) -> bool:
-    return wave.slowest_ratio <= 1.1 and wave.intact == wave.chats
-
-
-def fits_summary(step: dict) -> bool:
+def fits(step: dict) -> bool:
+    """A capacity step fits when every chat ended within 1.1x its natural time, intact."""
     return step["slowest_ratio"] <= 1.1 and step["intact"] == step["chats"]
 
 
@@ -214,7 +215,7 @@ async def follow_elsewhere(stack: Stack, driver: AppDriver, database: Database) 
     await asyncio.wait_for(asker.finished.wait(), 60)
     # The end goes over the channel after the asker's last event; give it the time to arrive.
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(m.get("e") == "end" for m in database.heard):  # noqa: ASYNC110
+    while time.monotonic() < deadline and not database.heard_end():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)
     result = database.notifications()
@@ -280,15 +281,15 @@ async def measure_sizes(sizes: list[Size], quick: bool) -> None:
         for size in sizes:
             if misses[size.instances] == 2:
                 continue
-            step, figures = await size.wave(chats, 500, 0.01, f"capacity {chats}", stagger=1.0)
+            _, figures = await size.wave(chats, 500, 0.01, f"capacity {chats}", stagger=1.0)
             size.result.setdefault("capacity_steps", []).append(figures)
-            misses[size.instances] = 0 if fits(step) else misses[size.instances] + 1
+            misses[size.instances] = 0 if fits(figures) else misses[size.instances] + 1
         if all(missed == 2 for missed in misses.values()):
             break
     for size in sizes:
         steps = size.result["capacity_steps"]
         size.result["capacity_tokens_per_s"] = max(
-            (s["tokens_per_s"] for s in steps if fits_summary(s)), default=0.0
+            (s["tokens_per_s"] for s in steps if fits(s)), default=0.0
         )
         if size.instances > 1:
             size.result["followed_elsewhere"] = await follow_elsewhere(
@@ -349,7 +350,7 @@ def render(r: dict) -> str:
 
     def row(label: str, value, fmt: str = "{:.0f}", ratio: bool = True) -> str:
         a, b = value(one), value(two)
-        text = f"{label:46}{fmt.format(a):>14}{fmt.format(b):>14}"
+        text = f"{label:46}{fmt.format(a):>16}{fmt.format(b):>16}"
         if ratio and a:
             text += f"{b / a:>9.2f}x"
         return text
@@ -360,7 +361,7 @@ def render(r: dict) -> str:
     lines = [
         machine_line(r["machine"]),
         "",
-        f"{'':46}{'1 instance':>14}{'2 instances':>14}{'2 vs 1':>10}",
+        f"{'':46}{'1 instance':>16}{'2 instances':>16}{'2 vs 1':>10}",
         f"{chats} chats together (twice each, in the order 1 2 2 1):",
         row("  first token p95, mean of the waves (ms)", wave_p95),
         row(
