@@ -52,6 +52,7 @@ class BrowserChat:
     cookie: str
     session: aiohttp.ClientSession
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    thread_id: str = ""  # a chat to open again, as a second tab does; "" for a new chat
     reply: Reply = field(default_factory=Reply)
     welcome: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -82,7 +83,7 @@ class BrowserChat:
             {
                 "clientType": "webapp",
                 "sessionId": self.session_id,
-                "threadId": "",
+                "threadId": self.thread_id,
                 "userEnv": "{}",
                 "chatProfile": "",
             }

@@ -198,6 +198,15 @@ class ChatDataLayer(SQLAlchemyDataLayer):
             chainlit_logger.setLevel(level)
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
         tune_sqlite(self.engine)
+        # Each statement of execute_sql is a transaction of its own. On PostgreSQL it commits by
+        # itself: one round trip instead of three (BEGIN, the statement, COMMIT), with the same
+        # atomicity; that is most of the database's round trips per message. (SQLite is left as
+        # it is: its BEGIN and COMMIT are calls within the process, not round trips.)
+        self._statements = (
+            self.engine
+            if self._sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self.storage_provider = AttachmentStore(self)
         self.url = url
         self.max_message_chars = max_message_chars
@@ -228,7 +237,7 @@ class ChatDataLayer(SQLAlchemyDataLayer):
     async def execute_sql(self, query: str, parameters: dict) -> list[dict[str, Any]] | int | None:
         # A connection, not an ORM session: the statements are plain SQL, and the session's
         # machinery cost a tenth of each one's Python calls.
-        async with self.engine.connect() as connection:
+        async with self._statements.connect() as connection:
             try:
                 result = await connection.execute(_statement(query), parameters)
                 rows = (

@@ -710,6 +710,38 @@ async def test_chainlits_reads_and_the_layers_writes_go_through_execute_sql(
     await layer.engine.dispose()
 
 
+async def test_on_postgresql_each_statement_commits_by_itself(
+    postgres_cluster, chainlit_context, monkeypatch
+):
+    """A message's writes are a dozen statements, each its own transaction: on PostgreSQL
+    SQLAlchemy's asyncpg adapter would wrap each in BEGIN and COMMIT (three round trips, not
+    one) unless the connection commits by itself."""
+    import asyncpg
+    import chainlit as cl
+
+    from gemini_chat.schema import prepare_database
+    from gemini_chat.storage import ChatDataLayer
+
+    url = postgres_cluster.database()
+    prepare_database(url)
+    layer = ChatDataLayer(url)
+    chainlit_context.session.user = await layer.create_user(cl.User(identifier="alice"))
+    begun: list[object] = []
+    transaction = asyncpg.connection.Connection.transaction
+
+    def counted(self, *args, **kwargs):
+        begun.append(self)
+        return transaction(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "transaction", counted)
+    step = {**cl.Message(content="hi").to_dict(), "threadId": str(uuid.uuid4())}
+    await layer.create_step(step)
+    await layer.update_step({**step, "output": "hi again"})
+    assert begun == []
+    assert (await layer.get_step(step["id"]))["output"] == "hi again"
+    await layer.engine.dispose()
+
+
 # --- openai-agents: running tools (toolrun.py, llm.count_round, streaming.ReplyStream) ----------
 
 
