@@ -319,12 +319,14 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
 
 
 def tabs_per_instance(stack: Stack) -> list[int]:
-    """How many tabs' sockets nginx gave each instance, from its access log."""
+    """How many tabs' sockets nginx gave each instance, from its access log: a tab's first
+    socket request (the polling handshake, or its websocket when it connects by websocket
+    alone) is the one without an engine.io ``sid``."""
     cluster = stack.cluster
     served = Counter(
         cluster.index_of(r.upstream)
         for r in cluster.served()
-        if r.uri.startswith("/ws/socket.io") and r.upstream
+        if r.uri.startswith("/ws/socket.io") and "sid=" not in r.uri and r.upstream
     )
     return [served[index] for index in range(len(stack.pids))]
 
