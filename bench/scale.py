@@ -178,15 +178,6 @@ def fits(step: dict) -> bool:
     return step["slowest_ratio"] <= 1.1 and step["intact"] == step["chats"]
 
 
-def spread(stack: Stack, since: float) -> list[int]:
-    """Tabs per instance since ``since`` (epoch seconds): the chat sockets nginx passed on."""
-    counts = [0] * len(stack.pids)
-    for served in stack.cluster.served():
-        if served.uri.startswith("/ws/socket.io") and served.started >= since and served.upstream:
-            counts[stack.cluster.index_of(served.upstream)] += 1
-    return counts
-
-
 async def follow_elsewhere(stack: Stack, driver: AppDriver, database: Database) -> dict:
     """One answer on instance 1 followed by a tab on instance 2: the relay's notifications."""
     http = driver.http
@@ -247,7 +238,7 @@ class Size:
         figures = summary(wave)
         figures["cpu_s"] = Processes.used(cpu, self.processes.read())
         figures["wall_s"] = time.perf_counter() - wall
-        figures["spread"] = spread(self.stack, since)
+        figures["spread"] = self.stack.tabs_served(since)
         return wave, figures
 
 

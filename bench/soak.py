@@ -318,19 +318,6 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
     }
 
 
-def tabs_per_instance(stack: Stack) -> list[int]:
-    """How many tabs' sockets nginx gave each instance, from its access log: a tab's first
-    socket request (the polling handshake, or its websocket when it connects by websocket
-    alone) is the one without an engine.io ``sid``."""
-    cluster = stack.cluster
-    served = Counter(
-        cluster.index_of(r.upstream)
-        for r in cluster.served()
-        if r.uri.startswith("/ws/socket.io") and "sid=" not in r.uri and r.upstream
-    )
-    return [served[index] for index in range(len(stack.pids))]
-
-
 # --- verdicts ------------------------------------------------------------------------------------
 
 
@@ -536,7 +523,7 @@ def main() -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 raise
-            results["tabs_per_instance"] = tabs_per_instance(stack)
+            results["tabs_per_instance"] = stack.tabs_served()
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["window"] = window_figures(results)
     RESULTS.mkdir(exist_ok=True)

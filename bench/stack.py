@@ -118,3 +118,18 @@ class Stack:
     @property
     def directories(self) -> list[Path]:
         return self.cluster.directories
+
+    def tabs_served(self, since: float = 0.0) -> list[int]:
+        """How many tabs nginx gave each instance since ``since`` (epoch seconds), from its
+        access log: a tab's first socket request (the polling handshake, or its websocket when it
+        connects by websocket alone) is the one without an engine.io ``sid``."""
+        counts = [0] * len(self.pids)
+        for served in self.cluster.served():
+            if (
+                served.uri.startswith("/ws/socket.io")
+                and "sid=" not in served.uri
+                and served.started >= since
+                and served.upstream
+            ):
+                counts[self.cluster.index_of(served.upstream)] += 1
+        return counts
