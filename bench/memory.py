@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.client import BrowserChat
-from bench.run import RESULTS, AppDriver, app_env, machine, machine_line, rss_mb, settle
+from bench.run import AppDriver, app_env, machine, machine_line, report, rss_mb, settle
 from bench.stack import FakeUpstream
 from tests.app_process import ROOT, app_directory, start_app
 
@@ -248,12 +248,7 @@ def main() -> int:
                 )
             )
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    RESULTS.mkdir(exist_ok=True)
-    saved = RESULTS / f"memory-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    saved.write_text(json.dumps(results, indent=2))
-    print(render(results))
-    print(f"\nSaved {saved}")
-    return 0 if all(ok for _, _, ok in verdicts(results)) else 1
+    return report("memory", results, render(results), verdicts(results))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def report(name: str, results: dict, text: str, rows, plots=()) -> int:
+    """Every benchmark's ending: its figures saved as bench/results/NAME-STAMP.json, each
+    ``(draw, file name)`` of ``plots`` drawn there, ``text`` printed; the exit status says
+    whether every target row ``(name, value, ok)`` was met."""
+    RESULTS.mkdir(exist_ok=True)
+    saved = [RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"]
+    saved[0].write_text(json.dumps(results, indent=2))
+    for draw, file_name in plots:
+        draw(results, RESULTS / file_name)
+        saved.append(RESULTS / file_name)
+    print(text)
+    print(f"\nSaved {' and '.join(map(str, saved))}")
+    return 0 if all(ok for _, _, ok in rows) else 1
+
+
 # --- the baselines, in this process -------------------------------------------------------------
 
 
@@ -922,24 +937,13 @@ def main() -> int:
         if app is not None:
             app.stop()
         fake.terminate()
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.tool_turn:
-        (RESULTS / f"tool-turn-{stamp}.json").write_text(json.dumps(results, indent=2))
         rows = tool_turn_verdicts(results["tool_turn"])
-        print(machine_line(results["machine"]))
-        print("\n".join(tool_turn_lines(results["tool_turn"])))
-        print("\nTargets:")
-        print(
-            "\n".join(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}" for name, value, ok in rows)
-        )
-        print(f"\nSaved {RESULTS / f'tool-turn-{stamp}.json'}")
-        return 0 if all(ok for _, _, ok in rows) else 1
-    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS / "first-token.png")
-    print(render(results))
-    print(f"\nSaved {RESULTS / f'bench-{stamp}.json'} and {RESULTS / 'first-token.png'}")
-    return 0 if all(ok for _, _, ok in verdicts(results)) else 1
+        lines = [machine_line(results["machine"]), *tool_turn_lines(results["tool_turn"])]
+        lines += ["", "Targets:"]
+        lines += [f"  {'PASS' if ok else 'FAIL'}  {name}: {value}" for name, value, ok in rows]
+        return report("tool-turn", results, "\n".join(lines), rows)
+    return report("bench", results, render(results), verdicts(results), [(plot, "first-token.png")])
 
 
 if __name__ == "__main__":

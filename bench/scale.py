@@ -42,12 +42,12 @@ import asyncpg
 
 from bench.client import BrowserChat
 from bench.run import (
-    RESULTS,
     AppDriver,
     cpu_seconds,
     expected_text,
     machine,
     machine_line,
+    report,
     summary,
 )
 from bench.stack import FakeUpstream, Postgres, Stack
@@ -469,12 +469,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100 chats together, fewer steps")
     args = parser.parse_args()
     results = asyncio.run(measure(args.quick))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(render(results))
-    print(f"\nSaved {path}")
-    return 0 if all(ok for _, _, ok in verdicts(results)) else 1
+    return report("scale", results, render(results), verdicts(results))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import signal
@@ -43,7 +42,7 @@ import aiohttp
 import asyncpg
 
 from bench.client import BrowserChat, login
-from bench.run import RESULTS, expected_text, machine, machine_line, rss_mb
+from bench.run import expected_text, machine, machine_line, report, rss_mb
 from bench.stack import FakeUpstream, Postgres, Stack
 from gemini_chat import errors
 from gemini_chat.history import REPLY_MARKS
@@ -526,14 +525,7 @@ def main() -> int:
             results["tabs_per_instance"] = stack.tabs_served()
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["window"] = window_figures(results)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    saved = RESULTS / f"soak-{stamp}.json"
-    saved.write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS / "soak.png")
-    print(render(results))
-    print(f"\nSaved {saved} and {RESULTS / 'soak.png'}")
-    return 0 if all(ok for _, _, ok in verdicts(results)) else 1
+    return report("soak", results, render(results), verdicts(results), [(plot, "soak.png")])
 
 
 if __name__ == "__main__":
