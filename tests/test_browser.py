@@ -18,22 +18,25 @@ pytestmark = pytest.mark.browser
 async def type_and_send(page, text: str, timeout: float = 15.0) -> None:
     composer = page.locator("#chat-input")
     submit = page.locator("#chat-submit")
+    questions = page.locator('.step[data-step-type="user_message"]')
+    shown = await questions.count()
     # As a person waits for the send button: until the previous task has ended (shortly after
     # its answer shows), the button is Stop, or a disabled send button while the chat's first
     # exchange is still being stored, and Enter sends nothing. The page draws its message box
-    # again when a new chat gets its address, which empties it: what was typed then is typed
-    # again, as a person would.
+    # again when a new chat gets its address, which empties it, and Enter pressed while it does
+    # sends nothing: as a person would, the message is typed and sent again until it shows.
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         if await composer.input_value() != text:
             await composer.fill(text)
         try:
             await expect(submit).to_be_enabled(timeout=2_000)
-            break
+            await composer.press("Enter")
+            await expect(questions).to_have_count(shown + 1, timeout=5_000)
+            return
         except AssertionError:
             if asyncio.get_running_loop().time() > deadline:
                 raise
-    await composer.press("Enter")
 
 
 async def test_a_typed_message_streams_a_reply_that_renders_as_markdown(page, gemini):
