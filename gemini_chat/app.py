@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from .attachments import configured_limits
 from .auth import Access, AccessError, install_login_guards, prepare_access
+from .chat import release_session
 from .config import ConfigError, Settings, load_settings
 from .edge import (
     EdgeRules,
@@ -23,7 +24,7 @@ from .edge import (
     install_edge,
     proxies_beyond_loopback,
 )
-from .framework import install_stop_without_notice, install_user_note
+from .framework import install_stop_without_notice, install_user_note, release_with_session
 from .frontend import install_frontend
 from .health import install_operations
 from .logs import (
@@ -101,6 +102,7 @@ def prepare_server() -> Server:
     # /healthz, /readyz and /metrics (health.py); they read the server as prepared below.
     install_operations(app, sio, lambda: current)
     install_stop_without_notice()
+    release_with_session(release_session)  # what Chainlit keeps of a chat, freed with it
     if not settings.api_key:
         logger.warning("GEMINI_API_KEY is not set: the chat will explain how to set it")
     try:

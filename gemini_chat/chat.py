@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 
 import chainlit as cl
 from chainlit.chat_context import chat_contexts
-from chainlit.config import config as chainlit_config
-from chainlit.session import WebsocketSession
 from chainlit.user_session import user_sessions
 from chainlit.utils import utc_now
 
@@ -114,27 +112,11 @@ class Conversation:
 
 
 def release_session(session_id: str) -> None:
-    """Drop the per-chat state Chainlit would keep for the life of the process."""
+    """Drop the per-chat state Chainlit would keep for the life of the process; called as
+    Chainlit deletes the session (``framework.release_with_session``)."""
     chat_contexts.pop(session_id, None)
     user_sessions.pop(session_id, None)
-
-
-def schedule_release(session, session_timeout: float) -> None:
-    """Release a chat's state once Chainlit has deleted its session: at once when the browser
-    asked for a new chat, otherwise after the reconnection window, if nobody came back."""
-    session_id = session.id
-    if getattr(session, "to_clear", False):
-        # Chainlit deletes the session right after this hook; release after that.
-        asyncio.get_running_loop().call_soon(release_session, session_id)
-        return
-
-    async def release_if_gone() -> None:
-        await asyncio.sleep(session_timeout + 1)
-        if WebsocketSession.get_by_id(session_id) is None:
-            release_session(session_id)
-
-    _pending_releases.add(task := asyncio.create_task(release_if_gone()))
-    task.add_done_callback(_pending_releases.discard)
+    idle_collector.released()
 
 
 # Background work (watches of gone sessions, usage being recorded), kept referenced until done.
@@ -315,10 +297,9 @@ class ChatController:
 
     async def end(self) -> None:
         """The browser went away. Give it a grace period to come back before stopping the
-        reply: a network blip that reconnects must not lose the answer. Once the session is
-        gone for good, free what Chainlit keeps for it (its chat context is never freed)."""
+        reply: a network blip that reconnects must not lose the answer. (What Chainlit keeps
+        of the chat is freed when it deletes the session: ``release_session``.)"""
         session = cl.context.session
-        schedule_release(session, chainlit_config.project.session_timeout)
         conversation = self.conversation()
         live = live_replies.watched_by(session)
         if live is not None:

@@ -95,3 +95,32 @@ def install_user_note(note) -> None:
 
     authenticate_user.notes = notes  # type: ignore[attr-defined]
     chainlit.auth.authenticate_user = authenticate_user
+
+
+def release_with_session(release) -> None:
+    """Call ``release(session_id)`` each time Chainlit deletes a chat's session.
+
+    Chainlit deletes a session at once on "New chat" and, for a closed tab, once its
+    ``session_timeout`` has passed without the tab coming back; it then forgets the session but
+    keeps its chat context (issue 2951). Releasing the app's share in that same call needs no
+    timer of its own: one beside Chainlit's raced it, since Chainlit starts its timer only after
+    storing the session's metadata, which queues up when many tabs close at once; the app's
+    check came first, found the session still there and never looked again, so a wave of 500
+    closed tabs kept 500 chat contexts for the life of the process.
+
+    A reload under `chainlit run -w` installs the new copy's ``release`` in place of the old.
+    """
+    from chainlit.session import WebsocketSession
+
+    delete = WebsocketSession.delete
+    delete = getattr(delete, "deletes", delete)
+
+    @functools.wraps(delete)
+    async def delete_and_release(self) -> None:
+        try:
+            await delete(self)
+        finally:
+            release(self.id)
+
+    delete_and_release.deletes = delete  # type: ignore[attr-defined]
+    WebsocketSession.delete = delete_and_release

@@ -200,6 +200,17 @@ class IdleCollector:
         if self.active == 0:
             self._timer = asyncio.get_running_loop().call_later(self.delay, self._collect)
 
+    def released(self) -> None:
+        """A chat's session was let go, outside any reply: what it held (cycles among the
+        session, its context and the chat's state) waits for a full collection that no reply
+        would trigger any more, since closed tabs expire minutes after their last reply. One
+        collection runs once nothing has been released for ``delay``, if no reply is
+        streaming then (otherwise the last reply's end collects)."""
+        if self.active == 0:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._collect)
+
     def _collect(self) -> None:
         self._timer = None
         if self.active == 0:

@@ -10,8 +10,9 @@ import httpx2
 import openai
 from agents.testing import ModelStep, ScriptedModel
 
-from gemini_chat.chat import ChatController
+from gemini_chat.chat import ChatController, release_session
 from gemini_chat.config import load_settings
+from gemini_chat.framework import release_with_session
 from gemini_chat.llm import build_backend
 from tests.fake_models import streamed_reply
 
@@ -71,10 +72,29 @@ async def test_without_a_backend_every_message_explains_the_missing_key(chainlit
     assert all(s["isError"] and "GEMINI_API_KEY" in s["output"] for s in steps)
 
 
-async def test_a_chat_that_ends_frees_what_chainlit_keeps_for_it(chainlit_context):
+def real_session(session_id: str):
+    """A Chainlit session as its socket handlers make one, for what happens when it is deleted."""
+    from unittest.mock import Mock
+
+    from chainlit.session import WebsocketSession
+
+    return WebsocketSession(
+        id=session_id,
+        socket_id=f"{session_id}-socket",
+        emit=Mock(),
+        emit_call=Mock(),
+        user_env={},
+        client_type="webapp",
+    )
+
+
+async def test_a_chat_that_ends_frees_what_chainlit_keeps_for_it(chainlit_context, monkeypatch):
     from chainlit.chat_context import chat_contexts
+    from chainlit.session import WebsocketSession
     from chainlit.user_session import user_sessions
 
+    monkeypatch.setattr(WebsocketSession, "delete", WebsocketSession.delete)  # undone after
+    release_with_session(release_session)
     model = ScriptedModel([streamed_reply("Kept until the end.")])
     controller = controller_for(model)
     await controller.start()
@@ -84,6 +104,40 @@ async def test_a_chat_that_ends_frees_what_chainlit_keeps_for_it(chainlit_contex
 
     chainlit_context.session.to_clear = True  # the browser's "New chat", then disconnect
     await controller.end()
-    await asyncio.sleep(0)  # released right after Chainlit's own disconnect handling
+    await real_session(session_id).delete()  # what Chainlit's disconnect handler does next
     assert session_id not in chat_contexts
     assert session_id not in user_sessions
+
+
+async def test_a_closed_tabs_chat_is_freed_when_its_session_expires_however_late(
+    chainlit_context, monkeypatch
+):
+    """Chainlit deletes a closed tab's session after its session_timeout, counted from after it
+    stored the session's metadata (later when many tabs close at once): whenever that
+    is, the chat's context and state go with it, and not before."""
+    from chainlit.chat_context import chat_contexts
+    from chainlit.session import WebsocketSession
+    from chainlit.user_session import user_sessions
+
+    monkeypatch.setattr(WebsocketSession, "delete", WebsocketSession.delete)  # undone after
+    release_with_session(release_session)
+    release_with_session(release_session)  # installed again, as a reload under -w does
+    model = ScriptedModel([streamed_reply("Kept while the tab may come back.")])
+    controller = controller_for(model)
+    await controller.start()
+    await controller.handle(cl.Message(content="Hello"))
+    session_id = chainlit_context.session.id
+
+    await controller.end()  # the tab closed: no "New chat"
+    await asyncio.sleep(0.05)
+    assert chat_contexts[session_id] and user_sessions[session_id]  # it may come back
+
+    expired = real_session(session_id)
+    other = real_session("another-tab")
+    chat_contexts["another-tab"] = ["kept"]
+    await expired.delete()
+    assert session_id not in chat_contexts
+    assert session_id not in user_sessions
+    assert WebsocketSession.get_by_id(session_id) is None  # Chainlit's own deletion still ran
+    assert chat_contexts.pop("another-tab") == ["kept"]  # nobody else's
+    await other.delete()

@@ -466,3 +466,14 @@ def test_the_stored_streaming_column_is_what_a_page_draws_a_typing_cursor_for():
     assert 's."streaming" AS step_streaming' in loaded
     assert 'streaming=step_feedback.get("step_streaming", False)' in loaded
     assert '"streaming": self.streaming' in inspect.getsource(MessageBase.to_dict)
+
+
+def test_chainlit_lets_a_session_go_only_through_its_delete_and_keeps_its_chat_context():
+    """framework.release_with_session frees the app's share of a chat inside
+    ``WebsocketSession.delete``: Chainlit's disconnect handler deletes a session there, at once
+    on "New chat" or after session_timeout for a closed tab, and frees no chat context."""
+    disconnect = inspect.getsource(chainlit.socket.disconnect)
+    assert "await session.delete()" in disconnect
+    assert "session_timeout" in disconnect and "to_clear" in disconnect
+    assert "chat_context" not in inspect.getsource(chainlit.session.WebsocketSession.delete)
+    assert inspect.iscoroutinefunction(chainlit.session.WebsocketSession.delete)

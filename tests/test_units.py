@@ -505,6 +505,33 @@ async def test_a_full_collection_runs_once_the_last_reply_ends(monkeypatch):
     await asyncio.wait_for(collected.wait(), 5)
 
 
+async def test_sessions_let_go_while_idle_are_collected_once_together(monkeypatch):
+    from gemini_chat import runtime
+
+    collections = []
+    collected = asyncio.Event()
+
+    def collect(*args) -> None:
+        collections.append(1)
+        collected.set()
+
+    monkeypatch.setattr(runtime.gc, "collect", collect)
+    collector = runtime.IdleCollector(delay=0.05)
+    for _ in range(3):  # three closed tabs expiring together
+        collector.released()
+    await asyncio.wait_for(collected.wait(), 5)
+    await asyncio.sleep(0.1)
+    assert collections == [1]
+
+    collector.started()  # a reply streaming: its end collects, not the release
+    collector.released()
+    await asyncio.sleep(0.1)
+    assert collections == [1]
+    collector.finished()
+    await asyncio.sleep(0.1)
+    assert collections == [1, 1]
+
+
 async def test_chainlit_messages_and_steps_are_created_without_blocking_sleeps(
     chainlit_context, monkeypatch
 ):
