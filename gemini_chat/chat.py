@@ -116,7 +116,55 @@ def release_session(session_id: str) -> None:
     Chainlit deletes the session (``framework.release_with_session``)."""
     chat_contexts.pop(session_id, None)
     user_sessions.pop(session_id, None)
+    resumes.settled(session_id)
     idle_collector.released()
+
+
+# How long a message that arrived while its chat was being reopened waits for the history.
+RESUME_WAIT_SECONDS = 10.0
+
+
+class Resumes:
+    """Sessions whose stored chat is being reopened, for the messages that arrive meanwhile.
+
+    A page's socket that comes back to a server that no longer has its session (a restart,
+    another instance) asks for its chat to be resumed, and Chainlit handles a message sent at
+    that moment alongside the resume: without waiting, the message would be answered with no
+    history, and the resume would then replace the chat's state and, on the page, the chat
+    shown, question included."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    def pending(self, session) -> bool:
+        return bool(getattr(session, "thread_id_to_resume", None)) and (
+            SESSION_KEY not in user_sessions.get(session.id, {}) or session.id in self._waiting
+        )
+
+    async def wait(self, session) -> bool:
+        """Wait until the chat of ``session`` is reopened and shown; False if it took too
+        long (the message then goes on with what there is)."""
+        waiting = self._waiting.get(session.id)
+        if waiting is None:
+            waiting = self._waiting[session.id] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), RESUME_WAIT_SECONDS)
+            return True
+        except TimeoutError:
+            logger.warning("A message waited for its chat to reopen, in vain")
+            return False
+
+    def started(self, session_id: str) -> None:
+        if session_id not in self._waiting:
+            self._waiting[session_id] = asyncio.get_running_loop().create_future()
+
+    def settled(self, session_id: str) -> None:
+        waiting = self._waiting.pop(session_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+
+resumes = Resumes()
 
 
 # Background work (watches of gone sessions, usage being recorded), kept referenced until done.
@@ -143,6 +191,7 @@ class ChatController:
     async def start(self) -> None:
         conversation = Conversation(History(self.settings.history_token_budget))
         cl.user_session.set(SESSION_KEY, conversation)
+        resumes.settled(cl.context.session.id)  # nothing to reopen (e.g. the chat was not found)
         if self.backend is None:
             await self._notice(str(MissingApiKey()))
             return
@@ -168,6 +217,7 @@ class ChatController:
     async def resume(self, thread: dict) -> None:
         """Continue a stored chat: its history is rebuilt from the stored messages (Chainlit's
         copy of the old session is not trusted for that)."""
+        resumes.started(cl.context.session.id)
         live = live_replies.get(thread.get("id"))
         await settle_interrupted(thread, live.reply.id if live is not None else None)
         steps = thread.get("steps") or []
@@ -196,7 +246,10 @@ class ChatController:
             following = await current_relay().follow(thread, cl.context.session, history)
         emitter = cl.context.emitter
 
+        session_id = cl.context.session.id
+
         async def show() -> None:
+            resumes.settled(session_id)  # a message sent meanwhile goes on (handle)
             if following:
                 await emitter.task_start()
             await answers.show_stored(usages, offer=not following)
@@ -378,6 +431,10 @@ class ChatController:
     async def handle(self, message: cl.Message | None) -> None:
         if message is None:  # an edit of a message Chainlit no longer knows
             return
+        if resumes.pending(cl.context.session) and await resumes.wait(cl.context.session):
+            # Answered with the reopened chat's history; the page, which has just been sent
+            # the chat as stored, shows the question again.
+            await cl.context.emitter.send_step(message.to_dict())
         text = message.content or ""
         admission: Admission | None = None
         files: list[Attachment] = []

@@ -186,9 +186,12 @@ class ChatClient:
         thread_id: str = "",
         origin: str | None = None,
         transports: Sequence[str] = ("websocket",),
+        announce: bool = True,
     ) -> ChatClient:
         """Open the chat socket; ``transports=("polling", "websocket")`` connects as the
-        browser does: long-polling first, then upgraded to a websocket."""
+        browser does: long-polling first, then upgraded to a websocket. The page then says it
+        is connected, which starts (or reopens) the chat; ``announce=False`` leaves that to
+        ``announce()``."""
         if "Cookie" not in self.headers:
             await self.login_local()
         headers = dict(self.headers)
@@ -208,8 +211,12 @@ class ChatClient:
             },
             wait_timeout=10,
         )
-        await self.sio.emit("connection_successful")
+        if announce:
+            await self.announce()
         return self
+
+    async def announce(self) -> None:
+        await self.sio.emit("connection_successful")
 
     async def disconnect(self) -> None:
         if self.sio.connected:

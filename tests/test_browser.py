@@ -39,6 +39,14 @@ async def type_and_send(page, text: str, timeout: float = 15.0) -> None:
                 raise
 
 
+async def reload_chat(page) -> None:
+    """Reload the page once it shows the chat at its own address, as a person reloads a chat:
+    before the first exchange is stored, the page is still at "/", and a reload there opens a
+    new chat."""
+    await page.wait_for_url("**/thread/*", timeout=15_000)
+    await page.reload()
+
+
 async def test_a_typed_message_streams_a_reply_that_renders_as_markdown(page, gemini):
     answer = ["Here", " is", " **bold", " text**", " and", " a", " list:\n\n", "- one\n", "- two\n"]
     gemini.script(Reply(chunks=answer, delay=0.08))
@@ -168,7 +176,7 @@ async def test_thumbs_and_a_comment_are_stored_and_still_shown_after_reload(page
     # No error toast ("Message not found") appeared.
     assert await page.get_by_text("not found", exact=False).count() == 0
 
-    await page.reload()
+    await reload_chat(page)
     await page.get_by_text("Paris is the capital of France.").wait_for(timeout=15_000)
     await page.locator(".positive-feedback-on").wait_for(timeout=15_000)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -218,7 +226,7 @@ async def test_stop_leaves_one_mark_on_the_partial_answer_also_after_reload(page
     assert await notices() == (1, 0)
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=ARTIFACTS / "stopped.png")
-    await page.reload()
+    await reload_chat(page)
     await page.get_by_text("word3", exact=False).wait_for(timeout=15_000)
     await mark.wait_for(timeout=10_000)
     assert await notices() == (1, 0)
@@ -355,7 +363,7 @@ async def test_an_error_notice_has_no_copy_or_thumbs_buttons(page, gemini):
     # The partial answer can be copied and rated; the notice about it cannot.
     await answer_buttons(page, "Half an answer").nth(2).wait_for(timeout=10_000)
     assert await notice.last.locator("button:not([id])").count() == 0
-    await page.reload()
+    await reload_chat(page)
     await page.get_by_text("incomplete reply").wait_for(timeout=15_000)
     await notice.last.wait_for(timeout=15_000)
     assert await notice.last.locator("button:not([id])").count() == 0

@@ -7,7 +7,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.fake_gemini import Reply, ToolCall, tool_call_reply
-from tests.test_browser import type_and_send
+from tests.test_browser import reload_chat, type_and_send
 from tests.test_mcp import NOTE, stdio_entry, tool_results, write_config
 from tests.test_page import open_chat, screenshot
 
@@ -43,6 +43,6 @@ async def test_an_answer_uses_an_mcp_tool_and_a_missing_server_shows_its_notice(
     await screenshot(page, "mcp-notice.png")
 
     # Both are kept with the chat.
-    await page.reload()
+    await reload_chat(page)
     await expect(page.get_by_text(NOTICE, exact=True)).to_be_visible()
     await expect(answer).to_be_visible()

@@ -107,6 +107,61 @@ async def test_a_chat_survives_a_restart_and_resumes_with_its_exact_history(
     await eventually(lambda: _rows_when(database_url, thread_id, 10), what="the new turn stored")
 
 
+async def test_a_message_sent_while_the_chat_reopens_is_answered_with_its_history(
+    database_url, start_app_with, gemini
+):
+    """A page whose socket comes back to a server without its session (a restart, another
+    instance) has its chat reopened; a message it sends at that moment waits for the history."""
+    app = start_app_with(DATABASE_URL=database_url)
+    client = await new_chat(app)
+    gemini.script(Reply("First answer."), Reply("Second answer."))
+    await client.ask("first question")
+    thread_id = await client.chat_thread()
+    await client.disconnect()
+
+    reopened = ChatClient(app.url, headers=dict(client.headers))
+    await reopened.connect(thread_id=thread_id, announce=False)
+    question = await reopened.send("second question")  # before the chat is reopened
+    await reopened.announce()
+    await reopened.wait_for(
+        lambda: any(m.content == "Second answer." for m in reopened.messages.values()),
+        what="the answer",
+    )
+    request = (await gemini.arrived(2))[-1]
+    assert request.conversation[1:] == [
+        ("user", "first question"),
+        ("assistant", "First answer."),
+        ("user", "second question"),
+    ]
+    # The page, which replaces what it shows with the chat it is sent, was sent the chat as
+    # stored, then the question again, then its answer.
+    shown = [
+        "chat as stored" if name == "resume_thread" else (data["type"], data["id"])
+        for name, data in reopened.events
+        if name == "resume_thread"
+        or (
+            name in ("new_message", "stream_start")
+            and data.get("type") in ("user_message", "assistant_message")
+        )
+    ]
+    answer = next(m.id for m in reopened.messages.values() if m.content == "Second answer.")
+    assert list(dict.fromkeys(shown)) == [
+        "chat as stored",
+        ("user_message", question),
+        ("assistant_message", answer),
+    ]
+    assert reopened.messages[question].content == "second question"
+    await reopened.disconnect()
+    rows = await eventually(lambda: _rows_when(database_url, thread_id, 5), what="the turn stored")
+    assert [(kind, text) for kind, text, _ in rows] == [
+        ("assistant_message", "Hello! I'm Gemini. Ask me anything."),
+        ("user_message", "first question"),
+        ("assistant_message", "First answer."),
+        ("user_message", "second question"),
+        ("assistant_message", "Second answer."),
+    ]
+
+
 async def _rows_when(url: str, thread_id: str | None, count: int):
     if thread_id is None:
         return None

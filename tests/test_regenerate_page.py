@@ -9,7 +9,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.fake_gemini import Reply
-from tests.test_browser import type_and_send
+from tests.test_browser import reload_chat, type_and_send
 from tests.test_page import open_chat, screenshot
 
 pytestmark = pytest.mark.browser
@@ -44,8 +44,7 @@ async def test_regenerate_streams_a_new_answer_and_the_earlier_one_stays_viewabl
     requests = await gemini.arrived(2)
     assert requests[1].messages == requests[0].messages
 
-    await page.wait_for_url("**/thread/*", timeout=15_000)
-    await page.reload()
+    await reload_chat(page)
     await page.get_by_text("fresh29", exact=False).wait_for(timeout=15_000)
     await expect(page.locator(ANSWERS, has_text="Earlier answer")).to_contain_text(
         "The old answer."

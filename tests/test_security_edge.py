@@ -31,7 +31,7 @@ from tests.chat_client import ChatClient
 from tests.conftest import app_env
 from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
-from tests.test_browser import type_and_send
+from tests.test_browser import reload_chat, type_and_send
 
 ROOT = Path(__file__).resolve().parent.parent
 WELCOME = "Ask me anything"
@@ -286,7 +286,7 @@ async def test_an_answer_cannot_make_the_page_fetch_from_another_host(browser, a
         assert await page.locator("video").count() == 3  # rendered as videos, and blocked
 
         # Every render of the chat again (here a reload of it) is blocked the same way.
-        await page.reload()
+        await reload_chat(page)
         await page.get_by_text("Done.").wait_for(timeout=15_000)
         await wait_until_blocked(page, listener, FETCHING)
         assert listener.leaks() == []

@@ -12,7 +12,7 @@ from playwright.async_api import expect
 from tests.chromium import ARTIFACTS, launch_chromium
 from tests.db import eventually
 from tests.fake_gemini import Reply
-from tests.test_browser import answer_buttons, type_and_send
+from tests.test_browser import answer_buttons, reload_chat, type_and_send
 from tests.test_page import last_step, open_chat
 
 pytestmark = pytest.mark.browser
@@ -84,8 +84,7 @@ async def test_thoughts_show_live_fold_above_the_answer_and_stay_after_reload(br
     await screenshot(page, "thought-open.png")
 
     # Reloaded: still there, folded, above its answer, which keeps copy and thumbs.
-    await page.wait_for_url("**/thread/*", timeout=15_000)
-    await page.reload()
+    await reload_chat(page)
     answer = last_step(page, "assistant_message")
     await answer.get_by_text(ANSWER).wait_for(timeout=15_000)
     await expect(step_title(page)).to_have_text(TITLE, timeout=10_000)
@@ -132,8 +131,7 @@ async def test_stop_while_thinking_leaves_the_step_saying_so_also_after_reload(p
     await expect(step_title(page)).to_have_text("Stopped while thinking", timeout=10_000)
     await page.get_by_text("Stopped before any answer").wait_for(timeout=10_000)
     await screenshot(page, "stopped-while-thinking.png")
-    await page.wait_for_url("**/thread/*", timeout=15_000)
-    await page.reload()
+    await reload_chat(page)
     await page.get_by_text("Stopped before any answer").wait_for(timeout=15_000)
     await expect(step_title(page)).to_have_text("Stopped while thinking", timeout=10_000)
     await step_title(page).click()

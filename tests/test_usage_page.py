@@ -7,7 +7,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.fake_gemini import Reply
-from tests.test_browser import type_and_send
+from tests.test_browser import reload_chat, type_and_send
 from tests.test_page import open_chat, screenshot
 
 pytestmark = pytest.mark.browser
@@ -52,8 +52,7 @@ async def test_each_answer_shows_its_usage_and_the_chat_its_total_also_after_rel
     await expect(first.get_by_text("tokens in this chat")).to_have_count(0)
     await expect(usage).to_be_visible()
 
-    await page.wait_for_url("**/thread/*", timeout=15_000)
-    await page.reload()
+    await reload_chat(page)
     first, second = answer_step(page, "Paris is the capital."), answer_step(page, "Lyon is")
     await expect(first.get_by_text("1,234 in · 56 out · 789 thinking")).to_be_visible(
         timeout=15_000
