@@ -532,6 +532,31 @@ async def test_sessions_let_go_while_idle_are_collected_once_together(monkeypatc
     assert collections == [1, 1]
 
 
+async def test_a_server_never_idle_hands_free_memory_back_at_most_once_a_period(monkeypatch):
+    from gemini_chat import runtime
+
+    trims, collections = [], []
+    monkeypatch.setattr(runtime, "release_free_memory", lambda: trims.append(1))
+    monkeypatch.setattr(runtime.gc, "collect", lambda *args: collections.append(1))
+    clock = [1000.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
+    collector = runtime.IdleCollector(delay=60, trim_every=60)
+    collector.started()  # a reply that never ends: the server is never idle
+    for _ in range(5):  # five replies end within the period
+        collector.started()
+        clock[0] += 10
+        collector.finished()
+    assert trims == []
+    collector.started()
+    clock[0] += 20  # 70 s since the last trim
+    collector.finished()
+    assert trims == [1] and collections == []  # trimmed, without a collection
+    collector.started()
+    clock[0] += 30
+    collector.finished()
+    assert trims == [1]
+
+
 async def test_chainlit_messages_and_steps_are_created_without_blocking_sleeps(
     chainlit_context, monkeypatch
 ):
