@@ -137,8 +137,11 @@ class Resumes:
         self._waiting: dict[str, asyncio.Future[None]] = {}
 
     def pending(self, session) -> bool:
+        # Chainlit stores the session's values with the chat (ours as null, not being JSON)
+        # and puts them back first when it reopens it: a null is a chat not reopened yet.
         return bool(getattr(session, "thread_id_to_resume", None)) and (
-            SESSION_KEY not in user_sessions.get(session.id, {}) or session.id in self._waiting
+            user_sessions.get(session.id, {}).get(SESSION_KEY) is None
+            or session.id in self._waiting
         )
 
     async def wait(self, session) -> bool:
