@@ -3,11 +3,13 @@
 The benchmark loads this module into the app with ``TOOL_MODULES=bench.memprobe`` (it offers no
 tool) and ``MEMPROBE_FILE``; nothing of it ships with the product. On SIGUSR2 the app writes, to
 that file, the chat sessions it still keeps (Chainlit's registries and the per-session state the
-app releases), engine.io's sockets, asyncio's tasks and glibc's heap figures; on SIGUSR1 also
-the live objects counted by type and, when the app runs under ``PYTHONTRACEMALLOC``, a
-tracemalloc snapshot beside it. The benchmark waits on the sessions it reads there to know when
-a wave's sessions have expired. The objects are counted only on request: listing every object
-allocates megabytes, which would move the resident memory being measured.
+app releases), engine.io's sockets, asyncio's tasks, glibc's heap figures and the garbage
+collector's counts; on SIGUSR1 also the live objects counted by type and, when the app runs under
+``PYTHONTRACEMALLOC``, a tracemalloc snapshot beside it; on SIGURG it runs one full collection and
+writes what it found, how long it took, and memory before and after. The benchmark waits on the
+sessions it reads there to know when a wave's sessions have expired. The objects are counted only
+on request: listing every object allocates megabytes, which would move the resident memory being
+measured.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gc
 import json
 import os
 import signal
+import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -76,6 +79,10 @@ def state(objects: bool) -> dict:
         "engineio_sockets": len(sio.eio.sockets),
         "tasks": len(asyncio.all_tasks(loop)) if loop is not None else None,
         "malloc": _malloc(),
+        # The collector's view: objects waiting in each generation, and collections so far.
+        "gc_count": gc.get_count(),
+        "gc_stats": gc.get_stats(),
+        "gc_frozen": gc.get_freeze_count(),
     }
     if objects:
         # f-strings, since a few types' __module__ is a descriptor, not a string.
@@ -85,13 +92,42 @@ def state(objects: bool) -> dict:
     return kept
 
 
+def collected() -> dict:
+    """One full collection now: what it found, what it cost, and memory before and after."""
+    before = {"rss_kb": _rss_kb(), "malloc": _malloc(), "gc_count": gc.get_count()}
+    start = time.perf_counter()
+    unreachable = gc.collect()
+    seconds = time.perf_counter() - start
+    after = {"rss_kb": _rss_kb(), "malloc": _malloc()}
+    from gemini_chat.runtime import release_free_memory
+
+    release_free_memory()
+    return {
+        "before": before,
+        "collected": unreachable,
+        "collect_seconds": seconds,
+        "after_collect": after,
+        "after_trim": {"rss_kb": _rss_kb(), "malloc": _malloc()},
+    }
+
+
+def probe_path(pid: int | None = None, template: str | None = None) -> Path:
+    """The file the app with ``pid`` (this one by default) writes: "{pid}" in MEMPROBE_FILE gives
+    each instance of a stack a file of its own."""
+    template = template or os.environ["MEMPROBE_FILE"]
+    return Path(template.replace("{pid}", str(pid or os.getpid())))
+
+
 def _write(signum, frame) -> None:
-    path = Path(os.environ["MEMPROBE_FILE"])
+    path = probe_path()
     objects = signum == signal.SIGUSR1
     # A signal handler runs inside whatever frame the app was in: an exception escaping it
     # would surface there (a storage call failing for no reason), so none may escape.
     try:
-        written = state(objects)
+        if signum == signal.SIGURG:
+            written = collected()
+        else:
+            written = state(objects)
         if objects and tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(str(path.with_suffix(".tracemalloc")))
             written["tracemalloc"] = True
@@ -106,3 +142,4 @@ def _write(signum, frame) -> None:
 if os.environ.get("MEMPROBE_FILE"):
     signal.signal(signal.SIGUSR2, _write)
     signal.signal(signal.SIGUSR1, _write)
+    signal.signal(signal.SIGURG, _write)

@@ -21,6 +21,10 @@ database's connections (pg_stat_activity) and nginx's open files. Over the last 
 (the window) memory must stay flat within 5 MB per instance, and open files and database
 connections must not grow. It prints the figures and targets, saves JSON and a plot
 (bench/results/), and exits non-zero when a target fails. The random choices follow ``--seed``.
+
+With ``--probe`` the instances load bench/memprobe.py, and once a minute each one reports what
+it keeps: the garbage collector's full collections so far, the heap in use and free (glibc),
+the sessions Chainlit keeps and asyncio's tasks (in the JSON, and in the minute's line).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import random
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,7 +47,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 
+from bench import memprobe
 from bench.client import BrowserChat, login
+from bench.memory import Probe
 from bench.run import expected_text, machine, machine_line, report, rss_mb
 from bench.stack import FakeUpstream, Postgres, Stack
 from gemini_chat import errors
@@ -224,6 +232,29 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+PROBE_FILE = Path(tempfile.gettempdir()) / "soak-memprobe-{pid}.json"
+PROBE_EVERY = 60.0  # seconds between two readings of the instances' probes (--probe)
+
+
+def probe_figures(kept: dict) -> dict:
+    """The figures of one probe reading (bench/memprobe.py) kept in the results."""
+    heap = kept.get("malloc", {})
+    return {
+        "full_collections": kept["gc_stats"][2]["collections"] if "gc_stats" in kept else None,
+        "heap_used_mb": heap.get("uordblks", 0) / 2**20,
+        "heap_free_mb": heap.get("fordblks", 0) / 2**20,
+        "sessions": kept.get("sessions"),
+        "tasks": kept.get("tasks"),
+    }
+
+
+async def probe_forever(probes: list[Probe], start: float, out: list[dict]) -> None:
+    while True:
+        await asyncio.sleep(PROBE_EVERY)
+        readings = [probe_figures(await probe.read()) for probe in probes]
+        out.append({"t": time.monotonic() - start, "instances": readings})
+
+
 async def sample_forever(stack: Stack, database: asyncpg.Connection, tally, start, interval, out):
     nginx = [stack.nginx_pid, *children_of(stack.nginx_pid)]
     while True:
@@ -247,10 +278,11 @@ async def sample_forever(stack: Stack, database: asyncpg.Connection, tally, star
         await asyncio.sleep(interval)
 
 
-async def soak(stack: Stack, database_url: str, args) -> dict:
+async def soak(stack: Stack, database_url: str, args, probes: Sequence[Probe] = ()) -> dict:
     rng = random.Random(args.seed)
     tally = Tally(args.fault_share, args.new_chat_share)
     samples: list[dict] = []
+    probed: list[dict] = []
     seconds = args.minutes * 60
     interval = args.sample_seconds or min(10.0, seconds / 2 / SLICES / SAMPLES_PER_SLICE)
     parts = urlsplit(database_url.replace("+asyncpg", ""))
@@ -270,6 +302,7 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
         sampler = asyncio.create_task(
             sample_forever(stack, database, tally, start, interval, samples)
         )
+        prober = asyncio.create_task(probe_forever(probes, start, probed)) if probes else None
 
         async def slot(offset: float) -> None:
             # Chats follow one another in each slot: a new one as soon as the last has closed.
@@ -281,14 +314,20 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
             while True:
                 await asyncio.sleep(60)
                 last = samples[-1]
-                print(
+                line = (
                     f"  {last['t'] / 60:4.1f} min: {tally.open} chats open, {tally.chats} opened, "
                     f"{last['intact']} intact, {last['failed']} failed with notice, "
                     f"{last['problems']} problems; RSS "
                     + " / ".join(f"{mb:.0f}" for mb in last["rss_mb"])
-                    + " MB",
-                    flush=True,
+                    + " MB"
                 )
+                if probed:
+                    line += "; full collections, heap used / free (MB), sessions: " + " | ".join(
+                        f"{p['full_collections']}, {p['heap_used_mb']:.0f} / "
+                        f"{p['heap_free_mb']:.0f}, {p['sessions']}"
+                        for p in probed[-1]["instances"]
+                    )
+                print(line, flush=True)
 
         reporter = asyncio.create_task(report())
         try:
@@ -297,6 +336,8 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
         finally:
             sampler.cancel()
             reporter.cancel()
+            if prober is not None:
+                prober.cancel()
             await database.close()
     return {
         "machine": started,
@@ -314,6 +355,7 @@ async def soak(stack: Stack, database_url: str, args) -> dict:
         "by_fault": {kind: dict(counts) for kind, counts in sorted(tally.by_fault.items())},
         "problems": tally.problems,
         "samples": samples,
+        "probes": probed,
     }
 
 
@@ -498,6 +540,11 @@ def main() -> int:
         help="share of tabs closed with New chat (the rest linger for the session timeout)",
     )
     parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="have each instance report its collector's and heap's figures once a minute",
+    )
+    parser.add_argument(
         "--sample-seconds",
         type=float,
         default=None,
@@ -507,16 +554,24 @@ def main() -> int:
     # A kill (SIGTERM) unwinds like Ctrl-C, so every process started here is stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
+    probing = (
+        {"TOOL_MODULES": "bench.memprobe", "MEMPROBE_FILE": str(PROBE_FILE)} if args.probe else {}
+    )
     with FakeUpstream() as fake, Postgres() as postgres:
         database_url = postgres.database()
-        with Stack(args.instances, fake.url, database_url) as stack:
+        with Stack(args.instances, fake.url, database_url, **probing) as stack:
+            probes = (
+                [Probe(pid, memprobe.probe_path(pid, str(PROBE_FILE))) for pid in stack.pids]
+                if probing
+                else []
+            )
             print(
                 f"Soaking {args.minutes:g} minutes: {args.instances} instances behind nginx at "
                 f"{stack.url}, about {args.chats} chats open.",
                 flush=True,
             )
             try:
-                results = asyncio.run(soak(stack, database_url, args))
+                results = asyncio.run(soak(stack, database_url, args, probes))
             except KeyboardInterrupt:
                 # A second Ctrl-C must not cut short the stopping of what was started.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)

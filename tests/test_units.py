@@ -532,7 +532,7 @@ async def test_sessions_let_go_while_idle_are_collected_once_together(monkeypatc
     assert collections == [1, 1]
 
 
-async def test_a_server_never_idle_hands_free_memory_back_at_most_once_a_period(monkeypatch):
+async def test_a_server_never_idle_collects_released_sessions_at_most_once_a_period(monkeypatch):
     from gemini_chat import runtime
 
     trims, collections = [], []
@@ -540,21 +540,31 @@ async def test_a_server_never_idle_hands_free_memory_back_at_most_once_a_period(
     monkeypatch.setattr(runtime.gc, "collect", lambda *args: collections.append(1))
     clock = [1000.0]
     monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
-    collector = runtime.IdleCollector(delay=60, trim_every=60)
+    collector = runtime.IdleCollector(delay=60, busy_every=60)
     collector.started()  # a reply that never ends: the server is never idle
-    for _ in range(5):  # five replies end within the period
+    for _ in range(5):  # five replies end within the period, tabs closed meanwhile expire
         collector.started()
+        collector.released()
         clock[0] += 10
         collector.finished()
-    assert trims == []
+    assert trims == [] and collections == []
     collector.started()
-    clock[0] += 20  # 70 s since the last trim
+    clock[0] += 20  # 70 s since the start
     collector.finished()
-    assert trims == [1] and collections == []  # trimmed, without a collection
+    assert collections == [1] and trims == [1]  # the expired sessions' cycles, then the heap
     collector.started()
     clock[0] += 30
     collector.finished()
-    assert trims == [1]
+    assert collections == [1] and trims == [1]  # not again within the period
+    collector.started()
+    clock[0] += 40  # a period later, with no session let go since: the heap only
+    collector.finished()
+    assert collections == [1] and trims == [1, 1]
+    collector.started()
+    collector.released()
+    clock[0] += 60
+    collector.finished()
+    assert collections == [1, 1] and trims == [1, 1, 1]
 
 
 async def test_chainlit_messages_and_steps_are_created_without_blocking_sleeps(
