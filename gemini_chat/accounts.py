@@ -24,7 +24,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .config import ConfigError, Settings, load_settings
 from .relay import tell_instances_accounts_changed
@@ -32,10 +32,12 @@ from .schema import (
     StorageError,
     accounts,
     describe_url,
+    login_attempts,
     prepare_database,
     prepare_engine_args,
     revoked_tokens,
     run_blocking,
+    upsert_into,
 )
 from .tokens import CHECK_SECONDS, new_epoch
 
@@ -67,6 +69,9 @@ class Rule:
         return min(self.cap, self.base * 2 ** min(failures - self.free, 32))
 
 
+Key = tuple[str, str, str]  # a row of login_attempts: kind, name, address
+
+
 @dataclass
 class LoginThrottle:
     """Slows down password guessing, counting failures three ways:
@@ -77,71 +82,129 @@ class LoginThrottle:
       address is slowed the same way;
     - per name, whatever the address (``name``): many addresses guessing one name each pay a
       few seconds, at most ``name.cap``, so that the real user, from another address, never
-      waits longer than that; an address that logged in to the name before is exempt.
+      waits longer than that; an address that logged in to the name in the last
+      ``remember_known`` seconds is exempt.
 
-    Attempts from one address are checked one at a time, each after its delay, so parallel
+    The counts are rows of the database (``login_attempts``), so every instance sharing it
+    counts the same failures: spreading guesses over instances gains nothing. Attempts from one
+    address are checked one at a time on each instance, each after its delay, so parallel
     guesses wait as long as the same guesses one after another; beyond ``max_waiting`` queued
     attempts an address is refused at once. Failures are forgotten ``forget_after`` seconds
-    after the last one. State is per process (see README)."""
+    after the last one."""
 
+    engine: AsyncEngine
     pair: Rule = Rule(free=3, base=1.0, cap=30.0)
     address: Rule = Rule(free=5, base=1.0, cap=30.0)
     name: Rule = Rule(free=10, base=1.0, cap=2.0)
     forget_after: float = 900.0
+    remember_known: float = 30 * 86400.0
     max_waiting: int = 10
-    max_entries: int = 100_000
-    clock: Callable[[], float] = time.monotonic
-    failures: dict[tuple[str, ...], tuple[int, float]] = field(default_factory=dict)
-    known: dict[tuple[str, str], float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time  # shared with other instances: not monotonic
     _queues: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
     _checking: dict[str, int] = field(default_factory=dict)
+    _pruned_at: float = 0.0
 
     @staticmethod
-    def _keys(name: str, address: str) -> tuple[tuple[str, ...], ...]:
+    def _keys(name: str, address: str) -> tuple[Key, Key, Key, Key]:
+        """The rows of an attempt: its pair, its address, its name, and whether it is known."""
         name = name.lower()
-        return ("pair", name, address), ("address", address), ("name", name)
+        return (
+            ("pair", name, address),
+            ("address", "", address),
+            ("name", name, ""),
+            ("known", name, address),
+        )
 
-    def _count(self, key: tuple[str, ...], now: float) -> int:
-        count, last = self.failures.get(key, (0, now))
-        return 0 if now - last > self.forget_after else count
+    async def _counts(self, keys: tuple[Key, ...], now: float) -> dict[Key, int]:
+        """The failures of each of ``keys`` still remembered at ``now`` (a known row: 1)."""
+        row = login_attempts.c
+        wanted = sa.or_(
+            *(sa.and_(row.kind == k, row.name == n, row.address == a) for k, n, a in keys)
+        )
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                sa.select(row.kind, row.name, row.address, row.failures, row.last_at).where(wanted)
+            )
+        counts = {}
+        for kind, name, address, failures, last_at in rows:
+            if kind == "known":
+                counts[(kind, name, address)] = int(now - last_at <= self.remember_known)
+            elif now - last_at <= self.forget_after:
+                counts[(kind, name, address)] = failures
+        return counts
 
-    def delay_for(self, name: str, address: str, now: float | None = None) -> float:
+    async def delay_for(self, name: str, address: str, now: float | None = None) -> float:
         now = self.clock() if now is None else now
-        pair, by_address, by_name = self._keys(name, address)
+        pair, by_address, by_name, known = keys = self._keys(name, address)
+        counts = await self._counts(keys, now)
         delays = [
-            self.pair.delay(self._count(pair, now)),
-            self.address.delay(self._count(by_address, now)),
+            self.pair.delay(counts.get(pair, 0)),
+            self.address.delay(counts.get(by_address, 0)),
         ]
-        if (name.lower(), address) not in self.known:
+        if not counts.get(known):
             # Guesses being checked right now count too, so parallel ones pay as they should.
             pending = self._checking.get(name.lower(), 0)
-            delays.append(self.name.delay(self._count(by_name, now) + pending))
+            delays.append(self.name.delay(counts.get(by_name, 0) + pending))
         return max(delays)
 
-    def failed(self, name: str, address: str, now: float | None = None) -> None:
+    async def failed(self, name: str, address: str, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        for key in self._keys(name, address):
-            count = self._count(key, now) + 1
-            self.failures.pop(key, None)  # to the end: the dict is kept oldest first
-            self.failures[key] = (count, now)
-        self._prune(now)
+        row = login_attempts.c
+        counted = upsert_into(login_attempts, self.engine).values(
+            [
+                {"kind": k, "name": n, "address": a, "failures": 1, "last_at": now}
+                for k, n, a in self._keys(name, address)[:3]
+            ]
+        )
+        # One statement for the three counts, each one more, or 1 again once forgotten: two
+        # instances counting at once both count.
+        counted = counted.on_conflict_do_update(
+            index_elements=[row.kind, row.name, row.address],
+            set_={
+                "failures": sa.case(
+                    (row.last_at < now - self.forget_after, 1), else_=row.failures + 1
+                ),
+                "last_at": now,
+            },
+        )
+        async with self.engine.begin() as connection:
+            await connection.execute(counted)
+            await self._prune(connection, now)
 
-    def succeeded(self, name: str, address: str, now: float | None = None) -> None:
+    async def succeeded(self, name: str, address: str, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        self.failures.pop(self._keys(name, address)[0], None)
-        self.known.pop((name.lower(), address), None)
-        self.known[(name.lower(), address)] = now
-        self._prune(now)
+        pair, _, _, known = self._keys(name, address)
+        row = login_attempts.c
+        remembered = upsert_into(login_attempts, self.engine).values(
+            kind=known[0], name=known[1], address=known[2], failures=0, last_at=now
+        )
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                login_attempts.delete().where(
+                    row.kind == pair[0], row.name == pair[1], row.address == pair[2]
+                )
+            )
+            await connection.execute(
+                remembered.on_conflict_do_update(
+                    index_elements=[row.kind, row.name, row.address], set_={"last_at": now}
+                )
+            )
+            await self._prune(connection, now)
 
-    def _prune(self, now: float) -> None:
-        for table in (self.failures, self.known):
-            if len(table) <= self.max_entries:
-                continue
-            for key, value in list(table.items()):
-                if now - (value[1] if isinstance(value, tuple) else value) > self.forget_after:
-                    del table[key]
-            while len(table) > self.max_entries * 0.9:  # the least recently updated first
-                del table[next(iter(table))]
+    async def _prune(self, connection: AsyncConnection, now: float) -> None:
+        """Delete what is past remembering, at most once per ``forget_after`` on an instance."""
+        if now - self._pruned_at < self.forget_after:
+            return
+        self._pruned_at = now
+        row = login_attempts.c
+        await connection.execute(
+            login_attempts.delete().where(
+                sa.or_(
+                    sa.and_(row.kind != "known", row.last_at < now - self.forget_after),
+                    row.last_at < now - self.remember_known,
+                )
+            )
+        )
 
     async def attempt(self, name: str, address: str, check: Callable[[], Awaitable[T | None]]):
         """Run ``check`` (the password check, None for a failure) when this attempt's turn and
@@ -153,7 +216,7 @@ class LoginThrottle:
         self._queues[address] = (lock, waiting + 1)
         try:
             async with lock:
-                delay = self.delay_for(name, address)
+                delay = await self.delay_for(name, address)
                 key = name.lower()
                 self._checking[key] = self._checking.get(key, 0) + 1
                 try:
@@ -171,9 +234,9 @@ class LoginThrottle:
                     if not self._checking[key]:
                         del self._checking[key]
                 if result is None:
-                    self.failed(name, address)
+                    await self.failed(name, address)
                 else:
-                    self.succeeded(name, address)
+                    await self.succeeded(name, address)
                 return result
         finally:
             lock, waiting = self._queues[address]

@@ -98,11 +98,12 @@ class Access:
 
     store: AccountStore
     local: bool
-    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    throttle: LoginThrottle = field(init=False)
     tokens: TokenRegistry = field(init=False)
     _local_until: float = 0.0
 
     def __post_init__(self) -> None:
+        self.throttle = LoginThrottle(self.store.engine)
         self.tokens = TokenRegistry(self.store.engine, _token_lifetime)
 
     async def local_user(self) -> cl.User | None:

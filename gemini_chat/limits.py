@@ -25,13 +25,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from .config import Settings
 from .history import estimate_tokens
-from .schema import prepare_engine_args, tune_sqlite, user_usage
+from .schema import prepare_engine_args, tune_sqlite, upsert_into, user_usage
 
 logger = logging.getLogger("gemini_chat")
 
@@ -174,8 +173,6 @@ class UsageCounter:
         self.clock = clock
         self.engine = create_async_engine(url, **prepare_engine_args(url))
         tune_sqlite(self.engine)
-        dialect = self.engine.dialect.name
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
 
     async def admit(self, user: str) -> Admission:
         """Count one message of ``user``, or raise LimitRefusal (and count nothing)."""
@@ -213,7 +210,7 @@ class UsageCounter:
             under.append(sa.or_(window_over, row.window_messages < self.limits.messages_per_minute))
         if self.limits.tokens_per_day:
             under.append(sa.or_(new_day, row.day_tokens < self.limits.tokens_per_day))
-        insert = self._insert(user_usage).values(
+        insert = upsert_into(user_usage, self.engine).values(
             identifier=user,
             window_start=now,
             window_messages=1,

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
@@ -174,6 +174,28 @@ user_usage = sa.Table(
     sa.Column("day_messages", sa.Integer, nullable=False),
     sa.Column("day_tokens", sa.BigInteger, nullable=False),
 )
+
+# The login throttle's counts (accounts.LoginThrottle), shared by every instance on the database:
+# failures per name and address ("pair"), per address and per name (name or address left
+# empty), and the addresses each name has logged in from ("known"). Names are lower-cased;
+# times are seconds since the epoch, and rows past the throttle's memory are deleted.
+login_attempts = sa.Table(
+    "login_attempts",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("address", sa.Text, primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_at", sa.Float, nullable=False),
+    sa.Index("login_attempts_last_at", "last_at"),
+)
+
+
+def upsert_into(table: sa.Table, engine: Any) -> Any:
+    """An INSERT into ``table`` that can take ON CONFLICT clauses, in the engine's dialect
+    (PostgreSQL's and SQLite's share the same API)."""
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 class StorageError(Exception):

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 
 import jwt
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .schema import accounts, revoked_tokens
+from .schema import accounts, revoked_tokens, upsert_into
 
 # How long an accepted token is trusted without asking the database: the longest a token ended
 # on another instance (or by the accounts command) can still be used.
@@ -126,10 +125,9 @@ class TokenRegistry:
         """End one token, everywhere; forget tokens that have expired anyway."""
         self._refuse(login.token_id)
         now = self.clock()
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         # Two tabs may log out with the same token at once: the second insert does nothing.
         insert = (
-            dialect.insert(revoked_tokens)
+            upsert_into(revoked_tokens, self.engine)
             .values(
                 token_id=login.token_id,
                 identifier=login.identifier,

@@ -14,9 +14,11 @@ import uuid
 
 import pytest
 import socketio
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from gemini_chat.accounts import LoginThrottle, Rule
 from gemini_chat.auth import LOCAL_ONLY_MESSAGE
+from gemini_chat.schema import prepare_engine_args, upgrade_schema
 from tests.chat_client import ChatClient
 from tests.conftest import ROOT, guarded_env
 from tests.db import eventually, query
@@ -219,31 +221,80 @@ async def test_a_missing_chat_is_not_found(database_url, start_app_with):
 # --- without a server ----------------------------------------------------------------------------
 
 
-def test_repeated_wrong_passwords_are_slowed_down():
-    throttle = LoginThrottle()
+@pytest.fixture
+async def throttled(database_url):
+    """A login throttle on the database (SQLite and PostgreSQL), and a way to make more: each
+    as another instance on the same database would have it."""
+    engines = []
+
+    def make(**rules) -> LoginThrottle:
+        engine = create_async_engine(database_url, **prepare_engine_args(database_url))
+        engines.append(engine)
+        return LoginThrottle(engine, **rules)
+
+    await upgrade_schema(database_url)
+    yield make
+    for engine in engines:
+        await engine.dispose()
+
+
+async def test_repeated_wrong_passwords_are_slowed_down(throttled):
+    throttle = throttled()
     delays = []
     for attempt in range(9):
-        delays.append(throttle.delay_for("Alice", "192.0.2.1", now=100.0 + attempt))
-        throttle.failed("alice", "192.0.2.1", now=100.0 + attempt)
+        delays.append(await throttle.delay_for("Alice", "192.0.2.1", now=100.0 + attempt))
+        await throttle.failed("alice", "192.0.2.1", now=100.0 + attempt)
     # By name and address: 3 free, then doubling up to 30 s (the address's own count agrees).
     assert delays == [0, 0, 0, 1, 2, 4, 8, 16, 30]
     # Another name from the same address pays the address's count: 5 free, then doubling.
-    assert throttle.delay_for("mallory", "192.0.2.1", now=110.0) == 16
+    assert await throttle.delay_for("mallory", "192.0.2.1", now=110.0) == 16
     # Another address guessing alice pays only the name's count, and at most 2 s.
-    assert throttle.delay_for("alice", "198.51.100.7", now=110.0) == 0
+    assert await throttle.delay_for("alice", "198.51.100.7", now=110.0) == 0
     for n in range(12):
-        throttle.failed("alice", f"203.0.113.{n}", now=111.0)
-    assert throttle.delay_for("alice", "198.51.100.7", now=112.0) == 2
+        await throttle.failed("alice", f"203.0.113.{n}", now=111.0)
+    assert await throttle.delay_for("alice", "198.51.100.7", now=112.0) == 2
     # Forgotten a while after the last failure.
-    assert throttle.delay_for("alice", "192.0.2.1", now=111.0 + 900 + 1) == 0
+    assert await throttle.delay_for("alice", "192.0.2.1", now=111.0 + 900 + 1) == 0
     # A success clears the guesser's own count and exempts that address from the name's.
-    throttle.succeeded("ALICE", "198.51.100.7", now=113.0)
-    assert throttle.delay_for("alice", "198.51.100.7", now=114.0) == 0
-    assert throttle.delay_for("alice", "192.0.2.1", now=114.0) == 30
+    await throttle.succeeded("ALICE", "198.51.100.7", now=113.0)
+    assert await throttle.delay_for("alice", "198.51.100.7", now=114.0) == 0
+    assert await throttle.delay_for("alice", "192.0.2.1", now=114.0) == 30
 
 
-async def test_parallel_attempts_from_one_address_are_checked_one_at_a_time():
-    throttle = LoginThrottle(pair=Rule(free=3, base=0.01, cap=1.0), max_waiting=4)
+async def test_guesses_spread_over_instances_are_counted_together(throttled, database_url):
+    first, second = throttled(), throttled()  # two instances on one database
+    # Guesses alternating between the instances pay as if all went to one.
+    delays = []
+    for attempt in range(8):
+        instance = (first, second)[attempt % 2]
+        delays.append(await instance.delay_for("alice", "192.0.2.1", now=100.0 + attempt))
+        await instance.failed("alice", "192.0.2.1", now=100.0 + attempt)
+    assert delays == [0, 0, 0, 1, 2, 4, 8, 16]
+    # Failures counted on both at the same moment are all counted.
+    await asyncio.gather(
+        *(
+            instance.failed("bob", f"198.51.100.{n}", now=120.0)
+            for n in range(6)
+            for instance in (first, second)
+        )
+    )
+    rows = await query(
+        database_url,
+        "SELECT failures FROM login_attempts WHERE kind = 'name' AND name = 'bob'",
+    )
+    assert rows == [(12,)]
+    assert await first.delay_for("bob", "203.0.113.9", now=121.0) == 2
+    # A login on one instance exempts its address from the name's count on the other.
+    await second.succeeded("bob", "203.0.113.9", now=122.0)
+    assert await first.delay_for("bob", "203.0.113.9", now=123.0) == 0
+    # Rows past remembering are deleted as failures are counted.
+    await first.failed("carol", "192.0.2.9", now=100.0 + 2 * 900)
+    kinds = await query(database_url, "SELECT DISTINCT name FROM login_attempts ORDER BY name")
+    assert kinds == [("",), ("bob",), ("carol",)]  # bob's login is remembered for 30 days
+
+
+async def test_parallel_attempts_from_one_address_are_checked_one_at_a_time(throttled):
+    throttle = throttled(pair=Rule(free=3, base=0.01, cap=1.0), max_waiting=4)
     checking = 0
     most = 0
 
@@ -263,7 +314,7 @@ async def test_parallel_attempts_from_one_address_are_checked_one_at_a_time():
     assert most == 1  # one at a time
     assert time.monotonic() - started >= 4 * 0.01 + 0.01  # four checks, the 4th after 0.01 s
     # The 5th and 6th were refused at once, unchecked: four failures are counted.
-    assert throttle.delay_for("alice", "192.0.2.1") == 0.02
+    assert await throttle.delay_for("alice", "192.0.2.1") == 0.02
     assert throttle._queues == {}
 
 

@@ -1,7 +1,7 @@
 """One chat, any instance: two real `chainlit run` instances on one PostgreSQL database, talking
 through its LISTEN/NOTIFY (gemini_chat/relay.py). A chat opened on instance B follows the answer
-streaming on instance A, and can stop it; only its owner; per-user limits and ended logins hold
-on both."""
+streaming on instance A, and can stop it; only its owner; per-user limits, ended logins and the
+password-guess throttle hold on both."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.db import eventually, query
 from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
 from tests.test_browser import counted_words
+from tests.test_security_login import login
 
 USERS = ("ann", "ben", "cid", "dan", "eve", "fay", "gus", "hal", "ivy", "joy", "kim", "lee")
 MESSAGES_PER_MINUTE = 3
@@ -413,6 +414,24 @@ async def test_a_new_password_ends_the_login_on_every_instance_at_once(instances
         await store.close()
     for app in (b, a):
         await refused_soon(app, cookie)
+
+
+async def test_password_guesses_spread_over_both_instances_are_slowed_as_on_one(instances):
+    a, b = instances
+    waits = []
+    for attempt in range(5):  # alternating, as a balancer without stickiness would send them
+        status, token, waited = await login(
+            (a, b)[attempt % 2].url, "hal", f"guess {attempt}", source="127.0.3.1"
+        )
+        assert status == 401 and token is None
+        waits.append(waited)
+    # The failures are counted in the database: 3 free, then 1 s and 2 s, as on one instance
+    # (counted per instance, none of the five would have waited).
+    assert waits[3] >= 1.0 and waits[4] >= 2.0, waits
+    # The real user, from elsewhere, is not held up.
+    status, token, waited = await login(b.url, "hal", password("hal"), source="127.0.3.2")
+    assert status == 200 and token and waited < 2.0, waited
+    print("guesses over both instances waited", [round(w, 1) for w in waits])
 
 
 async def page_on(browser, app, name: str):
