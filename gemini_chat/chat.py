@@ -222,7 +222,7 @@ class ChatController:
         copy of the old session is not trusted for that)."""
         resumes.started(cl.context.session.id)
         live = live_replies.get(thread.get("id"))
-        await settle_interrupted(thread, live.reply.id if live is not None else None)
+        await settle_interrupted(thread, live.step_ids() if live is not None else ())
         steps = thread.get("steps") or []
         history = history_from_steps(
             steps,
@@ -534,7 +534,11 @@ class ChatController:
 
         def thinking_step() -> ThinkingStep:
             return ThinkingStep(
-                live, self.settings.flush_interval, self.event_budget, self.settings.assistant_name
+                live,
+                self.settings.flush_interval,
+                self.event_budget,
+                self.settings.assistant_name,
+                save_interval=self.settings.partial_save_interval,
             )
 
         stream = ReplyStream(

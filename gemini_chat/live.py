@@ -194,6 +194,10 @@ class LiveReply:
         self.last_stamp = _stamp(moment)
         return self.last_stamp
 
+    def step_ids(self) -> set[str]:
+        """The ids of the steps this turn is writing: its reply and its thinking step."""
+        return {self.reply.id} | ({self.thinking.id} if self.thinking is not None else set())
+
     def snapshot(self) -> list[dict[str, Any]]:
         """The thinking step, if any, the turn's other steps and the reply, as stored steps
         would show them, with the text written so far."""

@@ -4,19 +4,20 @@ While a reply streams, ``PartialSaver`` stores it every ``partial_save_interval`
 the text so far and the status "streaming": one write per interval per answer, none when the
 text did not change, none queued behind a write the database has not finished, and none awaited
 by the stream. The reply's final write (complete, stopped, incomplete) replaces it, as every
-write of a step with the same id does.
+write of a step with the same id does. The thinking step above an answer is kept the same way.
 
 A reply still "streaming" in the database whose writer is gone (the instance was killed, or
 drained before it ended) is settled when its chat is opened again (``settle_interrupted``): it
 is shown and stored with the "interrupted" mark, and its text, without the mark, is in the
-history of the next message, as a stopped answer's is.
+history of the next message, as a stopped answer's is. A thinking step left so keeps its
+thoughts under the title "Thinking interrupted" (thoughts are never part of the history).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
 from .history import REPLY_MARKS, load_json
@@ -26,6 +27,7 @@ logger = logging.getLogger("gemini_chat")
 
 STREAMING = "streaming"
 INTERRUPTED = "interrupted"
+THINKING_INTERRUPTED = "Thinking interrupted"
 
 Write = Callable[[dict[str, Any]], Awaitable[Any]]
 Sleep = Callable[[float], Awaitable[Any]]
@@ -35,9 +37,9 @@ _writes: set[asyncio.Task] = set()
 
 
 class Streamed(Protocol):
-    """A reply being written (a ``cl.Message``): its text so far, and its stored form."""
+    """A reply (``cl.Message``) or thinking step (``cl.Step``) being written: its stored form,
+    whose ``output`` is the text so far."""
 
-    content: str
     metadata: dict | None
 
     def to_dict(self) -> Any: ...
@@ -69,7 +71,7 @@ class PartialSaver:
         self.write = write
         self.sleep = sleep
         # What the database holds of it: a continued answer starts from its stored text.
-        self.saved: str | None = reply.content
+        self.saved: str | None = reply.to_dict().get("output")
         self.writes = 0
         self._writing: asyncio.Task | None = None
         self._timer: asyncio.Task | None = None
@@ -101,12 +103,12 @@ class PartialSaver:
     def save(self) -> bool:
         """Ask for a write of the reply as it is now, unless nothing changed since the last one
         or that one is still being written (a slow database gets no pile of writes)."""
-        text = self.reply.content
-        if not text or text == self.saved or self.write is None:
-            return False
-        if self._writing is not None and not self._writing.done():
+        if self.write is None or (self._writing is not None and not self._writing.done()):
             return False
         step = self.reply.to_dict()
+        text = step.get("output")
+        if not text or text == self.saved:
+            return False
         step["metadata"] = {**(self.reply.metadata or {}), "status": STREAMING}
         # Chainlit's own "streaming" column makes a page draw a typing cursor on the stored
         # message: the metadata says it is being written, for the app alone to settle.
@@ -130,33 +132,47 @@ def interrupted_text(text: str) -> str:
     return text + REPLY_MARKS[INTERRUPTED]
 
 
-def _is_streaming_reply(step: dict[str, Any]) -> bool:
+def _left_streaming(step: dict[str, Any]) -> bool:
+    """Whether ``step`` was stored by a PartialSaver and not written since: a reply or a
+    thinking step with the status "streaming"."""
     raw = step.get("metadata")
-    if step.get("type") != "assistant_message" or (isinstance(raw, str) and STREAMING not in raw):
+    if step.get("type") not in ("assistant_message", "llm") or (
+        isinstance(raw, str) and STREAMING not in raw
+    ):
         return False  # most steps: no need to parse their metadata
     meta = load_json(raw)
-    return meta.get("kind") == "reply" and meta.get("status") == STREAMING
+    return meta.get("kind") in ("reply", "thoughts") and meta.get("status") == STREAMING
+
+
+def _settled(step: dict[str, Any]) -> None:
+    meta = load_json(step.get("metadata"))
+    if meta.get("kind") == "thoughts":
+        step["name"] = THINKING_INTERRUPTED
+        step["metadata"] = {**meta, "status": INTERRUPTED, "outcome": INTERRUPTED}
+    else:
+        step["output"] = interrupted_text(step.get("output") or "")
+        step["metadata"] = {**meta, "status": INTERRUPTED}
+    step["streaming"] = False  # no typing cursor: nobody writes it any more
 
 
 async def settle_interrupted(
-    thread: dict[str, Any], live_reply_id: str | None, write: Write | None = None
+    thread: dict[str, Any], live_ids: Collection[str] = (), write: Write | None = None
 ) -> int:
-    """Mark, in ``thread`` as loaded and in the database, each reply stored as streaming that
-    nobody is writing any more: not ``live_reply_id`` (streaming in this process) and not while
-    another instance writes an answer in this chat. Returns how many were marked."""
+    """Mark, in ``thread`` as loaded and in the database, each reply and thinking step stored as
+    streaming that nobody is writing any more: not those of ``live_ids`` (streaming in this
+    process) and not while another instance writes an answer in this chat. Returns how many
+    were marked."""
     steps = [
         step
         for step in thread.get("steps") or []
-        if _is_streaming_reply(step) and step.get("id") != live_reply_id
+        if _left_streaming(step) and step.get("id") not in live_ids
     ]
     if not steps or await current_relay().streaming_elsewhere(thread["id"]):
         return 0
     write = write or _data_layer_write()
     for step in steps:
-        step["output"] = interrupted_text(step.get("output") or "")
-        step["metadata"] = {**load_json(step.get("metadata")), "status": INTERRUPTED}
-        step["streaming"] = False  # no typing cursor: nobody writes it any more
+        _settled(step)
         if write is not None:
             await write({**step, "threadId": thread["id"]})
-    logger.info("A reopened chat had %d interrupted answer(s)", len(steps))
+    logger.info("A reopened chat had %d interrupted step(s)", len(steps))
     return len(steps)

@@ -6,9 +6,10 @@ The step is a Chainlit step of the answer's run, drawn by Chainlit's own collaps
 so its title is the step's name alone). It opens expanded while the summary streams
 (``default_open``) and folds once thinking is over (``auto_collapse``); a stored one loads
 folded. Its text goes through the same Coalescer and EventBudget as the answer, so thinking
-costs no more socket events per token than answering. It is never an assistant message: the
-history (gemini_chat/history.py) and the copy and thumbs buttons, which the frontend puts on the
-run's last assistant message, leave it alone.
+costs no more socket events per token than answering, and it is stored as it streams, as the
+answer is (gemini_chat/partial.py), so a process that dies while the model thinks loses little.
+It is never an assistant message: the history (gemini_chat/history.py) and the copy and thumbs
+buttons, which the frontend puts on the run's last assistant message, leave it alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import chainlit as cl
 from chainlit.utils import utc_now
 
 from .live import LiveReply
+from .partial import PartialSaver
 from .streaming import Coalescer, EventBudget
 
 THINKING = "Thinking…"
@@ -40,11 +42,18 @@ class ThinkingStep:
     """
 
     def __init__(
-        self, live: LiveReply, interval: float, budget: EventBudget, author: str = ""
+        self,
+        live: LiveReply,
+        interval: float,
+        budget: EventBudget,
+        author: str = "",
+        save_interval: float = 0.0,
     ) -> None:
         self.live = live
         self.author = author
+        self.save_interval = save_interval
         self.step: cl.Step | None = None
+        self._saver: PartialSaver | None = None
         self.outcome: str | None = None
         # Thinking starts with the request, not with the first summary that comes of it.
         self._started = time.monotonic()
@@ -55,6 +64,7 @@ class ThinkingStep:
             return  # a thought after the answer began: the step is already final
         if self.step is None:
             self.step = self._open()
+            self._saver = PartialSaver.start_for(self.step, self.save_interval)
         await self._coalescer.add(text)
 
     def _open(self) -> cl.Step:
@@ -84,6 +94,8 @@ class ThinkingStep:
         if step is None:
             return
         await self._coalescer.close()
+        if self._saver is not None:
+            self._saver.stop()  # before the step's own write, which replaces the partial one
         seconds = time.monotonic() - self._started
         step.name = {"stopped": STOPPED, "failed": FAILED}.get(outcome) or thought_for(seconds)
         step.end = utc_now()

@@ -157,7 +157,7 @@ class Elsewhere(LocalRelay):
 
 async def test_a_reply_left_streaming_is_settled_as_interrupted_and_its_text_kept():
     thread, database = stored_thread("streaming"), Database()
-    assert await settle_interrupted(thread, None, database.write) == 1
+    assert await settle_interrupted(thread, (), database.write) == 1
     reply = thread["steps"][1]
     assert reply["output"] == "Half an ans" + MARK
     assert reply["streaming"] is False
@@ -169,17 +169,48 @@ async def test_a_reply_left_streaming_is_settled_as_interrupted_and_its_text_kep
     assert [(t.user, t.assistant) for t in history.turns] == [("Tell me", "Half an ans")]
 
 
+def thinking_step(status: str | None) -> dict[str, Any]:
+    meta = {"kind": "thoughts"} | ({"status": status} if status else {})
+    return {
+        "id": "th1",
+        "type": "llm",
+        "name": "Thinking…",
+        "output": "Weighing it",
+        "streaming": False,
+        "metadata": json.dumps(meta),
+    }
+
+
+async def test_a_thinking_step_left_streaming_keeps_its_thoughts_under_a_title_that_says_so():
+    thread, database = stored_thread("streaming"), Database()
+    thread["steps"].insert(1, thinking_step("streaming"))
+    assert await settle_interrupted(thread, (), database.write) == 2
+    thinking = thread["steps"][1]
+    assert (thinking["name"], thinking["output"]) == ("Thinking interrupted", "Weighing it")
+    assert thinking["metadata"]["status"] == "interrupted"
+    assert [(w["id"], w["name"] if w["id"] == "th1" else w["output"]) for w in database.writes] == [
+        ("th1", "Thinking interrupted"),
+        ("a1", "Half an ans" + MARK),
+    ]
+    # Being written here, or finished (its final write has no status): left alone.
+    for live_ids, status in (({"th1", "a1"}, "streaming"), ((), None)):
+        thread, database = stored_thread("complete"), Database()
+        thread["steps"].insert(1, thinking_step(status))
+        assert await settle_interrupted(thread, live_ids, database.write) == 0
+        assert thread["steps"][1]["name"] == "Thinking…" and database.writes == []
+
+
 @pytest.mark.parametrize(
-    "status, live_id, relay",
-    [("complete", None, None), ("streaming", "a1", None), ("streaming", None, Elsewhere())],
+    "status, live_ids, relay",
+    [("complete", (), None), ("streaming", {"a1"}, None), ("streaming", (), Elsewhere())],
     ids=["complete", "streaming-here", "streaming-elsewhere"],
 )
-async def test_a_reply_still_being_written_or_ended_is_left_alone(status, live_id, relay):
+async def test_a_reply_still_being_written_or_ended_is_left_alone(status, live_ids, relay):
     thread, database = stored_thread(status), Database()
     if relay is not None:
         install_relay(relay)
     try:
-        assert await settle_interrupted(thread, live_id, database.write) == 0
+        assert await settle_interrupted(thread, live_ids, database.write) == 0
     finally:
         install_relay(LocalRelay())
     assert thread["steps"][1]["output"] == "Half an ans"
@@ -293,6 +324,63 @@ async def test_a_killed_answer_was_stored_as_it_streamed_and_reopens_interrupted
         ("assistant", saved),
         ("user", "Go on please"),
     ]
+    await reopened.disconnect()
+
+
+async def stored_thoughts(app: AppServer, thread_id: str) -> list[tuple[str, str, dict]]:
+    rows = await query(
+        database_of(app),
+        'SELECT "name", "output", "metadata" FROM steps WHERE "threadId" = :t AND "type" = \'llm\'',
+        t=thread_id,
+    )
+    steps = [(name, output, load_json(metadata)) for name, output, metadata in rows]
+    return [step for step in steps if step[2].get("kind") == "thoughts"]
+
+
+async def test_thoughts_of_an_answer_killed_while_thinking_reopen_marked_interrupted(
+    restartable, gemini
+):
+    app = restartable()
+    ideas = [f"idea {i:03d}. " for i in range(300)]
+    gemini.script(Reply("Never reached.", thoughts=ideas, delay=0.05))  # 15 s of thinking
+    client = await ChatClient(app.url).connect()
+    await client.wait_for(client.assistant_messages, what="the welcome message")
+    await client.send("Think it over")
+    thread_id = await client.chat_thread()
+
+    async def saved_while_thinking() -> str | None:
+        steps = await stored_thoughts(app, thread_id)
+        if len(steps) == 1 and steps[0][2].get("status") == "streaming":
+            return steps[0][1] if "idea 003." in steps[0][1] else None
+        return None
+
+    await eventually(saved_while_thinking, what="the thoughts stored as they stream")
+    app.kill()
+    await client.disconnect()
+    ((name, saved, _),) = await stored_thoughts(app, thread_id)
+    assert name == "Thinking…" and saved.startswith("idea 000. ") and "idea 299." not in saved
+
+    again = restartable(port=app.port)
+    reopened = ChatClient(again.url, headers=dict(client.headers))
+    await reopened.connect(thread_id=thread_id)
+    loaded = await reopened.wait_for(
+        lambda: next((d for n, d in reopened.events if n == "resume_thread"), None),
+        what="the chat as loaded",
+    )
+    (step,) = [s for s in loaded["steps"] if load_json(s.get("metadata")).get("kind") == "thoughts"]
+    assert (step["name"], step["output"], step["streaming"]) == (
+        "Thinking interrupted",
+        saved,
+        False,
+    )
+    ((name, output, meta),) = await stored_thoughts(again, thread_id)
+    assert (name, output, meta["status"]) == ("Thinking interrupted", saved, "interrupted")
+
+    gemini.script(Reply("Carrying on."))
+    assert [m.content for m in await reopened.ask("Go on please")] == ["Carrying on."]
+    request = (await gemini.arrived(2))[-1]
+    assert request.conversation[-1] == ("user", "Go on please")
+    assert not any("idea" in text for _, text in request.conversation)  # thoughts stay out
     await reopened.disconnect()
 
 
