@@ -55,6 +55,21 @@ def _malloc() -> dict[str, int]:
     return {field: getattr(info, field) for field, _ in _MallInfo2._fields_}
 
 
+# The pauses of full collections since the app started (seconds each), timed by the collector's
+# own callbacks.
+full_collections: list[float] = []
+_started: list[float] = []
+
+
+def _time_full_collections(phase: str, info: dict) -> None:
+    if info["generation"] != 2:
+        return
+    if phase == "start":
+        _started[:] = [time.perf_counter()]
+    elif _started:
+        full_collections.append(time.perf_counter() - _started.pop())
+
+
 def _rss_kb() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -83,6 +98,7 @@ def state(objects: bool) -> dict:
         "gc_count": gc.get_count(),
         "gc_stats": gc.get_stats(),
         "gc_frozen": gc.get_freeze_count(),
+        "full_collection_seconds": list(full_collections),
     }
     if objects:
         # f-strings, since a few types' __module__ is a descriptor, not a string.
@@ -140,6 +156,7 @@ def _write(signum, frame) -> None:
 
 
 if os.environ.get("MEMPROBE_FILE"):
+    gc.callbacks.append(_time_full_collections)
     signal.signal(signal.SIGUSR2, _write)
     signal.signal(signal.SIGUSR1, _write)
     signal.signal(signal.SIGURG, _write)

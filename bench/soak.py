@@ -23,7 +23,8 @@ connections must not grow. It prints the figures and targets, saves JSON and a p
 (bench/results/), and exits non-zero when a target fails. The random choices follow ``--seed``.
 
 With ``--probe`` the instances load bench/memprobe.py, and once a minute each one reports what
-it keeps: the garbage collector's full collections so far, the heap in use and free (glibc),
+it keeps: the garbage collector's full collections so far and how long each took, the heap in
+use and free (glibc),
 the sessions Chainlit keeps and asyncio's tasks (in the JSON, and in the minute's line).
 """
 
@@ -241,6 +242,7 @@ def probe_figures(kept: dict) -> dict:
     heap = kept.get("malloc", {})
     return {
         "full_collections": kept["gc_stats"][2]["collections"] if "gc_stats" in kept else None,
+        "full_collection_ms": [round(s * 1000, 1) for s in kept.get("full_collection_seconds", [])],
         "heap_used_mb": heap.get("uordblks", 0) / 2**20,
         "heap_free_mb": heap.get("fordblks", 0) / 2**20,
         "sessions": kept.get("sessions"),
@@ -322,10 +324,12 @@ async def soak(stack: Stack, database_url: str, args, probes: Sequence[Probe] = 
                     + " MB"
                 )
                 if probed:
-                    line += "; full collections, heap used / free (MB), sessions: " + " | ".join(
-                        f"{p['full_collections']}, {p['heap_used_mb']:.0f} / "
-                        f"{p['heap_free_mb']:.0f}, {p['sessions']}"
-                        for p in probed[-1]["instances"]
+                    line += "; full collections (last ms), heap used / free (MB), sessions: " + (
+                        " | ".join(
+                            f"{p['full_collections']} ({(p['full_collection_ms'] or [0])[-1]:.0f}),"
+                            f" {p['heap_used_mb']:.0f} / {p['heap_free_mb']:.0f}, {p['sessions']}"
+                            for p in probed[-1]["instances"]
+                        )
                     )
                 print(line, flush=True)
 
