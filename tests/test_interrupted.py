@@ -557,6 +557,52 @@ async def test_the_open_page_shows_the_interrupted_answer_after_a_restart_withou
 
 
 @pytest.mark.browser
+async def test_the_open_page_shows_thoughts_killed_mid_thinking_as_interrupted(
+    restartable, gemini, browser
+):
+    app = restartable()
+    ideas = [f"Idea {i:03d} of a long thought. " for i in range(300)]
+    gemini.script(Reply("Never reached.", thoughts=ideas, delay=0.05))
+    page = await open_chat(browser, app)
+    await type_and_send(page, "Think it over on the page")
+    thinking = page.locator('.step[data-step-type="llm"]')
+    await thinking.get_by_text("Idea 010", exact=False).wait_for(timeout=15_000)
+    await page.wait_for_url("**/thread/*", timeout=15_000)
+    thread_id = page.url.rsplit("/", 1)[1]
+
+    async def saved_with_idea_10() -> str | None:
+        steps = await stored_thoughts(app, thread_id)
+        return steps[0][1] if steps and "Idea 010" in steps[0][1] else None
+
+    saved = await eventually(saved_with_idea_10, what="the thoughts stored as they stream")
+    await page.evaluate("window.sameLoad = true")
+    app.kill()
+    saved = (await stored_thoughts(app, thread_id))[0][1]
+    restartable(port=app.port)
+
+    # The same page, not reloaded, shows the step under its new title, with what was saved.
+    title = thinking.locator("button").first
+    await expect(title).to_have_text("Thinking interrupted", timeout=30_000)
+    await expect(thinking).to_have_count(1)
+    await expect(page.locator(".loading-cursor")).to_have_count(0)
+    if await thinking.get_by_text("Idea 000", exact=False).count() == 0:
+        await title.click()  # a stored step loads folded
+    shown = thinking.locator(".message-content").first
+    await expect(shown).to_contain_text("Idea 000 of a long thought.")
+    assert (await shown.inner_text()).split() == saved.split()
+    assert await page.evaluate("window.sameLoad === true")  # never reloaded
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "thinking-interrupted-after-restart.png")
+
+    gemini.script(Reply("Back again."))
+    await type_and_send(page, "Are you back?")
+    await page.get_by_text("Back again.").wait_for(timeout=15_000)
+    request = (await gemini.arrived(2))[-1]
+    assert request.conversation[-1] == ("user", "Are you back?")
+    assert not any("Idea" in text for _, text in request.conversation)
+
+
+@pytest.mark.browser
 async def test_a_new_chat_open_through_a_restart_shows_its_welcome_and_starters_once(
     restartable, gemini, browser
 ):
