@@ -39,6 +39,16 @@ async def type_and_send(page, text: str, timeout: float = 15.0) -> None:
                 raise
 
 
+async def asked_on_page(page, gemini, question: str, answer: str):
+    """Type ``question`` on the page, with ``answer`` scripted for it; once the answer shows,
+    the request the fake Gemini received for it."""
+    count = len(gemini.requests) + 1
+    gemini.script(Reply(answer))
+    await type_and_send(page, question)
+    await page.get_by_text(answer).wait_for(timeout=15_000)
+    return (await gemini.arrived(count))[-1]
+
+
 async def reload_chat(page) -> None:
     """Reload the page once it shows the chat at its own address, as a person reloads a chat:
     before the first exchange is stored, the page is still at "/", and a reload there opens a
@@ -276,10 +286,7 @@ async def test_a_reload_mid_answer_shows_the_text_so_far_and_the_rest_live(page,
     await page.screenshot(path=ARTIFACTS / "reload-mid-answer.png")
 
     # The reloaded tab carries on with the whole history.
-    gemini.script(Reply("Done counting."))
-    await type_and_send(page, "Thanks")
-    await page.get_by_text("Done counting.").wait_for(timeout=15_000)
-    request = (await gemini.arrived(2))[-1]
+    request = await asked_on_page(page, gemini, "Thanks", "Done counting.")
     assert request.conversation[1:] == [
         ("user", "Count for me"),
         ("assistant", "".join(words)),

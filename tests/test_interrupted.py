@@ -21,7 +21,7 @@ from tests.chromium import ARTIFACTS
 from tests.conftest import app_env
 from tests.db import app_database, eventually, query
 from tests.fake_gemini import Reply
-from tests.test_browser import type_and_send
+from tests.test_browser import asked_on_page, type_and_send
 from tests.test_page import open_chat
 
 MARK = REPLY_MARKS["interrupted"]
@@ -545,10 +545,7 @@ async def test_the_open_page_shows_the_interrupted_answer_after_a_restart_withou
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=ARTIFACTS / "interrupted-after-restart.png")
 
-    gemini.script(Reply("Still here."))
-    await type_and_send(page, "Are you back?")
-    await page.get_by_text("Still here.").wait_for(timeout=15_000)
-    request = (await gemini.arrived(2))[-1]
+    request = await asked_on_page(page, gemini, "Are you back?", "Still here.")
     assert request.conversation[1:] == [
         ("user", "Count on the page"),
         ("assistant", saved),
@@ -594,10 +591,7 @@ async def test_the_open_page_shows_thoughts_killed_mid_thinking_as_interrupted(
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=ARTIFACTS / "thinking-interrupted-after-restart.png")
 
-    gemini.script(Reply("Back again."))
-    await type_and_send(page, "Are you back?")
-    await page.get_by_text("Back again.").wait_for(timeout=15_000)
-    request = (await gemini.arrived(2))[-1]
+    request = await asked_on_page(page, gemini, "Are you back?", "Back again.")
     assert request.conversation[-1] == ("user", "Are you back?")
     assert not any("Idea" in text for _, text in request.conversation)
 
