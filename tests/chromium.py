@@ -30,3 +30,20 @@ async def launch_chromium(path: str = CHROMIUM) -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+async def clipboard_holds(page, text: str, timeout: float = 10.0) -> None:
+    """Wait until the page's clipboard holds ``text``: a copy button writes it asynchronously,
+    after its click has returned. Fails with what the clipboard held last."""
+    from tests.db import eventually
+
+    held: list[str] = [""]
+
+    async def holds() -> bool:
+        held[0] = await page.evaluate("navigator.clipboard.readText()")
+        return held[0] == text
+
+    try:
+        await eventually(holds, timeout, what="the copied text")
+    except AssertionError:
+        assert held[0] == text  # shows both texts

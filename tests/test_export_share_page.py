@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import expect
 
-from tests.chromium import ARTIFACTS
+from tests.chromium import ARTIFACTS, clipboard_holds
 from tests.fake_gemini import Reply
 from tests.test_accounts import SECRET, accounts_command
 from tests.test_browser import type_and_send
@@ -135,7 +135,7 @@ async def test_a_shared_link_shows_the_chat_read_only_until_its_owner_revokes_it
     shown_link = await dialog.locator("span[title]").inner_text()
     await dialog.get_by_role("button", name="Share", exact=True).click()
     await alice.get_by_text("Share link created!").wait_for(timeout=10_000)
-    assert await alice.evaluate("navigator.clipboard.readText()") == shown_link
+    await clipboard_holds(alice, shown_link)
     await alice.keyboard.press("Escape")
 
     # Bob opens it: her messages, read-only: no message box, no download, no way to send.

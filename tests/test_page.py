@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import expect
 
-from tests.chromium import ARTIFACTS
+from tests.chromium import ARTIFACTS, clipboard_holds
 from tests.fake_gemini import Reply
 from tests.test_browser import type_and_send
 
@@ -82,8 +82,7 @@ async def test_text_after_a_colon_shows_in_the_question_and_the_answer(browser, 
     # The copy button copies the answer as written: no escaping was added on the way.
     step = page.locator('.step[data-step-type="assistant_message"]').last
     await step.locator("button:not(.message-content button)").first.click()
-    copied = await page.evaluate("navigator.clipboard.readText()")
-    assert copied == COLON_ANSWER
+    await clipboard_holds(page, COLON_ANSWER)
 
 
 # --- B: math, and prices that are not math -------------------------------------------------------

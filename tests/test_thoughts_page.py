@@ -9,8 +9,7 @@ import re
 import pytest
 from playwright.async_api import expect
 
-from tests.chromium import ARTIFACTS, launch_chromium
-from tests.db import eventually
+from tests.chromium import ARTIFACTS, clipboard_holds, launch_chromium
 from tests.fake_gemini import Reply
 from tests.test_browser import answer_buttons, reload_chat, type_and_send
 from tests.test_page import last_step, open_chat
@@ -101,12 +100,7 @@ async def test_thoughts_show_live_fold_above_the_answer_and_stay_after_reload(br
     # The answer's copy button copies the answer alone.
     reply = page.locator('.step[data-step-type="assistant_message"]').last
     await reply.locator("button:not(.message-content button)").first.click()
-
-    async def copied() -> bool:
-        # The page writes the clipboard asynchronously after the click.
-        return await page.evaluate("navigator.clipboard.readText()") == ANSWER
-
-    await eventually(copied, what="the answer alone in the clipboard")
+    await clipboard_holds(page, ANSWER)  # the answer alone
 
     # The model was asked for thoughts, and the next turn sends none back.
     gemini.script(Reply("Beavers build dams."))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import expect
 
+from tests.chromium import clipboard_holds
 from tests.fake_gemini import Reply
 from tests.test_browser import reload_chat, type_and_send
 from tests.test_page import open_chat, screenshot
@@ -42,7 +43,7 @@ async def test_each_answer_shows_its_usage_and_the_chat_its_total_also_after_rel
 
     # The copy button copies the answer only.
     await first.locator("button:not(.message-content button)").first.click()
-    assert await page.evaluate("navigator.clipboard.readText()") == "Paris is the capital."
+    await clipboard_holds(page, "Paris is the capital.")
 
     await type_and_send(page, "And the second city?")
     second = answer_step(page, "Lyon is second.")
