@@ -24,7 +24,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .config import ConfigError, Settings, load_settings
 from .relay import tell_instances_accounts_changed
@@ -169,7 +169,7 @@ class LoginThrottle:
         )
         async with self.engine.begin() as connection:
             await connection.execute(counted)
-            await self._prune(connection, now)
+        await self._prune(now)
 
     async def succeeded(self, name: str, address: str, now: float | None = None) -> None:
         now = self.clock() if now is None else now
@@ -189,22 +189,24 @@ class LoginThrottle:
                     index_elements=[row.kind, row.name, row.address], set_={"last_at": now}
                 )
             )
-            await self._prune(connection, now)
+        await self._prune(now)
 
-    async def _prune(self, connection: AsyncConnection, now: float) -> None:
-        """Delete what is past remembering, at most once per ``forget_after`` on an instance."""
+    async def _prune(self, now: float) -> None:
+        """Delete what is past remembering, at most once per ``forget_after`` on an instance. In
+        a transaction of its own: rows it deletes are never locked while counts are taken."""
         if now - self._pruned_at < self.forget_after:
             return
         self._pruned_at = now
         row = login_attempts.c
-        await connection.execute(
-            login_attempts.delete().where(
-                sa.or_(
-                    sa.and_(row.kind != "known", row.last_at < now - self.forget_after),
-                    row.last_at < now - self.remember_known,
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                login_attempts.delete().where(
+                    sa.or_(
+                        sa.and_(row.kind != "known", row.last_at < now - self.forget_after),
+                        row.last_at < now - self.remember_known,
+                    )
                 )
             )
-        )
 
     async def attempt(self, name: str, address: str, check: Callable[[], Awaitable[T | None]]):
         """Run ``check`` (the password check, None for a failure) when this attempt's turn and
